@@ -1,0 +1,172 @@
+"""The interface every MFA backbone implements, and the paired forward they share.
+
+An MFA backbone is an ordinary encoder split at layer ``l`` into a *pre* part (stem + blocks
+``1..l``) and a *post* part (blocks ``l+1..L`` + final norm), with a
+:class:`~mfassl.mfa.MirrorFusionAttention` block that can sit between them:
+
+- :meth:`MFABackbone.forward` / :meth:`MFABackbone.forward_features`: the unchanged encoder (no
+  pair, no MFA): what downstream tasks and inference use;
+- :meth:`MFABackbone.forward_paired`: both halves of a mirror pair through the pre part in one
+  batch, MFA on their patch tokens (or skipped), then the post part.
+
+Subclasses provide ``_stem``, ``_pre``, ``_post``, ``_split`` and ``_merge``; the logic of the
+paired forward lives here once, for 2D and 3D, ViT and Swin.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+from mfassl.mfa import MirrorFusionAttention
+
+__all__ = ["PairedOutput", "MFABackbone", "default_mfa_layer"]
+
+
+class PairedOutput(NamedTuple):
+    """Result of :meth:`MFABackbone.forward_paired`.
+
+    Attributes:
+        pre_l: ``(B, N, C_l)`` patch tokens of ``x_l`` after layer ``l``, before MFA.
+        pre_r: ``(B, N, C_l)`` likewise for ``x_r``.
+        out_l: ``(B, T, C)`` final (post-fusion) tokens of ``x_l`` (prefix tokens first for a ViT).
+        out_r: ``(B, T, C)`` likewise for ``x_r``.
+        gate_l: ``(B, N)`` MFA gate before the ramp, or None when MFA was skipped.
+        gate_r: ``(B, N)`` likewise, or None.
+    """
+
+    pre_l: torch.Tensor
+    pre_r: torch.Tensor
+    out_l: torch.Tensor
+    out_r: torch.Tensor
+    gate_l: torch.Tensor | None
+    gate_r: torch.Tensor | None
+
+
+def default_mfa_layer(depth: int) -> int:
+    """Layer ``l`` for a ``depth``-block encoder: 8 of 12 (the published choice), scaled."""
+    return max(1, min(depth, int(round(depth * 8 / 12))))
+
+
+class MFABackbone(nn.Module):
+    """Base class of the MFA backbones.
+
+    Subclasses set ``spatial_dims``, ``in_chans``, ``embed_dim`` (width of the final tokens),
+    ``mfa_dim`` (width at the MFA layer), ``patch_size`` (pixels per input token),
+    ``mfa_patch_size`` (pixels per token at the MFA layer), ``num_prefix_tokens`` and ``mfa``.
+    ``token_masking`` says how :meth:`forward_features` treats ``token_mask``: ``"drop"`` (the masked
+    tokens are removed, as in MAE) or ``"replace"`` (they are replaced by a learned mask token).
+    """
+
+    spatial_dims: int
+    in_chans: int
+    embed_dim: int
+    mfa_dim: int
+    patch_size: tuple[int, ...]
+    mfa_patch_size: tuple[int, ...]
+    num_prefix_tokens: int = 0
+    token_masking: str = "drop"
+    mfa: MirrorFusionAttention
+
+    # ---------------------------------------------------------------- subclass hooks
+    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[Any, dict]:
+        """Embed ``(B, C, *S)`` images; returns the hidden state and a context dict for later stages."""
+        raise NotImplementedError
+
+    def _pre(self, h: Any, ctx: dict) -> Any:
+        """Run the blocks up to and including layer ``l``."""
+        raise NotImplementedError
+
+    def _post(self, h: Any, ctx: dict) -> torch.Tensor:
+        """Run the remaining blocks and the final norm; returns ``(B, T, C)`` tokens."""
+        raise NotImplementedError
+
+    def _split(self, h: Any, ctx: dict) -> torch.Tensor:
+        """The ``(B, N, C_l)`` patch tokens of the hidden state at layer ``l``."""
+        raise NotImplementedError
+
+    def _merge(self, h: Any, tokens: torch.Tensor, ctx: dict) -> Any:
+        """The hidden state with its patch tokens replaced by ``tokens``."""
+        raise NotImplementedError
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Global feature ``(B, C)`` from final tokens ``(B, T, C)``."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared logic
+    def grid_shape(self, spatial_shape: Sequence[int], at_mfa: bool = False) -> tuple[int, ...]:
+        """Token grid of an input of ``spatial_shape`` (at the input or at the MFA layer)."""
+        ps = self.mfa_patch_size if at_mfa else self.patch_size
+        return tuple(int(s) // int(p) for s, p in zip(spatial_shape, ps))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(f"expected a (B, C, {'H, W' if self.spatial_dims == 2 else 'X, Y, Z'}) input for "
+                             f"spatial_dims={self.spatial_dims}, got shape {tuple(x.shape)}.")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}.")
+
+    def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The unchanged encoder.
+
+        Args:
+            x: ``(B, C, *S)`` images.
+            token_mask: optional ``(B, N)`` bool over the input token grid, True where a token is
+                hidden (dropped or replaced, see ``token_masking``); drop requires the same count per row.
+
+        Returns:
+            ``(B, T, C)`` final tokens (prefix tokens first).
+        """
+        self._check_input(x)
+        h, ctx = self._stem(x, token_mask)
+        return self._post(self._pre(h, ctx), ctx)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Global feature ``(B, embed_dim)`` of the plain encoder (MFA is not used)."""
+        return self.pool(self.forward_features(x))
+
+    def forward_paired(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float | torch.Tensor = 1.0,
+                       use_mfa: bool = True, key_mask: torch.Tensor | None = None,
+                       token_mask: torch.Tensor | None = None) -> PairedOutput:
+        """Encode a mirror pair with Mirror-Fusion Attention at layer ``l``.
+
+        Args:
+            x_l: ``(B, C, *M)`` left halves.
+            x_r: ``(B, C, *M)`` reflected right halves.
+            ramp: the gate warm-up ``r_t``.
+            use_mfa: False skips the MFA block (before ``t_mfa`` in the schedule).
+            key_mask: ``(B, N_l)`` bool over the MFA-layer token grid, True where valid.
+            token_mask: ``(B, N)`` bool over the input token grid, True where hidden; the same mask is
+                used for both halves so token ``i`` is visible on both sides.
+
+        Returns:
+            :class:`PairedOutput`.
+        """
+        if x_l.shape != x_r.shape:
+            raise ValueError(f"x_l and x_r must have one shape, got {tuple(x_l.shape)} and {tuple(x_r.shape)}.")
+        self._check_input(x_l)
+        b = x_l.shape[0]
+        tm = None if token_mask is None else torch.cat([token_mask, token_mask])
+        h, ctx = self._stem(torch.cat([x_l, x_r]), tm)
+        h = self._pre(h, ctx)
+        pre = self._split(h, ctx)
+        pre_l, pre_r = pre[:b], pre[b:]
+        gate_l = gate_r = None
+        if use_mfa:
+            km = key_mask
+            if km is not None and token_mask is not None and self.token_masking == "drop":
+                km = km[~token_mask].reshape(b, -1)
+            z_l, z_r, gate_l, gate_r = self.mfa(pre_l, pre_r, ramp=ramp, key_mask=km)
+            h = self._merge(h, torch.cat([z_l, z_r]), ctx)
+        out = self._post(h, ctx)
+        return PairedOutput(pre_l, pre_r, out[:b], out[b:], gate_l, gate_r)
+
+    def mfa_parameters(self) -> list[nn.Parameter]:
+        return list(self.mfa.parameters())
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the MFA block."""
+        ids = {id(p) for p in self.mfa.parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
