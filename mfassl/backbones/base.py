@@ -55,7 +55,8 @@ class MFABackbone(nn.Module):
 
     Subclasses set ``spatial_dims``, ``in_chans``, ``embed_dim`` (width of the final tokens),
     ``mfa_dim`` (width at the MFA layer), ``patch_size`` (pixels per input token),
-    ``mfa_patch_size`` (pixels per token at the MFA layer), ``num_prefix_tokens`` and ``mfa``.
+    ``mfa_patch_size`` (pixels per token at the MFA layer), ``out_patch_size`` (pixels per final token),
+    ``num_prefix_tokens`` and ``mfa``.
     ``token_masking`` says how :meth:`forward_features` treats ``token_mask``: ``"drop"`` (the masked
     tokens are removed, as in MAE) or ``"replace"`` (they are replaced by a learned mask token).
     """
@@ -66,6 +67,7 @@ class MFABackbone(nn.Module):
     mfa_dim: int
     patch_size: tuple[int, ...]
     mfa_patch_size: tuple[int, ...]
+    out_patch_size: tuple[int, ...]
     num_prefix_tokens: int = 0
     token_masking: str = "drop"
     mfa: MirrorFusionAttention

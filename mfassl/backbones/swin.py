@@ -73,6 +73,7 @@ class MFASwin(MFABackbone):
         self.embed_dim = embed_dim * 16
         self.patch_size = (patch_size,) * spatial_dims
         self.mfa_patch_size = (patch_size * 2 ** mfa_stage,) * spatial_dims
+        self.out_patch_size = (patch_size * 16,) * spatial_dims
         heads = mfa_heads or (num_heads[mfa_stage - 1] if mfa_stage > 0 else num_heads[0])
         self.mfa = MirrorFusionAttention(self.mfa_dim, num_heads=heads, **mfa_kwargs)
 

@@ -90,7 +90,7 @@ class MFAViT(MFABackbone):
             self._pos_grid = tuple(int(s) // patch_size for s in ensure_tuple_rep(img_size, 3))
         self.embed_dim = self.mfa_dim = embed_dim
         self.depth = depth
-        self.patch_size = self.mfa_patch_size = (patch_size,) * spatial_dims
+        self.patch_size = self.mfa_patch_size = self.out_patch_size = (patch_size,) * spatial_dims
         self.mfa_layer = default_mfa_layer(depth) if mfa_layer is None else int(mfa_layer)
         if not 0 <= self.mfa_layer <= depth:
             raise ValueError(f"mfa_layer must lie in [0, {depth}], got {mfa_layer}.")

@@ -1,0 +1,166 @@
+"""The interface of a base self-supervised objective, and the small helpers they share.
+
+An objective owns the student backbone (and, where the method has one, a momentum teacher and
+heads). It has two entry points with the same output, a dict of named scalar losses:
+
+- :meth:`BaseObjective.forward` on the standard augmented views (a list of ``(B, C, *S)`` tensors,
+  global views first);
+- :meth:`BaseObjective.forward_pair` on a mirror pair, through the backbone's paired forward
+  (Mirror-Fusion Attention at layer ``l``); it also returns the :class:`PairedOutput` so the method
+  can compute the symmetry losses on the pre-fusion tokens.
+
+``loss`` in the returned dict is the objective's total; other entries are parts for logging.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mfassl.backbones import MFABackbone, PairedOutput
+
+__all__ = [
+    "BaseObjective",
+    "PairResult",
+    "ViewSpec",
+    "update_momentum",
+    "deactivate_requires_grad",
+    "random_token_mask",
+    "patchify",
+    "group_by_shape",
+]
+
+
+class ViewSpec(NamedTuple):
+    """How many standard views an objective wants: ``n_global`` large crops and ``n_local`` small ones."""
+
+    n_global: int
+    n_local: int
+
+
+class PairResult(NamedTuple):
+    """What :meth:`BaseObjective.forward_pair` returns.
+
+    Attributes:
+        losses: named scalar losses, ``"loss"`` the total.
+        paired: the student's :class:`PairedOutput`.
+        token_mask: ``(B, N)`` bool of hidden input tokens (masked objectives), else None.
+    """
+
+    losses: dict[str, torch.Tensor]
+    paired: PairedOutput
+    token_mask: torch.Tensor | None
+
+
+@torch.no_grad()
+def update_momentum(model: nn.Module, model_ema: nn.Module, m: float) -> None:
+    """``ema = m * ema + (1 - m) * model`` for every parameter (buffers are copied)."""
+    for p, pe in zip(model.parameters(), model_ema.parameters()):
+        pe.mul_(m).add_(p.detach(), alpha=1.0 - m)
+    for b, be in zip(model.buffers(), model_ema.buffers()):
+        be.copy_(b)
+
+
+def deactivate_requires_grad(model: nn.Module) -> nn.Module:
+    """Freeze all parameters of ``model`` (in place) and return it."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def random_token_mask(batch: int, num_tokens: int, ratio: float, device: torch.device | str | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(B, N)`` bool, True for the ``round(ratio * N)`` hidden tokens of each row (uniformly at random)."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}.")
+    n_hide = int(round(ratio * num_tokens))
+    noise = torch.rand(batch, num_tokens, generator=generator, device=device)
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return ranks < n_hide
+
+
+def patchify(images: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(B, N, prod(p) * C)`` patches in row-major grid order (2D and 3D)."""
+    b, c = images.shape[:2]
+    dims = images.ndim - 2
+    grid = [s // p for s, p in zip(images.shape[2:], patch_size)]
+    shape = [b, c]
+    for g, p in zip(grid, patch_size):
+        shape += [g, p]
+    x = images[(slice(None), slice(None), *[slice(0, g * p) for g, p in zip(grid, patch_size)])].reshape(shape)
+    grid_axes = [2 + 2 * i for i in range(dims)]
+    patch_axes = [3 + 2 * i for i in range(dims)]
+    x = x.permute(0, *grid_axes, *patch_axes, 1)
+    n = 1
+    for g in grid:
+        n *= g
+    return x.reshape(b, n, -1)
+
+
+def group_by_shape(views: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+    """Group views of one spatial shape into one batch: ``[(view indices, (k*B, C, *S)), ...]``."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, v in enumerate(views):
+        groups.setdefault(tuple(v.shape[1:]), []).append(i)
+    return [(idx, torch.cat([views[i] for i in idx])) for idx in groups.values()]
+
+
+class BaseObjective(nn.Module):
+    """Base class of the self-supervised objectives (views in, dict of named losses out).
+
+    Args:
+        backbone: the student :class:`~mfassl.backbones.MFABackbone`.
+
+    Subclasses set ``name``, ``views`` (:class:`ViewSpec`) and ``momentum`` (the teacher's starting
+    momentum, or None when there is no teacher).
+    """
+
+    name: ClassVar[str] = "base"
+    views: ClassVar[ViewSpec] = ViewSpec(2, 0)
+    momentum: ClassVar[float | None] = None
+
+    def __init__(self, backbone: MFABackbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    # ---------------------------------------------------------------- teacher helpers
+    def _make_teacher(self, *modules: nn.Module) -> nn.ModuleList:
+        return deactivate_requires_grad(nn.ModuleList([copy.deepcopy(m) for m in modules]))
+
+    def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) module pairs updated by :meth:`update_teacher`; empty without a teacher."""
+        return []
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA update of every teacher module with ``momentum`` (no-op without a teacher)."""
+        for student, teacher in self.student_teacher_pairs():
+            update_momentum(student, teacher, momentum)
+
+    # ---------------------------------------------------------------- entry points
+    def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Losses on the standard views (list of ``(B, C, *S)``, global views first)."""
+        raise NotImplementedError
+
+    def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
+                     key_mask: torch.Tensor | None = None) -> PairResult:
+        """Losses on a mirror pair ``(B, C, *M)`` x 2 after Mirror-Fusion Attention."""
+        raise NotImplementedError
+
+    def check_views(self, views: Sequence[torch.Tensor]) -> None:
+        need = self.views.n_global
+        if len(views) < need:
+            raise ValueError(f"{self.name} needs at least {need} global views, got {len(views)}.")
+
+    def extra_state(self) -> dict[str, Any]:
+        """Scalars worth logging besides the losses (e.g. attention statistics)."""
+        return {}
+
+
+def cross_entropy_soft(target_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """``mean_b -sum_k p_b,k log softmax(s)_b,k``."""
+    return -(target_probs * F.log_softmax(student_logits, dim=-1)).sum(-1).mean()
