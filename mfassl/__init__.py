@@ -9,11 +9,19 @@ from mfassl.backbones import BACKBONES, MFABackbone, MFASwin, MFAViT, PairedOutp
 from mfassl.geometry import SymmetryAxis2D, SymmetryHyperplane, SymmetryPlane3D
 from mfassl.losses import ReflectionConsistencyLoss, TokenAlignmentLoss
 from mfassl.mfa import MFAOutput, MirrorFusionAttention
+from mfassl.method import MFASSL
+from mfassl.objectives import OBJECTIVES, BaseObjective, create_objective
 from mfassl.pairing import MirrorPair, mirror_pair
+from mfassl.schedules import SymmetrySchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MFASSL",
+    "OBJECTIVES",
+    "BaseObjective",
+    "create_objective",
+    "SymmetrySchedule",
     "BACKBONES",
     "MFABackbone",
     "MFASwin",

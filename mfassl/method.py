@@ -1,0 +1,147 @@
+"""MFASSL: a base SSL objective plus the mirror branch, the symmetry losses and their schedule.
+
+``Total = L_base(standard views) + beta * L_base(mirror pair, post-fusion)
+          + w(t) * (lambda_eq * L_eq + lambda_mid * L_mid)``
+
+with ``L_eq`` / ``L_mid`` on the pre-fusion tokens of layer ``l``, MFA skipped before ``t_mfa`` and its
+gate ramped by ``r_t`` (:class:`~mfassl.schedules.SymmetrySchedule`). ``mirror=False`` is the baseline:
+the same objective on the same standard views (with the random flip), no mirror branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from mfassl.backbones import MFABackbone, create_backbone
+from mfassl.losses import ReflectionConsistencyLoss, TokenAlignmentLoss
+from mfassl.objectives import BaseObjective, create_objective
+from mfassl.pairing import default_split_dim, mirror_pair, token_mask
+from mfassl.schedules import ScheduleState, SymmetrySchedule
+from mfassl.views import MultiCropViews
+
+__all__ = ["MFASSL"]
+
+
+class MFASSL(nn.Module):
+    """Mirror-Fusion-Augmented Self-Supervised Learning.
+
+    Args:
+        backbone: an :class:`~mfassl.backbones.MFABackbone`, or a registered backbone name built with
+            ``backbone_kwargs``.
+        objective: base objective name (``dino``, ``mocov3``, ``mae``, ``dagman``, ``mixedae``) or instance.
+        objective_kwargs: arguments of the objective (head sizes, temperatures, mask ratio...).
+        mirror: False gives the baseline (no mirror branch).
+        beta: weight of the base objective on the mirror pair (1.0).
+        lambda_eq: weight of ``L_eq`` (0.5).
+        lambda_mid: weight of ``L_mid`` (1.0).
+        t_sym: epochs for ``w(t)`` to reach 1 (10).
+        t_mfa: epoch from which MFA is used (12).
+        t_gate: epochs of the gate ramp after ``t_mfa`` (10).
+        mirror_size: spatial size of each half of the mirror pair (224 published; default the global view size).
+        axis_jitter: training jitter of the axis, share of the width (0.03).
+        split_dim: the left-right spatial dimension (default: columns in 2D, x in 3D).
+        views: arguments of :class:`~mfassl.views.MultiCropViews` (sizes, scales, ``n_local``, flip...);
+            ``n_global``/``n_local`` default to the objective's needs.
+        backbone_kwargs: arguments when ``backbone`` is a name.
+
+    Example::
+
+        >>> net = MFAViT(2, img_size=64, patch_size=16, embed_dim=64, depth=4, num_heads=4)
+        >>> method = MFASSL(net, "dino", dict(out_dim=512, hidden_dim=128, bottleneck_dim=64),
+        ...                 views=dict(global_size=64, local_size=32, n_local=2))
+        >>> out = method(torch.randn(4, 1, 96, 96), epoch=15.0)
+        >>> out["loss"].backward()
+    """
+
+    def __init__(self, backbone: MFABackbone | str, objective: str | BaseObjective = "dino",
+                 objective_kwargs: dict[str, Any] | None = None, mirror: bool = True, beta: float = 1.0,
+                 lambda_eq: float = 0.5, lambda_mid: float = 1.0, t_sym: float = 10.0, t_mfa: float = 12.0,
+                 t_gate: float = 10.0, mirror_size: int | Sequence[int] | None = None, axis_jitter: float = 0.03,
+                 split_dim: int | None = None, views: dict[str, Any] | None = None,
+                 backbone_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if isinstance(backbone, str):
+            backbone = create_backbone(backbone, **(backbone_kwargs or {}))
+        if isinstance(objective, str):
+            objective = create_objective(objective, backbone, **(objective_kwargs or {}))
+        elif objective.backbone is not backbone:
+            raise ValueError("the objective must be built on the same backbone instance.")
+        self.objective = objective
+        self.mirror = bool(mirror)
+        self.beta, self.lambda_eq, self.lambda_mid = float(beta), float(lambda_eq), float(lambda_mid)
+        self.schedule = SymmetrySchedule(t_sym, t_mfa, t_gate)
+        self.axis_jitter = float(axis_jitter)
+        dims = backbone.spatial_dims
+        self.split_dim = default_split_dim(dims) if split_dim is None else int(split_dim)
+        view_args = {"n_global": objective.views.n_global, "n_local": objective.views.n_local,
+                     "spatial_dims": dims, "flip_dim": self.split_dim, **(views or {})}
+        self.views = MultiCropViews(**view_args)
+        self.mirror_size = tuple(self.views.global_size) if mirror_size is None else mirror_size
+        self.eq_loss = ReflectionConsistencyLoss()
+        self.mid_loss = TokenAlignmentLoss()
+
+    @property
+    def backbone(self) -> MFABackbone:
+        """The student encoder (what downstream tasks keep)."""
+        return self.objective.backbone
+
+    @property
+    def teacher_momentum(self) -> float | None:
+        """The objective's starting teacher momentum, None without a teacher."""
+        return self.objective.momentum
+
+    def update_teacher(self, momentum: float) -> None:
+        """EMA update of the objective's teacher (no-op without one)."""
+        self.objective.update_teacher(momentum)
+
+    def schedule_at(self, epoch: float) -> ScheduleState:
+        """``(w, r_t, mfa_on)`` at a fractional epoch."""
+        return self.schedule(epoch)
+
+    def forward(self, images: torch.Tensor, axes: torch.Tensor | None = None, epoch: float = 0.0) -> dict[str, torch.Tensor]:
+        """One step's losses.
+
+        Args:
+            images: ``(B, C, *S)`` images (canonicalised or not).
+            axes: ``(B, D+1)`` symmetry axes ``[n, d]`` in index coordinates of ``images``; None = the image
+                centre (already-canonicalised images, or the published behaviour).
+            epoch: the fractional epoch ``t`` for the schedule.
+
+        Returns:
+            dict with ``loss`` (the total, with gradient) and detached parts: ``base``, ``mirror``,
+            ``l_eq``, ``l_mid``, ``gate_mean``, ``w``, ``ramp``, ``mfa_on`` and the objective's extras.
+        """
+        views = self.views(images)  # drawn first: the baseline and MFASSL see the same views
+        base = self.objective(views)
+        total = base["loss"]
+        zero = total.detach() * 0.0
+        out: dict[str, torch.Tensor] = {f"base_{k}" if k != "loss" else "base": v.detach() for k, v in base.items()}
+        state = self.schedule(epoch)
+        if self.mirror:
+            bb = self.backbone
+            pair = mirror_pair(images, axes, self.mirror_size, split_dim=self.split_dim,
+                               jitter=self.axis_jitter if self.training else 0.0)
+            key_mask = token_mask(pair.valid_l, bb.mfa_patch_size) & token_mask(pair.valid_r, bb.mfa_patch_size)
+            res = self.objective.forward_pair(pair.x_l, pair.x_r, ramp=state.ramp, use_mfa=state.mfa_on,
+                                              key_mask=key_mask)
+            pf = res.paired
+            mask = key_mask
+            if res.token_mask is not None and pf.pre_l.shape[1] != key_mask.shape[1]:
+                mask = key_mask[~res.token_mask].reshape(key_mask.shape[0], -1)
+            l_eq = self.eq_loss(pf.pre_l, pf.pre_r, mask)
+            l_mid = self.mid_loss(pf.pre_l, pf.pre_r, mask)
+            total = total + self.beta * res.losses["loss"] + state.w * (self.lambda_eq * l_eq + self.lambda_mid * l_mid)
+            gate = pf.gate_l
+            gate_mean = zero if gate is None else (gate * mask).sum().detach() / mask.sum().clamp(min=1)
+            out.update(mirror=res.losses["loss"].detach(), l_eq=l_eq.detach(), l_mid=l_mid.detach(), gate_mean=gate_mean)
+            out.update({f"mirror_{k}": v.detach() for k, v in res.losses.items() if k != "loss"})
+        else:
+            out.update(mirror=zero, l_eq=zero, l_mid=zero, gate_mean=zero)
+        out.update(w=zero + state.w, ramp=zero + state.ramp, mfa_on=zero + float(state.mfa_on and self.mirror))
+        for k, v in self.objective.extra_state().items():
+            out[k] = torch.as_tensor(v, dtype=zero.dtype, device=zero.device)
+        out["loss"] = total
+        return out
