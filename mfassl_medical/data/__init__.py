@@ -1,0 +1,44 @@
+"""Readers for the real dataset layouts (CheXpert, BraTS) and fail-loudly / skip-and-count loading."""
+
+from mfassl_medical.data.brats import (
+    BRATS_MODALITIES,
+    BRATS_REGIONS,
+    ConvertBraTSLabels,
+    ConvertBraTSLabelsd,
+    ConvertBraTSLabelsD,
+    ConvertBraTSLabelsDict,
+    brats_case_files,
+    find_brats_cases,
+)
+from mfassl_medical.data.chexpert import (
+    CHEXPERT_COLUMNS,
+    CHEXPERT_LABELS,
+    UNCERTAINTY_POLICIES,
+    chexpert_patient_id,
+    read_chexpert,
+    split_by_patient,
+)
+from mfassl_medical.data.safe import (
+    CheckImage,
+    CheckImaged,
+    CheckImageD,
+    CheckImageDict,
+    SafeLoadImage,
+    SafeLoadImaged,
+    SafeLoadImageD,
+    SafeLoadImageDict,
+    SkipBadSamples,
+    check_image,
+    find_medical_error,
+)
+from mfassl_medical.errors import MedicalDataError
+
+__all__ = [
+    "BRATS_MODALITIES", "BRATS_REGIONS", "ConvertBraTSLabels", "ConvertBraTSLabelsd", "ConvertBraTSLabelsD",
+    "ConvertBraTSLabelsDict", "brats_case_files", "find_brats_cases",
+    "CHEXPERT_COLUMNS", "CHEXPERT_LABELS", "UNCERTAINTY_POLICIES", "chexpert_patient_id", "read_chexpert",
+    "split_by_patient",
+    "CheckImage", "CheckImaged", "CheckImageD", "CheckImageDict", "SafeLoadImage", "SafeLoadImaged",
+    "SafeLoadImageD", "SafeLoadImageDict", "SkipBadSamples", "check_image", "find_medical_error",
+    "MedicalDataError",
+]
