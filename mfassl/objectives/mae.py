@@ -66,9 +66,12 @@ class MAEDecoder(nn.Module):
         num_heads: decoder heads.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, spatial_dims: int, dim: int = 256, depth: int = 2,
+    def __init__(self, in_dim: int, out_dim: int, spatial_dims: int, dim: int = 192, depth: int = 2,
                  num_heads: int = 8) -> None:
         super().__init__()
+        unit = 4 if spatial_dims == 2 else 6
+        if dim % unit:
+            raise ValueError(f"decoder dim must be divisible by {unit} for {spatial_dims}D sin-cos positions, got {dim}.")
         self.spatial_dims, self.dim = spatial_dims, dim
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -110,7 +113,7 @@ class MAE(BaseObjective):
     views = ViewSpec(1, 0)
     momentum = None
 
-    def __init__(self, backbone: MFABackbone, mask_ratio: float = 0.75, decoder_dim: int = 256,
+    def __init__(self, backbone: MFABackbone, mask_ratio: float = 0.75, decoder_dim: int = 192,
                  decoder_depth: int = 2, decoder_heads: int = 8, norm_pix_loss: bool = True) -> None:
         super().__init__(backbone)
         if not 0.0 < mask_ratio < 1.0:
