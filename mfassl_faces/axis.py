@@ -1,0 +1,182 @@
+"""The symmetry axis of a face from its landmarks, and pixel <-> index coordinate conversions.
+
+Two coordinate orders meet here:
+
+- *pixel* ``(x, y)`` = (column, row): landmark files, detectors and the command line;
+- *index* ``(row, col)``: the shared core (:class:`mfassl.geometry.SymmetryAxis2D`,
+  :func:`mfassl.pairing.mirror_pair`), the order of a ``(H, W)`` array's dimensions.
+
+Both put pixel centres at integers. A line ``n . p = d`` has the same offset ``d`` in both orders;
+only the normal's components swap (:func:`axis_to_pixel`, :func:`axis_from_pixel`).
+
+The estimate (:func:`axis_from_landmarks`): the normal is the mean direction of the mirror-pair
+vectors ``p[mirror[i]] - p[i]`` (summed unnormalised, so long pairs such as the contour and the eye
+corners weigh most); the offset is the least-squares fit of ``n . m = d`` to the pair midpoints and
+the midline points. The residual is the RMS distance between each landmark and its mirror
+partner reflected about the axis, in units of the inter-ocular distance (IOD); the confidence
+falls linearly from 1 at zero residual to 0 at ``max_residual`` IOD. Below ``min_confidence`` (or
+for degenerate input) the image centre is returned with ``fallback=True`` and a log message.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from mfassl.geometry import SymmetryAxis2D
+from mfassl_faces.schemas import LandmarkSchema, get_schema, schema_for_count
+
+__all__ = [
+    "angle_between_deg",
+    "pixel_to_index",
+    "index_to_pixel",
+    "axis_to_pixel",
+    "axis_from_pixel",
+    "axis_from_landmarks",
+    "symmetry_residual",
+    "LandmarkAxisEstimator",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def pixel_to_index(points_xy: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` pixel ``(x, y)`` -> index ``(row, col)`` (a swap of the last axis)."""
+    return np.asarray(points_xy, dtype=np.float64)[..., ::-1].copy()
+
+
+def index_to_pixel(points_rc: np.ndarray) -> np.ndarray:
+    """``(..., 2)`` index ``(row, col)`` -> pixel ``(x, y)``."""
+    return np.asarray(points_rc, dtype=np.float64)[..., ::-1].copy()
+
+
+def axis_to_pixel(axis: SymmetryAxis2D) -> tuple[np.ndarray, float]:
+    """``(normal_xy, offset)`` of an index-space axis, with the normal pointing to +x (image right).
+
+    ``normal_xy . (x, y) = offset`` holds for the pixel points of the line.
+    """
+    n, d = np.asarray(axis.normal, dtype=np.float64), float(axis.offset)
+    if n[1] < 0 or (n[1] == 0 and n[0] < 0):
+        n, d = -n, -d
+    return n[::-1].copy(), d
+
+
+def axis_from_pixel(normal_xy: Sequence[float], offset: float, **kwargs: Any) -> SymmetryAxis2D:
+    """The index-space axis of the pixel-space line ``normal_xy . (x, y) = offset``."""
+    n = np.asarray(normal_xy, dtype=np.float64)
+    return SymmetryAxis2D(normal=n[::-1].copy(), offset=float(offset), **kwargs)
+
+
+def _fit(pts: np.ndarray, schema: LandmarkSchema) -> tuple[np.ndarray, float]:
+    """Unit normal and offset (pixel order) from ``(N, 2)`` finite landmarks."""
+    pairs = schema.pairs
+    vec = pts[pairs[:, 1]] - pts[pairs[:, 0]]
+    # orient every pair vector like the dominant one before averaging (left/right labels may be swapped)
+    ref = vec[np.argmax(np.linalg.norm(vec, axis=1))]
+    vec = np.where((vec @ ref)[:, None] < 0, -vec, vec)
+    n = vec.sum(axis=0)
+    norm = float(np.linalg.norm(n))
+    if norm < 1e-9:
+        raise ValueError("the mirror pairs have no common direction.")
+    n = n / norm
+    on_axis = np.concatenate([0.5 * (pts[pairs[:, 0]] + pts[pairs[:, 1]]), pts[schema.midline]], axis=0)
+    d = float(np.mean(on_axis @ n))
+    if n[0] < 0:
+        n, d = -n, -d
+    return n, d
+
+
+def symmetry_residual(landmarks_xy: np.ndarray, schema: str | LandmarkSchema, normal_xy: Sequence[float],
+                      offset: float) -> float:
+    """RMS distance between each landmark and its reflected mirror partner, in pixels.
+
+    Args:
+        landmarks_xy: ``(N, 2)`` pixel coordinates.
+        schema: the layout.
+        normal_xy: unit normal of the axis (pixel order).
+        offset: the axis offset.
+    """
+    s = get_schema(schema)
+    pts = s.check(landmarks_xy)
+    n = np.asarray(normal_xy, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    refl = pts - 2.0 * (pts @ n - offset)[:, None] * n
+    return float(np.sqrt(np.mean(np.sum((refl[s.mirror_array] - pts) ** 2, axis=1))))
+
+
+def axis_from_landmarks(landmarks_xy: np.ndarray, schema: str | LandmarkSchema | None = None,
+                        image_shape: Sequence[int] | None = None, max_residual: float = 1.0,
+                        min_confidence: float = 0.2) -> SymmetryAxis2D:
+    """The face's symmetry axis in *index* coordinates (see the module docstring).
+
+    Args:
+        landmarks_xy: ``(N, 2)`` pixel ``(x, y)`` landmarks.
+        schema: the layout; default from the number of points (98, 68 or 5).
+        image_shape: ``(H, W[, C])`` of the image, needed for the centre fallback.
+        max_residual: residual (in IOD) at which the confidence reaches 0.
+        min_confidence: below this the centre fallback is returned.
+
+    Returns:
+        :class:`~mfassl.geometry.SymmetryAxis2D` ``n . (row, col) = d`` with ``n`` pointing to +col;
+        ``info`` holds ``method``, ``residual_px``, ``residual_iod``, ``iod`` and, on fallback, ``reason``.
+    """
+    pts = np.asarray(landmarks_xy, dtype=np.float64)
+    s = schema_for_count(pts.shape[0]) if schema is None and pts.ndim == 2 else get_schema(schema or "ibug68")
+    pts = s.check(pts)
+    reason = None
+    info: dict[str, Any] = {"method": "landmarks", "schema": s.name}
+    if not np.all(np.isfinite(pts)):
+        reason = "landmarks contain NaN or infinite values"
+    else:
+        iod = float(s.inter_ocular(pts))
+        info["iod"] = iod
+        if iod < 1e-6:
+            reason = "the inter-ocular distance is zero"
+        else:
+            try:
+                n, d = _fit(pts, s)
+            except ValueError as err:
+                reason = str(err)
+            else:
+                res = symmetry_residual(pts, s, n, d)
+                res_iod = res / iod
+                conf = float(np.clip(1.0 - res_iod / max_residual, 0.0, 1.0))
+                info.update(residual_px=res, residual_iod=res_iod)
+                if conf >= min_confidence:
+                    return SymmetryAxis2D(normal=n[::-1].copy(), offset=d, confidence=conf, info=info)
+                reason = f"landmark residual {res_iod:.3f} IOD gives confidence {conf:.3f} < {min_confidence}"
+    if image_shape is None:
+        raise ValueError(f"cannot estimate the axis ({reason}) and no image shape was given for the centre fallback.")
+    logger.warning("landmark axis falls back to the image centre: %s", reason)
+    info["reason"] = reason
+    return SymmetryAxis2D.centre(tuple(image_shape[:2]), split_dim=1, confidence=0.0, fallback=True, info=info)
+
+
+class LandmarkAxisEstimator:
+    """Array transform: ``(landmarks, image shape) -> SymmetryAxis2D`` with fixed settings.
+
+    Args:
+        schema: the layout (None: from the number of points).
+        max_residual: see :func:`axis_from_landmarks`.
+        min_confidence: see :func:`axis_from_landmarks`.
+    """
+
+    def __init__(self, schema: str | LandmarkSchema | None = None, max_residual: float = 1.0,
+                 min_confidence: float = 0.2) -> None:
+        self.schema = None if schema is None else get_schema(schema)
+        self.max_residual = max_residual
+        self.min_confidence = min_confidence
+
+    def __call__(self, landmarks_xy: np.ndarray, image_shape: Sequence[int] | None = None) -> SymmetryAxis2D:
+        return axis_from_landmarks(landmarks_xy, self.schema, image_shape, self.max_residual, self.min_confidence)
+
+
+def angle_between_deg(normal_a: Sequence[float], normal_b: Sequence[float]) -> float:
+    """Unsigned angle between two line normals in degrees (the normals' signs are ignored)."""
+    a = np.asarray(normal_a, dtype=np.float64)
+    b = np.asarray(normal_b, dtype=np.float64)
+    c = abs(float(a @ b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+    return math.degrees(math.acos(min(1.0, c)))

@@ -1,0 +1,129 @@
+"""Reading images and 300W/iBUG ``.pts`` landmark files, with errors that name the file.
+
+Landmarks are returned in 0-based pixel ``(x, y)`` coordinates. ``.pts`` files follow the 300W
+convention of 1-based coordinates (a point on the top-left pixel centre is written ``1 1``);
+:func:`read_pts` subtracts 1 and :func:`write_pts` adds it back (``one_based=False`` turns that off).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mfassl_faces.errors import FaceDataError
+
+__all__ = ["read_image", "write_image", "read_pts", "write_pts", "read_landmark_file"]
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as ``(H, W, 3)`` uint8 RGB (grey images are repeated to 3 channels).
+
+    Raises:
+        FaceDataError: the file is missing, empty or not a readable image.
+    """
+    import cv2
+
+    p = Path(path)
+    if not p.is_file():
+        raise FaceDataError("image file does not exist.", p)
+    data = np.fromfile(str(p), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise FaceDataError("cannot be decoded as an image (corrupt or not an image file).", p)
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 image (format from the suffix)."""
+    import cv2
+
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise FaceDataError("could not write the image.", path)
+
+
+def read_pts(path: str | os.PathLike, one_based: bool = True) -> np.ndarray:
+    """A 300W/iBUG ``.pts`` file as ``(N, 2)`` 0-based pixel ``(x, y)``.
+
+    The layout: ``version: 1``, ``n_points: N``, ``{``, N lines ``x y``, ``}``.
+
+    Raises:
+        FaceDataError: missing file, broken header, a count that disagrees with ``n_points``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FaceDataError("landmark file does not exist.", p)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as err:
+        raise FaceDataError(f"not a text .pts file ({err}).", p) from err
+    header = {}
+    body_start = None
+    for i, ln in enumerate(lines):
+        if ln == "{":
+            body_start = i + 1
+            break
+        if ":" in ln:
+            k, v = ln.split(":", 1)
+            header[k.strip().lower()] = v.strip()
+    if body_start is None or "n_points" not in header:
+        raise FaceDataError("not a .pts file (needs 'n_points:' and a '{ ... }' block).", p)
+    try:
+        n = int(header["n_points"])
+        end = lines.index("}", body_start)
+        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[body_start:end]], dtype=np.float64)
+    except ValueError as err:
+        raise FaceDataError(f"malformed .pts body ({err}).", p) from err
+    if pts.shape != (n, 2):
+        raise FaceDataError(f"header says {n} points but the file holds {pts.shape[0]}.", p)
+    return pts - 1.0 if one_based else pts
+
+
+def write_pts(path: str | os.PathLike, landmarks_xy: np.ndarray, one_based: bool = True) -> None:
+    """Write ``(N, 2)`` 0-based pixel landmarks as a 300W ``.pts`` file."""
+    pts = np.asarray(landmarks_xy, dtype=np.float64) + (1.0 if one_based else 0.0)
+    body = "\n".join(f"{x:.6f} {y:.6f}" for x, y in pts)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n", encoding="utf-8")
+
+
+def read_landmark_file(path: str | os.PathLike) -> np.ndarray:
+    """``(N, 2)`` pixel landmarks from ``.pts`` (1-based), ``.npy``, ``.json`` (a list of ``[x, y]``) or
+    whitespace/comma text (``x y`` per line, 0-based)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FaceDataError("landmark file does not exist.", p)
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".pts":
+            return read_pts(p)
+        if suffix == ".npy":
+            arr = np.load(p, allow_pickle=False)
+        elif suffix == ".json":
+            arr = np.asarray(json.loads(p.read_text(encoding="utf-8")), dtype=np.float64)
+        else:
+            arr = np.loadtxt(p, delimiter="," if suffix == ".csv" else None, dtype=np.float64, ndmin=2)
+    except FaceDataError:
+        raise
+    except Exception as err:  # numpy / json raise several types for broken files
+        raise FaceDataError(f"cannot read landmarks ({type(err).__name__}: {err}).", p) from err
+    arr = np.asarray(arr, dtype=np.float64)
+    if arr.ndim == 1 and arr.size % 2 == 0:
+        arr = arr.reshape(-1, 2)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise FaceDataError(f"landmarks must be N rows of (x, y), got shape {arr.shape}.", p)
+    return arr
