@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -141,6 +142,7 @@ def _smooth_field(rng: np.random.Generator, shape: Sequence[int], strength: floa
 
 
 # ---------------------------------------------------------------------- brain (BraTS layout)
+@functools.lru_cache(maxsize=1)
 def _load_mni() -> tuple[np.ndarray, np.ndarray]:
     """``(4, X, Y, Z)`` float32 [t1, gm, wm, brain mask] of the 2 mm MNI152 template and its affine."""
     from nilearn import datasets
@@ -149,8 +151,9 @@ def _load_mni() -> tuple[np.ndarray, np.ndarray]:
     gm = datasets.load_mni152_gm_template(resolution=2)
     wm = datasets.load_mni152_wm_template(resolution=2)
     mask = datasets.load_mni152_brain_mask(resolution=2)
-    vols = [np.asarray(v.get_fdata(), dtype=np.float32) for v in (t1, gm, wm, mask)]
-    return np.stack(vols), np.asarray(t1.affine, dtype=np.float64)
+    vols = np.stack([np.asarray(v.get_fdata(), dtype=np.float32) for v in (t1, gm, wm, mask)])
+    vols.setflags(write=False)  # cached: shared between builds in one process
+    return vols, np.asarray(t1.affine, dtype=np.float64)
 
 
 def _brats_case(rng: np.random.Generator, tmpl: torch.Tensor, tmpl_affine: np.ndarray, side: str,
@@ -235,7 +238,7 @@ def _build_brats(root: Path, n: int, rng: np.random.Generator) -> tuple[list[str
     import nibabel as nib
 
     data, aff = _load_mni()
-    tmpl = torch.as_tensor(data)
+    tmpl = torch.from_numpy(data.copy())
     files: list[str] = []
     truth: list[dict[str, Any]] = []
     for i in range(n):
@@ -256,6 +259,7 @@ def _build_brats(root: Path, n: int, rng: np.random.Generator) -> tuple[list[str
 
 
 # ---------------------------------------------------------------------- chest (CheXpert layout)
+@functools.lru_cache(maxsize=1)
 def _load_cxr() -> np.ndarray:
     """The pydicom-data PA chest radiograph, display-corrected (MONOCHROME1 inverted), ``(330, 311)`` in [0, 1]."""
     import pydicom
@@ -267,7 +271,9 @@ def _load_cxr() -> np.ndarray:
         a = a.max() - a
     t = F.interpolate(torch.as_tensor(a)[None, None], size=_CXR_BASE, mode="area")[0, 0].numpy()
     lo, hi = np.percentile(t, [1.0, 99.5])
-    return (np.clip((t - lo) / (hi - lo), 0.0, 1.0) ** 1.6).astype(np.float32)  # darker lung fields
+    out = (np.clip((t - lo) / (hi - lo), 0.0, 1.0) ** 1.6).astype(np.float32)  # darker lung fields
+    out.setflags(write=False)  # cached: shared between builds in one process
+    return out
 
 
 def _base_midline(img: np.ndarray) -> float:
@@ -343,7 +349,7 @@ def _build_chexpert(root: Path, n: int, rng: np.random.Generator) -> tuple[list[
 
     base_np = _load_cxr()
     base_mid = _base_midline(base_np)
-    base = torch.as_tensor(base_np)
+    base = torch.from_numpy(base_np.copy())
     ds_root = root / "CheXpert-v1.0-small"
     n_valid = max(1, n // 6) if n > 1 else 0
     header = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS, "Side"]
