@@ -93,3 +93,32 @@ def test_default_root_env(monkeypatch, tmp_path):
     assert default_demo_root() == tmp_path / "x"
     monkeypatch.delenv("MFASSL_DEMO_DIR")
     assert default_demo_root().parts[-3:] == (".cache", "mfassl", "demo")
+
+
+def test_real_estimator_recovers_demo_ground_truth(demo):
+    """End to end: reader -> SafeLoadImaged -> EstimateSymmetryAxisd (the real estimator) -> the demo truth."""
+    mod = pytest.importorskip("mfassl_medical.axis")
+    if not hasattr(mod, "estimate_axis"):
+        pytest.skip("mfassl_medical.axis has no estimate_axis yet")
+    from monai.transforms import Compose
+
+    from mfassl.geometry import SymmetryAxis2D, SymmetryPlane3D
+    from mfassl_medical.data import SafeLoadImaged
+    from mfassl_medical.transforms import EstimateSymmetryAxisd
+
+    t = Compose([SafeLoadImaged("image"), EstimateSymmetryAxisd("image")])
+    case = find_brats_cases(demo.brats)[0]
+    tr = pd.read_csv(demo.brats_truth).set_index("case").loc[case["case"]]
+    d = t(case)
+    true = SymmetryPlane3D(normal=[tr["plane_normal_0"], tr["plane_normal_1"], tr["plane_normal_2"]],
+                           offset=tr["plane_offset_mm"])
+    est = SymmetryPlane3D(normal=d["image_axis_world"][:3], offset=float(d["image_axis_world"][3]))
+    assert not d["axis_fallback"]
+    assert true.angle_to(est) < 0.5 and true.distance_at(est, (0.0, -18.0, 12.0)) < 1.0
+
+    rec = read_chexpert(demo.chexpert, "train")[0]
+    tr = pd.read_csv(demo.chexpert_truth).set_index("path").loc[rec["path"]]
+    d = t(rec)
+    true2 = SymmetryAxis2D(normal=[tr["midline_normal_xy_0"], tr["midline_normal_xy_1"]], offset=tr["midline_offset_px"])
+    est2 = SymmetryAxis2D(normal=d["image_axis"][:2], offset=float(d["image_axis"][2]))  # PNG index = (x, y)
+    assert true2.angle_to(est2) < 2.0 and true2.distance_at(est2, (127.5, 127.5)) < 3.0
