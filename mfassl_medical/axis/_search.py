@@ -1,0 +1,185 @@
+"""Coarse exhaustive search for a symmetry hyperplane by FFT self-convolution.
+
+For every candidate normal ``n`` (a grid of directions within ``max_angle`` of a prior), the
+coarse image is resampled (nearest neighbour) onto a small isotropic grid whose first axis runs
+along ``n``. Mirror symmetry about ``u = u0`` along that axis means ``f(u) = f(2 u0 - u)``, so the
+correlation of the image with its reflection for *every* offset at once is the self-convolution
+of each grid line, summed over lines: one batched real FFT per candidate set. Overlap-normalised
+sums turn it into a normalised cross-correlation (NCC) per (normal, offset).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+
+from mfassl.geometry import rotation_between
+
+from ._prepare import Level
+
+__all__ = ["CoarseResult", "candidate_frames", "region_of_interest", "coarse_search", "tangent_basis"]
+
+
+@dataclass
+class CoarseResult:
+    """Best coarse hyperplane ``normal . x = offset`` (world) and its NCC ``score``."""
+
+    normal: np.ndarray
+    offset: float
+    score: float
+    candidates: int
+
+
+def tangent_basis(n: np.ndarray) -> np.ndarray:
+    """``(D-1, D)`` orthonormal rows spanning the complement of the unit vector ``n`` (deterministic)."""
+    d = n.size
+    if d == 2:
+        return np.array([[-n[1], n[0]]])
+    a = np.zeros(3)
+    a[int(np.argmin(np.abs(n)))] = 1.0
+    t1 = np.cross(n, a)
+    t1 /= np.linalg.norm(t1)
+    t2 = np.cross(n, t1)
+    return np.stack([t1, t2])
+
+
+def candidate_frames(n0: np.ndarray, max_angle: float, step: float) -> np.ndarray:
+    """``(B, D, D)`` orthonormal frames whose first column is a candidate normal.
+
+    2D: normals at angles ``-max_angle..max_angle`` (degrees) by ``step`` from ``n0``; 3D: a square
+    grid of tilts about the two tangent directions of ``n0``, kept within the ``max_angle`` cone.
+    The grid is symmetric about ``n0`` (so a mirrored image gets the mirrored grid).
+    """
+    d = n0.size
+    t = tangent_basis(n0)
+    k = int(math.floor(max_angle / step + 1e-9))
+    angles = np.radians(np.arange(-k, k + 1) * step)
+    base = np.concatenate([n0[:, None], t.T], axis=1)  # (D, D) columns n0, t...
+    frames = []
+    if d == 2:
+        for a in angles:
+            n = math.cos(a) * n0 + math.sin(a) * t[0]
+            frames.append(np.stack([n, np.array([-n[1], n[0]])], axis=1))
+    else:
+        for a in angles:
+            for b in angles:
+                if math.hypot(a, b) > math.radians(max_angle) + 1e-9:
+                    continue
+                n = n0 + math.tan(a) * t[0] + math.tan(b) * t[1]
+                n /= np.linalg.norm(n)
+                frames.append(rotation_between(n0, n) @ base)
+    return np.stack(frames)
+
+
+def region_of_interest(level: Level, use_foreground: bool) -> tuple[np.ndarray, float]:
+    """World centre ``(D,)`` and radius (mm) of the region the coarse search looks at.
+
+    With ``use_foreground`` (volumes) the region is the object: voxels that differ clearly from the
+    border intensity, centre their centroid, radius from their spread. Otherwise (radiographs) the
+    field of view: its centre and half its largest side.
+    """
+    v = level.data
+    d = v.ndim
+    aff = level.affine
+    shape = np.array(v.shape)
+    fov_centre = aff[:d, :d] @ ((shape - 1) / 2.0) + aff[:d, d]
+    half_sides = 0.5 * (shape - 1) * level.spacing
+    if use_foreground:
+        border = np.concatenate([np.take(v, [0, -1], axis=k).ravel() for k in range(d)])
+        a = np.abs(v - np.median(border))
+        hi = float(np.percentile(a, 99.5))
+        if hi > 0:
+            mask = a > 0.15 * hi
+            if mask.sum() >= 4 ** d:
+                idx = np.argwhere(mask).astype(np.float64)
+                pts = idx @ aff[:d, :d].T + aff[:d, d]
+                c = pts.mean(axis=0)
+                lam = np.linalg.eigvalsh(np.cov((pts - c).T))
+                r = 1.15 * math.sqrt(3.0 * max(float(lam.max()), 0.0))
+                return c, float(min(max(r, 4.0 * level.spacing.max()), np.linalg.norm(half_sides)))
+    return fov_centre, float(half_sides.max())
+
+
+def _sample(level: Level, frames: np.ndarray, centre: np.ndarray, radius: float,
+            h: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Nearest-neighbour samples ``(B, L, P)`` (values, in-FOV mask) on each candidate's grid."""
+    v = level.data
+    d = v.ndim
+    half = int(math.ceil(radius / h))
+    length = 2 * half + 1
+    g = np.arange(length, dtype=np.float64) - half
+    lines = np.stack(np.meshgrid(*([g] * (d - 1)), indexing="ij"), axis=-1).reshape(-1, d - 1)
+    lines = lines[np.linalg.norm(lines, axis=1) <= half + 0.5]  # lines inside the ball only
+    mesh = np.concatenate([np.repeat(g, len(lines))[:, None], np.tile(lines, (length, 1))], axis=1)  # (L*P, D)
+    inv = level.inv
+    m = (np.einsum("ij,bjk->bik", inv[:d, :d], frames) * h).astype(np.float32)  # (B, D, D) grid step -> index
+    o = inv[:d, :d] @ centre + inv[:d, d]  # (D,)
+    mesh32 = mesh.astype(np.float32)
+    shape = v.shape
+    flat = None
+    valid = None
+    for k in range(d):
+        ik = np.rint(mesh32 @ m[:, k, :].T + np.float32(o[k])).astype(np.int32).T  # (B, P_all)
+        ok = (ik >= 0) & (ik < shape[k])
+        valid = ok if valid is None else valid & ok
+        np.clip(ik, 0, shape[k] - 1, out=ik)
+        flat = ik if flat is None else flat * np.int32(shape[k]) + ik
+    vals = np.take(v.ravel(), flat)
+    vals *= valid
+    b = frames.shape[0]
+    f = vals.reshape(b, length, -1)
+    mk = valid.astype(np.float32).reshape(b, length, -1)
+    return f, mk, half
+
+
+def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, use_foreground: bool,
+                  min_overlap: float = 0.5, max_shift: float = 0.5,
+                  max_half: int | None = None) -> CoarseResult:
+    """Best (normal, offset) on ``level`` by batched FFT self-convolution NCC.
+
+    Args:
+        level: the coarse pyramid level.
+        n0: ``(D,)`` prior unit normal (world).
+        max_angle, step: candidate directions (degrees) around ``n0``.
+        use_foreground: region of interest from the object (volumes) or the field of view.
+        min_overlap: smallest in-FOV overlap of a mirror pairing, as a fraction of the in-FOV samples.
+        max_shift: largest distance of the hyperplane from the region centre, as a fraction of its radius.
+        max_half: at most this many grid steps from the centre to the edge of the sampling grid
+            (None: the level's spacing sets the step).
+    """
+    centre, radius = region_of_interest(level, use_foreground)
+    h = float(np.exp(np.mean(np.log(level.spacing))))
+    if max_half is not None:
+        h = max(h, radius / max_half)
+    frames = candidate_frames(n0, max_angle, step)
+    f, mk, half = _sample(level, frames, centre, radius, h)
+    length = 2 * half + 1
+    nfft = 2 * length
+    # centre the intensities (NCC below is exact for any shift; this only helps float32 precision)
+    mean = float((f * mk).sum() / max(float(mk.sum()), 1.0))
+    fm = ((f - np.float32(mean)) * mk).transpose(0, 2, 1).copy()  # (B, P, L): FFT along the contiguous dim
+    mt = mk.transpose(0, 2, 1).copy()
+    spec_f = sfft.rfft(fm, n=nfft, axis=2, workers=1)
+    spec_m = sfft.rfft(mt, n=nfft, axis=2, workers=1)
+    spec_q = sfft.rfft(fm * fm, n=nfft, axis=2, workers=1)
+    c_ff = sfft.irfft(np.einsum("bpf,bpf->bf", spec_f, spec_f), n=nfft, axis=1)
+    c_fm = sfft.irfft(np.einsum("bpf,bpf->bf", spec_f, spec_m), n=nfft, axis=1)
+    c_qm = sfft.irfft(np.einsum("bpf,bpf->bf", spec_q, spec_m), n=nfft, axis=1)
+    c_mm = sfft.irfft(np.einsum("bpf,bpf->bf", spec_m, spec_m), n=nfft, axis=1)
+    count = np.maximum(c_mm, 1.0)
+    mu = c_fm / count
+    var = c_qm / count - mu * mu
+    cov = c_ff / count - mu * mu
+    ncc = cov / np.maximum(var, 1e-12)
+    u0 = np.arange(nfft) / 2.0 - half  # plane position along the normal, in grid steps from the centre
+    total = mk.sum(axis=(1, 2))[:, None]
+    ok = (c_mm >= min_overlap * total) & (np.abs(u0) <= max_shift * half)[None] & (var > 1e-12)
+    ncc = np.where(ok, ncc, -2.0)
+    best = int(np.argmax(ncc))
+    b, si = divmod(best, nfft)
+    n = frames[b][:, 0]
+    offset = float(n @ centre + float(u0[si]) * h)
+    return CoarseResult(normal=n, offset=offset, score=float(ncc[b, si]), candidates=int(frames.shape[0]))
