@@ -1,0 +1,352 @@
+"""Readers for CelebA / CelebA-HQ attributes, WFLW annotations and 300W/iBUG ``.pts`` folders, and
+one torch dataset for landmark data.
+
+Layouts (as distributed):
+
+- CelebA ``list_attr_celeba.txt`` and CelebA-HQ ``CelebAMask-HQ-attribute-anno.txt``: line 1 the
+  number of images, line 2 the 40 attribute names, then ``<file> v1 ... v40`` with values ``1`` / ``-1``.
+- CelebA ``list_eval_partition.txt``: ``<file> <0|1|2>`` (train / val / test).
+- CelebA ``identity_CelebA.txt``: ``<file> <identity>``.
+- CelebA-HQ ``CelebA-HQ-to-CelebA-mapping.txt``: a header line, then ``idx orig_idx orig_file``
+  (CelebA-HQ image ``<idx>.jpg`` is CelebA's ``orig_file``).
+- WFLW ``list_98pt_rect_attr_{train,test}.txt``: per line 196 landmark coordinates ``x0 y0 ... x97 y97``,
+  4 box values ``x_min y_min x_max y_max``, 6 attribute flags (pose, expression, illumination,
+  make-up, occlusion, blur) and the image path relative to ``WFLW_images/``.
+- 300W/iBUG: ``<name>.<png|jpg>`` beside ``<name>.pts``.
+
+Every parse error raises :class:`~mfassl_faces.errors.FaceDataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mfassl_faces.axis import axis_from_landmarks
+from mfassl_faces.errors import FaceDataError
+from mfassl_faces.io import read_image, read_pts
+from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema
+
+__all__ = [
+    "WFLW_ATTRIBUTES",
+    "SPLITS",
+    "LandmarkRecord",
+    "read_celeba_attributes",
+    "read_celeba_partition",
+    "read_celeba_identities",
+    "read_celebahq_mapping",
+    "identity_split",
+    "CelebAHQDataset",
+    "read_wflw_annotations",
+    "read_300w_folder",
+    "LandmarkDataset",
+    "crop_matrix",
+]
+
+logger = logging.getLogger(__name__)
+
+WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
+
+
+def _lines(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FaceDataError("file does not exist.", p)
+    try:
+        return p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise FaceDataError(f"not a text file ({err}).", p) from err
+
+
+# ---------------------------------------------------------------------------------------------- CelebA
+def read_celeba_attributes(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The 40-attribute file (CelebA or CelebA-HQ format).
+
+    Returns:
+        ``(names, table)``: the attribute names and ``{file: (40,) uint8 array of 0/1}``.
+    """
+    lines = [ln for ln in _lines(path) if ln.strip()]
+    if len(lines) < 2:
+        raise FaceDataError("an attribute file needs a count line and a names line.", path)
+    try:
+        count = int(lines[0].split()[0])
+    except (ValueError, IndexError) as err:
+        raise FaceDataError(f"line 1 must be the number of images, got {lines[0]!r}.", path) from err
+    names = lines[1].split()
+    table: dict[str, np.ndarray] = {}
+    for k, ln in enumerate(lines[2:], start=3):
+        parts = ln.split()
+        if len(parts) != len(names) + 1:
+            raise FaceDataError(f"line {k}: expected a file name and {len(names)} values, got {len(parts)} fields.", path)
+        try:
+            vals = np.array([int(v) for v in parts[1:]])
+        except ValueError as err:
+            raise FaceDataError(f"line {k}: attribute values must be 1 or -1 ({err}).", path) from err
+        if not np.all(np.isin(vals, (-1, 0, 1))):
+            raise FaceDataError(f"line {k}: attribute values must be 1 or -1.", path)
+        table[parts[0]] = (vals > 0).astype(np.uint8)
+    if count != len(table):
+        logger.warning("%s: header says %d images, the file lists %d.", path, count, len(table))
+    return names, table
+
+
+def _two_columns(path: str | os.PathLike, what: str) -> dict[str, str]:
+    out = {}
+    for k, ln in enumerate(_lines(path), start=1):
+        parts = ln.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise FaceDataError(f"line {k}: expected '<file> <{what}>', got {ln!r}.", path)
+        out[parts[0]] = parts[1]
+    return out
+
+
+def read_celeba_partition(path: str | os.PathLike) -> dict[str, str]:
+    """``list_eval_partition.txt`` as ``{file: "train" | "val" | "test"}``."""
+    raw = _two_columns(path, "0|1|2")
+    try:
+        return {f: SPLITS[int(v)] for f, v in raw.items()}
+    except (ValueError, IndexError) as err:
+        raise FaceDataError(f"partition values must be 0, 1 or 2 ({err}).", path) from err
+
+
+def read_celeba_identities(path: str | os.PathLike) -> dict[str, str]:
+    """``identity_CelebA.txt`` as ``{file: identity}``."""
+    return _two_columns(path, "identity")
+
+
+def read_celebahq_mapping(path: str | os.PathLike) -> dict[str, str]:
+    """``CelebA-HQ-to-CelebA-mapping.txt`` as ``{"<idx>.jpg": "<CelebA file>"}``."""
+    out = {}
+    for k, ln in enumerate(_lines(path), start=1):
+        parts = ln.split()
+        if not parts or k == 1 and not parts[0].isdigit():
+            continue
+        if len(parts) != 3:
+            raise FaceDataError(f"line {k}: expected 'idx orig_idx orig_file', got {ln!r}.", path)
+        out[f"{int(parts[0])}.jpg"] = parts[2]
+    return out
+
+
+def identity_split(identities: dict[str, str], fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                   seed: int = 0) -> dict[str, str]:
+    """Assign files to train/val/test so that no identity appears in two splits.
+
+    Each identity goes to a split by a seeded hash of its label (stable across runs and machines),
+    so the split fractions hold over identities, approximately over files.
+
+    Returns:
+        ``{file: split}``.
+    """
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.shape != (3,) or np.any(f < 0) or f.sum() <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}.")
+    edges = np.cumsum(f / f.sum())
+    out = {}
+    for file, ident in identities.items():
+        h = hashlib.sha256(f"{seed}:{ident}".encode()).digest()
+        u = int.from_bytes(h[:8], "big") / 2.0**64
+        out[file] = SPLITS[int(np.searchsorted(edges, u, side="right").clip(max=2))]
+    return out
+
+
+class CelebAHQDataset(Dataset):
+    """CelebA(-HQ) images with their 40 binary attributes.
+
+    Args:
+        image_dir: folder of the images (``CelebA-HQ-img/`` or ``img_align_celeba/``).
+        attribute_file: the attribute file (either format).
+        split: ``train``, ``val``, ``test`` or None (all).
+        partition_file: CelebA's ``list_eval_partition.txt`` (the official split).
+        identity_file: ``identity_CelebA.txt``; when given (and no partition file), an identity-aware split.
+        mapping_file: CelebA-HQ -> CelebA mapping, to look up CelebA-HQ files in the two files above.
+        size: output side in pixels (images are resized to ``size x size``).
+        fractions: train/val/test shares of the identity-aware split.
+        seed: seed of the identity-aware split.
+
+    Items: ``{"image": (3, size, size) float in [0, 1], "attributes": (40,) float, "path": str}``.
+    """
+
+    def __init__(self, image_dir: str | os.PathLike, attribute_file: str | os.PathLike, split: str | None = None,
+                 partition_file: str | os.PathLike | None = None, identity_file: str | os.PathLike | None = None,
+                 mapping_file: str | os.PathLike | None = None, size: int = 64,
+                 fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> None:
+        self.image_dir = Path(image_dir)
+        self.names, table = read_celeba_attributes(attribute_file)
+        self.size = int(size)
+        mapping = read_celebahq_mapping(mapping_file) if mapping_file else {}
+        files = sorted(table, key=lambda s: (len(s), s))
+        self.split_source = "all"
+        if split is not None:
+            if split not in SPLITS:
+                raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}.")
+            if partition_file is not None:
+                splits, self.split_source = read_celeba_partition(partition_file), "official"
+            elif identity_file is not None:
+                ids = read_celeba_identities(identity_file)
+                ids = {f: ids[mapping.get(f, f)] for f in files if mapping.get(f, f) in ids}
+                splits, self.split_source = identity_split(ids, fractions, seed), "identity"
+            else:
+                raise ValueError("a split needs partition_file (official) or identity_file (identity-aware).")
+            missing = [f for f in files if mapping.get(f, f) not in splits and f not in splits]
+            if missing:
+                logger.warning("%d attribute rows have no split entry and are left out (first: %s).", len(missing), missing[0])
+            files = [f for f in files if splits.get(f, splits.get(mapping.get(f, f))) == split]
+        self.files = files
+        self.attributes = np.stack([table[f] for f in files]) if files else np.zeros((0, len(self.names)), np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import cv2
+
+        path = self.image_dir / self.files[i]
+        img = cv2.resize(read_image(path), (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return {"image": torch.from_numpy(img).permute(2, 0, 1).float() / 255.0,
+                "attributes": torch.from_numpy(self.attributes[i].astype(np.float32)), "path": str(path)}
+
+
+# ---------------------------------------------------------------------------------------------- landmarks
+@dataclass
+class LandmarkRecord:
+    """One annotated face.
+
+    Attributes:
+        image: the image file.
+        landmarks: ``(N, 2)`` pixel ``(x, y)``.
+        box: ``(x_min, y_min, x_max, y_max)`` face box, or None (the landmark extent is used).
+        attributes: named 0/1 flags (WFLW's six subsets), possibly empty.
+    """
+
+    image: Path
+    landmarks: np.ndarray
+    box: tuple[float, float, float, float] | None = None
+    attributes: dict[str, int] = field(default_factory=dict)
+
+
+def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[LandmarkRecord]:
+    """A WFLW ``list_98pt_rect_attr_{train,test}.txt`` file.
+
+    Args:
+        path: the annotation file.
+        image_root: folder the image paths are relative to (``WFLW_images/``); default the file's folder.
+
+    Returns:
+        One :class:`LandmarkRecord` per line (98 landmarks, box, the six attribute flags).
+    """
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    out = []
+    for k, ln in enumerate(_lines(path), start=1):
+        parts = ln.split()
+        if not parts:
+            continue
+        if len(parts) != 196 + 4 + 6 + 1:
+            raise FaceDataError(f"line {k}: a WFLW line has 207 fields (196 coordinates, 4 box values, "
+                                f"6 flags, image path), got {len(parts)}.", path)
+        try:
+            nums = np.array([float(v) for v in parts[:206]])
+        except ValueError as err:
+            raise FaceDataError(f"line {k}: non-numeric value ({err}).", path) from err
+        flags = nums[200:206].astype(int)
+        out.append(LandmarkRecord(root / parts[206], nums[:196].reshape(98, 2), tuple(float(v) for v in nums[196:200]),
+                                  dict(zip(WFLW_ATTRIBUTES, (int(f) for f in flags)))))
+    return out
+
+
+def read_300w_folder(folder: str | os.PathLike, schema: str | LandmarkSchema = "ibug68") -> list[LandmarkRecord]:
+    """Every ``<name>.pts`` with an image beside it in ``folder`` (recursively), sorted by path.
+
+    Raises:
+        FaceDataError: a ``.pts`` file with a wrong landmark count (names the file).
+    """
+    s = get_schema(schema)
+    out = []
+    for pts_path in sorted(Path(folder).rglob("*.pts")):
+        image = next((pts_path.with_suffix(sfx) for sfx in IMAGE_SUFFIXES if pts_path.with_suffix(sfx).is_file()), None)
+        if image is None:
+            logger.warning("%s has no image beside it; skipped.", pts_path)
+            continue
+        pts = read_pts(pts_path)
+        if pts.shape != (s.n_points, 2):
+            raise FaceDataError(f"expected {s.n_points} landmarks ({s.name}), got {pts.shape[0]}.", pts_path)
+        out.append(LandmarkRecord(image, pts))
+    return out
+
+
+def crop_matrix(box: Sequence[float], size: int, margin: float = 0.25) -> np.ndarray:
+    """``(2, 3)`` pixel map from the image to a ``size x size`` square crop around ``box`` (enlarged by ``margin``)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(x1 - x0, y1 - y0) * (1.0 + margin)
+    k = (size - 1) / max(side, 1e-6)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return np.array([[k, 0.0, (size - 1) / 2.0 - k * cx], [0.0, k, (size - 1) / 2.0 - k * cy]])
+
+
+class LandmarkDataset(Dataset):
+    """Face crops with landmarks, for the landmark benchmark and for pretraining.
+
+    Args:
+        records: from :func:`read_wflw_annotations` or :func:`read_300w_folder`.
+        schema: the records' layout.
+        size: crop side in pixels.
+        margin: box enlargement around the face.
+        flip_prob: probability of a horizontal flip (landmarks permuted by the mirror map).
+        transform: optional callable applied to the item dict last.
+
+    Items: ``{"image": (3, S, S) float in [0, 1], "landmarks": (N, 2) crop pixels (x, y),
+    "axis": (3,) [n_row, n_col, d] index-space axis of the crop from the landmarks, "axis_fallback": bool,
+    "iod": float, "attributes": (A,) float, "path": str}``.
+    """
+
+    def __init__(self, records: Sequence[LandmarkRecord], schema: str | LandmarkSchema, size: int = 64,
+                 margin: float = 0.25, flip_prob: float = 0.0, transform: Callable[[dict], dict] | None = None) -> None:
+        self.records = list(records)
+        self.schema = get_schema(schema)
+        self.size = int(size)
+        self.margin = float(margin)
+        self.flip_prob = float(flip_prob)
+        self.transform = transform
+        present = {k for r in self.records for k in r.attributes}
+        self.attribute_names = [k for k in WFLW_ATTRIBUTES if k in present] + sorted(present - set(WFLW_ATTRIBUTES))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import cv2
+
+        rec = self.records[i]
+        img = read_image(rec.image)
+        pts = self.schema.check(rec.landmarks, str(rec.image))
+        box = rec.box if rec.box is not None else (*pts.min(axis=0), *pts.max(axis=0))
+        m = crop_matrix(box, self.size, self.margin)
+        crop = cv2.warpAffine(img, m, (self.size, self.size), flags=cv2.INTER_AREA if m[0, 0] < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT)
+        lm = pts @ m[:, :2].T + m[:, 2]
+        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+            crop = crop[:, ::-1].copy()
+            lm = flip_landmarks(lm, self.schema, self.size)
+        axis = axis_from_landmarks(lm, self.schema, crop.shape)
+        item = {
+            "image": torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255.0,
+            "landmarks": torch.from_numpy(lm.astype(np.float32)),
+            "axis": torch.from_numpy(axis.as_array()),
+            "axis_fallback": bool(axis.fallback),
+            "iod": float(self.schema.inter_ocular(lm)),
+            "attributes": torch.tensor([float(rec.attributes.get(k, 0)) for k in self.attribute_names]),
+            "path": str(rec.image),
+        }
+        return self.transform(item) if self.transform else item
