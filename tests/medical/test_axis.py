@@ -1,0 +1,211 @@
+"""Axis estimation: synthetic symmetric images, MNI152 under rigid motion, flip consistency on real data,
+fallback, registry, input checks, slice midlines."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import map_coordinates
+from scipy.spatial.transform import Rotation
+
+from mfassl.geometry import SymmetryAxis2D, SymmetryPlane3D
+from mfassl_medical.axis import (
+    AXIS_ESTIMATORS,
+    estimate_axis,
+    estimate_centre,
+    estimate_midline,
+    estimate_midsagittal_plane,
+    slice_midline,
+    slice_midlines,
+)
+from mfassl_medical.axis._prepare import block_mean
+
+
+def flip_matrix(shape: tuple[int, ...], k: int) -> np.ndarray:
+    """Index matrix of flipping dim ``k`` (its own inverse)."""
+    d = len(shape)
+    m = np.eye(d + 1)
+    m[k, k] = -1.0
+    m[k, d] = shape[k] - 1.0
+    return m
+
+
+def symmetric_image(shape: tuple[int, ...], affine: np.ndarray, axis, rng: np.random.Generator,
+                    blobs: int = 14) -> np.ndarray:
+    """Sum of Gaussian blobs placed in world space and mirrored about ``axis`` (world), sampled on the grid."""
+    d = len(shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, d).astype(float)
+    world = grid @ affine[:d, :d].T + affine[:d, d]
+    lo, hi = world.min(0), world.max(0)
+    centre, span = (lo + hi) / 2, (hi - lo)
+    out = np.zeros(len(world))
+    for _ in range(blobs):
+        c = axis.closest_point(centre) + (rng.uniform(-0.3, 0.3, d) * span)
+        s = rng.uniform(0.06, 0.14) * span.min()
+        a = rng.uniform(0.5, 1.5)
+        for cc in (c, axis.reflect_points(c)):
+            out += a * np.exp(-np.sum((world - cc) ** 2, 1) / (2 * s * s))
+    return out.reshape(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("angle,offset", [(0.0, 31.5), (12.0, 28.3), (-20.0, 36.0)])
+def test_midline_recovers_symmetric_2d(angle: float, offset: float) -> None:
+    rng = np.random.default_rng(1)
+    shape = (64, 72)
+    truth = SymmetryAxis2D.from_angle(angle, 0.0, split_dim=1).replace(offset=0.0)
+    truth = SymmetryAxis2D.through_point(truth.normal, (31.5, offset))
+    img = symmetric_image(shape, np.eye(3), truth, rng)
+    est = estimate_midline(img)
+    assert est.angle_to(truth) < 0.2
+    assert est.distance_at(truth, (31.5, 35.5)) < 0.2
+    assert est.confidence > 0.8 and not est.fallback
+    assert est.normal[1] > 0  # oriented along the left-right (column) dim
+
+
+def test_msp_recovers_symmetric_3d_anisotropic() -> None:
+    rng = np.random.default_rng(2)
+    shape = (40, 44, 20)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    affine[:3, 3] = [-30.0, -33.0, -30.0]
+    n = Rotation.from_euler("yz", [8.0, -14.0], degrees=True).as_matrix() @ np.array([1.0, 0, 0])
+    truth = SymmetryPlane3D.through_point(n, (2.0, -1.0, 0.0))
+    vol = symmetric_image(shape, affine, truth, rng, blobs=10)
+    est = estimate_midsagittal_plane(vol, affine)
+    assert est.angle_to(truth) < 0.3
+    assert est.distance_at(truth, (0.0, 0.0, 0.0)) < 0.3
+    # a torch tensor with a channel dim gives the same world plane
+    same = estimate_midsagittal_plane(torch.from_numpy(vol)[None], torch.from_numpy(affine), channel_first=True)
+    assert same.angle_to(est) < 1e-6 and abs(same.offset - est.offset) < 1e-6
+
+
+def _rigid_mni(rng: np.random.Generator):
+    from nilearn.datasets import load_mni152_template
+
+    im = load_mni152_template(resolution=2)
+    v = np.asarray(im.dataobj, dtype=np.float32)[::2, ::2, ::2]  # 4 mm, small and fast
+    aff = im.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+    rot = Rotation.from_euler("xyz", rng.uniform(-20, 20, 3), degrees=True).as_matrix()
+    t = rng.uniform(-10, 10, 3)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in v.shape], indexing="ij"), -1).reshape(-1, 3).astype(float)
+    y = grid @ aff[:3, :3].T + aff[:3, 3]
+    x = (y - t) @ rot
+    inv = np.linalg.inv(aff)
+    out = map_coordinates(v, (x @ inv[:3, :3].T + inv[:3, 3]).T, order=1).reshape(v.shape).astype(np.float32)
+    out += rng.normal(0, 0.02, out.shape).astype(np.float32)
+    n = rot @ np.array([1.0, 0.0, 0.0])
+    return out, aff, SymmetryPlane3D(normal=n, offset=float(n @ t))
+
+
+def test_msp_on_mni152_under_rigid_motion() -> None:
+    rng = np.random.default_rng(3)
+    vol, aff, truth = _rigid_mni(rng)
+    est = estimate_midsagittal_plane(vol, aff)
+    assert est.angle_to(truth) < 0.5
+    assert est.distance_at(truth, truth.closest_point(np.zeros(3))) < 0.5
+    assert est.confidence > 0.7
+
+
+def test_flip_consistency_chest_radiograph() -> None:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
+    img, _ = block_mean(ds.pixel_array.astype(np.float32), (8, 8))  # (244, 230), MONOCHROME1
+    a = estimate_midline(img)
+    b = estimate_midline(img[:, ::-1].copy())
+    expected = a.transform(flip_matrix(img.shape, 1))
+    centre = (np.array(img.shape) - 1) / 2
+    assert expected.angle_to(b) < 0.5
+    assert expected.distance_at(b, centre) < 1.0
+    assert a.confidence > 0.5
+    # inverted grey scale (MONOCHROME1 vs 2) finds the same line
+    c = estimate_midline(img.max() - img)
+    assert c.angle_to(a) < 0.5 and c.distance_at(a, centre) < 1.0
+
+
+def test_flip_consistency_example4d() -> None:
+    nibabel = pytest.importorskip("nibabel")
+    path = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "example4d.nii.gz")
+    img = nibabel.load(path)
+    vol = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)  # (2, 128, 96, 24)
+    a = estimate_midsagittal_plane(vol, channel_first=True)
+    b = estimate_midsagittal_plane(vol[:, ::-1].copy(), channel_first=True)
+    expected = a.transform(flip_matrix(vol.shape[1:], 0))
+    assert expected.angle_to(b) < 0.5
+    assert expected.distance_at(b, (np.array(vol.shape[1:]) - 1) / 2) < 1.0
+    # in world coordinates: close to the scanner's sagittal plane
+    w = estimate_axis(vol, img.affine, channel_first=True)
+    assert isinstance(w, SymmetryPlane3D) and abs(w.normal[0]) > 0.99
+
+
+def test_constant_and_noise_fall_back_to_centre(caplog: pytest.LogCaptureFixture) -> None:
+    const = np.full((1, 32, 40), 7.0, dtype=np.float32)
+    ax = estimate_axis(const)
+    assert ax.fallback and ax.confidence == 0.0
+    assert ax.angle_to(SymmetryAxis2D(normal=[0, 1], offset=0)) < 1e-9 and abs(ax.offset - 19.5) < 1e-9
+    noise = np.random.default_rng(0).normal(size=(20, 24, 22)).astype(np.float32)
+    with caplog.at_level("WARNING"):
+        ax3 = estimate_axis(noise, min_confidence=0.9)
+    assert ax3.fallback and "estimate" in ax3.info
+    assert any("falling back" in r.message for r in caplog.records)
+    assert abs(ax3.offset - 9.5) < 1e-9 and abs(ax3.normal[0]) == 1.0
+
+
+def test_input_forms_agree_and_registry() -> None:
+    rng = np.random.default_rng(4)
+    truth = SymmetryAxis2D.through_point((0.1, 1.0), (20.0, 24.0))
+    img = symmetric_image((48, 50), np.eye(3), truth, rng)
+    ref = estimate_axis(img)
+    forms = [(img[None], None), (torch.from_numpy(img)[None], None), (img[:, :, None], None),
+             (np.repeat(img[None], 3, 0), True)]  # a plain (3, H, W) is a volume unless told otherwise
+    for form, cf in forms:
+        other = estimate_axis(form, channel_first=cf)
+        assert other.angle_to(ref) < 1e-6 and abs(other.offset - ref.offset) < 1e-6
+    from monai.data import MetaTensor
+
+    aff = np.diag([0.5, 0.5, 1.0, 1.0])
+    mt = MetaTensor(torch.from_numpy(img.T.copy())[None], affine=torch.as_tensor(aff))  # MONAI: (C, W, H)
+    world = estimate_axis(mt, aff)  # MONAI's 4x4 affine of a 2D image; left-right = world x = dim 0
+    back = world.to_index(np.diag([0.5, 0.5, 1.0]))
+    assert SymmetryAxis2D(normal=back.normal[::-1], offset=back.offset).angle_to(ref) < 0.05
+    assert {"auto", "midline", "msp", "centre"} <= set(AXIS_ESTIMATORS.names())
+    c = estimate_axis(img, method="centre")
+    assert not c.fallback and abs(c.offset - 24.5) < 1e-9
+    assert estimate_centre(img).angle_to(c) == 0.0
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.array([[np.nan, 1.0], [2.0, 3.0]]), "NaN"),
+    (np.zeros((0, 4)), "empty"),
+    (np.zeros(16), "spatial dims"),
+    (np.zeros((2, 3, 4, 5, 6)), "spatial dims"),
+    (np.zeros((1, 1, 40)), "size > 1"),
+    (np.array([["a", "b"], ["c", "d"]]), "numeric"),
+])
+def test_bad_input_raises(bad: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        estimate_axis(bad)
+
+
+def test_wrong_dims_for_estimator() -> None:
+    with pytest.raises(ValueError, match="needs a 3D"):
+        estimate_midsagittal_plane(np.random.rand(20, 20).astype(np.float32))
+    with pytest.raises(ValueError, match="needs a 2D"):
+        estimate_midline(np.random.rand(20, 20, 20).astype(np.float32))
+
+
+def test_slice_midlines_are_the_plane_cut() -> None:
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    plane = SymmetryPlane3D.through_point((math.cos(0.2), math.sin(0.2), 0.0), (31.0, 40.0, 0.0))
+    lines = slice_midlines(plane, affine, num_slices=5, slice_axis=2)
+    assert len(lines) == 5
+    for k, line in enumerate(lines):
+        assert line.angle_to(lines[0]) < 1e-9 and abs(line.offset - lines[0].offset) < 1e-9
+        p2 = line.closest_point((10.0, 10.0))
+        world = affine[:3, :3] @ np.array([p2[0], p2[1], k]) + affine[:3, 3]
+        assert abs(plane.signed_distance(world)) < 1e-9
+    assert slice_midline(plane, affine, 2, 3).angle_to(lines[3]) < 1e-9
