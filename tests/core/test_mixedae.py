@@ -1,0 +1,155 @@
+"""MixedAE: mixing/un-mixing, homologous TopK attention, homologous contrastive loss and training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from timm.layers import Attention
+
+from mfassl.backbones import MFASwin, MFAViT
+from mfassl.method import MFASSL
+from mfassl.objectives import OBJECTIVES, create_objective
+from mfassl.objectives.mixedae import (HomologousAttention, HomologousContrastiveLoss, MixedAE, mix_tokens,
+                                       mixing_assignment, mixing_groups, topk_sampling_accuracy, unmix_tokens)
+
+KW = dict(decoder_dim=48, decoder_heads=4, decoder_depth=1, proj_dim=32)
+
+
+def tiny_vit() -> MFAViT:
+    return MFAViT(2, img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=3, num_heads=4)
+
+
+def test_registered_with_checked_arguments():
+    assert "mixedae" in OBJECTIVES
+    assert isinstance(create_objective("mixedae", tiny_vit(), **KW), MixedAE)
+    assert [mixing_groups(r) for r in (0.5, 0.25, 1 / 3)] == [2, 4, 3]
+    for bad in (0.0, 0.6, 0.3):
+        with pytest.raises(ValueError, match="mixing ratio"):
+            mixing_groups(bad)
+    with pytest.raises(ValueError, match="2D MFAViT"):
+        MixedAE(MFASwin(2, in_chans=1, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), window_size=4))
+    with pytest.raises(ValueError, match="divisible by 2"):
+        MixedAE(tiny_vit(), **KW)([torch.randn(3, 1, 32, 32)])
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_mixing_then_unmixing_is_the_identity_on_patch_tokens(groups):
+    b, n, c = 8, 16, 5
+    tokens = torch.randn(b, n, c)
+    assign = mixing_assignment(b // groups, n, groups)
+    assert all((assign == j).sum(1).tolist() == [n // groups] * (b // groups) for j in range(groups))
+    mixed = mix_tokens(tokens, assign)
+    back, visible = unmix_tokens(mixed, assign, groups, fill=float("nan"))
+    assert torch.equal(back[visible], tokens[visible])  # each source gets its own tokens back
+    assert back[~visible].isnan().all()
+    assert visible.view(b // groups, groups, n).sum(1).eq(1).all()  # every position owned once
+    assert torch.equal(mix_tokens(back, assign), mixed)  # and mixing the un-mixed tokens restores them
+    for m in range(b // groups):
+        for p in range(n):
+            assert torch.equal(mixed[m, p], tokens[m * groups + assign[m, p], p])
+
+
+def _topk_reference(attn: Attention, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Written from the definition: softmax over each query's k largest logits, zero elsewhere."""
+    b, t, c = x.shape
+    h = attn.num_heads
+    q, kk, v = attn.qkv(x).reshape(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)
+    logits = (q @ kk.transpose(-2, -1)) / math.sqrt(c // h)
+    probs = torch.zeros_like(logits)
+    top = logits.topk(k, dim=-1)
+    probs.scatter_(-1, top.indices, top.values.softmax(-1))
+    return attn.proj((probs @ v).transpose(1, 2).reshape(b, t, c)), probs > 0
+
+
+def test_homologous_attention_never_looks_outside_the_topk():
+    attn = Attention(24, num_heads=3, qkv_bias=True)
+    hattn = HomologousAttention()
+    x = torch.randn(2, 10, 24)
+    out = hattn(x, attn, 4)
+    ref, support = _topk_reference(attn, x, 4)
+    assert torch.allclose(out, ref, atol=1e-5)
+    keep = hattn.last_keep
+    assert keep.sum(-1).eq(4).all()
+    assert torch.equal(keep, support)  # kept keys are exactly each query's TopK
+    # Moving a key that is outside a query's TopK (for every head) changes nothing for that query:
+    out = hattn(x, attn, 2)
+    keep = hattn.last_keep
+    outside = (~keep[0, :, 0]).all(0).nonzero().flatten()  # keys no head of query 0 keeps (>= 4 of 10)
+    outside = outside[outside != 0]  # (not query 0's own token)
+    assert len(outside) >= 3
+    x2 = x.clone()
+    x2[0, outside] += 0.01 * torch.randn(len(outside), 24)
+    out2 = hattn(x2, attn, 2)
+    assert torch.equal(hattn.last_keep[0, :, 0], keep[0, :, 0])
+    assert torch.allclose(out2[0, 0], out[0, 0], atol=1e-6)
+    assert not torch.allclose(out2[0, outside[0]], out[0, outside[0]], atol=1e-6)
+
+
+def test_homologous_attention_with_k_equal_n_is_full_attention():
+    attn = Attention(24, num_heads=3, qkv_bias=True)
+    x = torch.randn(2, 10, 24)
+    assert torch.allclose(HomologousAttention()(x, attn, 10), attn(x), atol=1e-5)
+
+
+def test_topk_sampling_accuracy_by_hand():
+    assign = torch.tensor([[0, 1, 0, 1]])
+    keep = torch.zeros(1, 1, 5, 5, dtype=torch.bool)  # 1 prefix token
+    keep[0, 0, 1:, 0] = True  # prefix keys do not count
+    keep[0, 0, 1, 1] = keep[0, 0, 1, 3] = True  # query 0 (src 0): keys 0 (src 0), 2 (src 0)
+    keep[0, 0, 2, 1] = keep[0, 0, 2, 2] = True  # query 1 (src 1): keys 0 (src 0), 1 (src 1)
+    assert float(topk_sampling_accuracy(keep, assign, prefix=1)) == pytest.approx(3 / 4)
+
+
+def test_contrastive_loss_prefers_the_true_segments():
+    torch.manual_seed(0)
+    labels = torch.tensor([[0, 1] * 8, [1, 0] * 8])
+    centres = torch.randn(2, 2, 16)
+    feats = torch.stack([centres[i][labels[i]] for i in range(2)]) + 0.3 * torch.randn(2, 16, 16)
+    loss_fn = HomologousContrastiveLoss(0.2)
+    right = loss_fn(feats, labels)
+    shuffled = labels[:, torch.randperm(16)]
+    assert float(right) < float(loss_fn(feats, shuffled)) - 0.5
+    # value check against a per-anchor loop on a tiny case
+    f, lab = torch.randn(1, 4, 3), torch.tensor([[0, 0, 1, 1]])
+    fn = torch.nn.functional.normalize(f[0], dim=-1)
+    total = 0.0
+    for i in range(4):
+        logits = torch.stack([fn[i] @ fn[j] / 0.2 for j in range(4) if j != i])
+        others = [j for j in range(4) if j != i]
+        logp = logits.log_softmax(0)
+        total += -sum(logp[others.index(j)] for j in others if lab[0, j] == lab[0, i])  # one positive each
+    assert float(loss_fn(f, lab)) == pytest.approx(float(total) / 4, abs=1e-5)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    obj = MixedAE(tiny_vit(), **KW)
+    opt = torch.optim.AdamW(obj.parameters(), lr=2e-3)
+    x = torch.randn(8, 1, 32, 32)
+    losses = []
+    for _ in range(12):
+        out = obj([x])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"]))
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3
+    state = obj.extra_state()
+    assert set(state) == {"mixedae/topk_acc_l1", "mixedae/topk_acc_l2"}
+    assert all(0.0 <= v <= 1.0 for v in state.values())
+
+
+def test_runs_under_the_mirror_branch():
+    torch.manual_seed(0)
+    method = MFASSL(tiny_vit(), "mixedae", KW, mirror=True, views=dict(global_size=32, local_size=16, n_local=0),
+                    t_sym=1.0, t_mfa=0.0, t_gate=1.0)
+    res = method.objective.forward_pair(torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32))
+    assert res.paired.pre_l.shape == (4, 8, 32) and res.paired.out_l.shape == (4, 9, 32)
+    assert res.token_mask.shape == (4, 16) and res.token_mask.sum(1).eq(8).all()
+    out = method(torch.randn(4, 1, 40, 40), epoch=2.0)
+    out["loss"].backward()
+    assert float(out["mfa_on"]) == 1.0 and torch.isfinite(out["loss"]) and float(out["l_mid"]) > 0
+    assert "mixedae/topk_acc_l2" in out
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.backbone.mfa.parameters())
