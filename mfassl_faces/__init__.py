@@ -4,19 +4,34 @@ landmark benchmark and the attribute probe. Built on the shared core :mod:`mfass
 
 Coordinates: landmarks and the command line use pixel ``(x, y)`` = (column, row); the core's
 :class:`~mfassl.geometry.SymmetryAxis2D` uses index ``(row, col)``. See :mod:`mfassl_faces.axis`.
+
+Names below are imported on first use, so ``python -m mfassl_faces --help`` stays fast.
 """
 
-from mfassl_faces.axis import (LandmarkAxisEstimator, angle_between_deg, axis_from_landmarks, axis_from_pixel,
-                               axis_to_pixel, index_to_pixel, pixel_to_index, symmetry_residual)
-from mfassl_faces.errors import FaceDataError, NoFaceFound
-from mfassl_faces.schemas import (FIVE_POINT, IBUG68, SCHEMAS, WFLW98, LandmarkSchema, flip_landmarks, get_schema,
-                                  schema_for_count)
-from mfassl_faces.sources import LANDMARK_SOURCES, Face, LandmarkSource, create_source, largest_face
+from __future__ import annotations
 
-__all__ = [
-    "LandmarkSchema", "SCHEMAS", "WFLW98", "IBUG68", "FIVE_POINT", "get_schema", "schema_for_count", "flip_landmarks",
-    "axis_from_landmarks", "LandmarkAxisEstimator", "axis_to_pixel", "axis_from_pixel", "pixel_to_index",
-    "index_to_pixel", "symmetry_residual", "angle_between_deg",
-    "Face", "LandmarkSource", "LANDMARK_SOURCES", "create_source", "largest_face",
-    "FaceDataError", "NoFaceFound",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "mfassl_faces.schemas": ["LandmarkSchema", "SCHEMAS", "WFLW98", "IBUG68", "FIVE_POINT", "get_schema",
+                             "schema_for_count", "flip_landmarks"],
+    "mfassl_faces.axis": ["axis_from_landmarks", "LandmarkAxisEstimator", "axis_to_pixel", "axis_from_pixel",
+                          "pixel_to_index", "index_to_pixel", "symmetry_residual", "angle_between_deg"],
+    "mfassl_faces.sources": ["Face", "LandmarkSource", "LANDMARK_SOURCES", "create_source", "largest_face"],
+    "mfassl_faces.errors": ["FaceDataError", "NoFaceFound"],
+    "mfassl_faces.readers": ["LandmarkDataset", "LandmarkRecord", "CelebAHQDataset", "read_wflw_annotations",
+                             "read_300w_folder", "read_celeba_attributes"],
+    "mfassl_faces.heads": ["LANDMARK_HEADS", "LinearLandmarkHead", "HeatmapLandmarkHead", "LandmarkModel",
+                           "AttributeProbe"],
+    "mfassl_faces.benchmark": ["run_landmark_benchmark", "run_attribute_probe"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'mfassl_faces' has no attribute {name!r}")

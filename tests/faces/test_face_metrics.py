@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ced_curve, ece, failure_rate, flip_consistency,
+                                  nme, per_subset, plot_ced)
+from mfassl_faces.schemas import FIVE_POINT
+
+
+def test_nme_by_hand() -> None:
+    gt = np.array([[[0.0, 0.0], [10.0, 0.0], [5.0, 5.0], [2.0, 8.0], [8.0, 8.0]]])  # IOD = 10
+    pred = gt.copy()
+    pred[0, 2] += [3.0, 4.0]  # error 5 on one of 5 points -> mean 1 -> NME 0.1
+    assert nme(pred, gt, FIVE_POINT)[0] == pytest.approx(0.1)
+
+
+def test_fr_auc_ced_by_hand() -> None:
+    e = np.array([0.02, 0.05, 0.08, 0.2])
+    assert failure_rate(e, 0.1) == 0.25
+    # AUC@0.1 = mean(max(0, 0.1 - e)) / 0.1 = (0.08 + 0.05 + 0.02 + 0) / 4 / 0.1 = 0.375
+    assert auc_at(e, 0.1) == pytest.approx(0.375)
+    x, y = ced_curve(e, 0.1, steps=11)
+    assert y[0] == 0 and y[2] == 0.25 and y[5] == 0.5 and y[-1] == 0.75
+    xf, yf = ced_curve(e, 0.1, steps=20001)
+    assert np.trapezoid(yf, xf) / 0.1 == pytest.approx(auc_at(e, 0.1), abs=1e-3)  # the curve integrates to it
+
+
+def test_per_subset_and_plot(tmp_path) -> None:
+    e = np.array([0.02, 0.05, 0.08, 0.2])
+    flags = np.array([[1, 0], [0, 0], [1, 1], [0, 1]])
+    out = per_subset(e, flags, ["pose", "blur"])
+    assert out["full"]["n"] == 4 and out["pose"]["nme"] == pytest.approx(0.05)
+    assert out["blur"]["fr"] == 0.5
+    plot_ced({"a": e, "b": e / 2}, tmp_path / "ced.png")
+    assert (tmp_path / "ced.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flip_consistency_zero_for_equivariant_prediction() -> None:
+    width = 40
+    pred = np.array([[[10.0, 10.0], [30.0, 12.0], [20.0, 20.0], [12.0, 30.0], [27.0, 31.0]]])
+    from mfassl_faces.schemas import flip_landmarks
+
+    assert flip_consistency(pred, flip_landmarks(pred, FIVE_POINT, width), FIVE_POINT, width)[0] == pytest.approx(0)
+    # un-flipping pred itself: errors sqrt(5), sqrt(5), 1, 1, 1 over IOD sqrt(404)
+    expected = (2 * np.sqrt(5) + 3) / 5 / np.sqrt(404)
+    assert flip_consistency(pred, pred, FIVE_POINT, width)[0] == pytest.approx(expected)
+
+
+def test_auroc_ece_brier_by_hand() -> None:
+    p = np.array([0.9, 0.8, 0.3, 0.6])
+    y = np.array([1, 0, 0, 1])
+    # pairs (pos, neg): (0.9,0.8) 1, (0.9,0.3) 1, (0.6,0.8) 0, (0.6,0.3) 1 -> 3/4
+    assert auroc(p, y) == pytest.approx(0.75)
+    assert auroc(np.array([0.5, 0.5]), np.array([1, 0])) == pytest.approx(0.5)
+    assert np.isnan(auroc(p, np.ones(4)))
+    assert brier(p, y) == pytest.approx((0.01 + 0.64 + 0.09 + 0.16) / 4)
+    # top-label confidences 0.9, 0.8, 0.7, 0.6; correct: yes, no, yes, yes; each alone in its 1/15 bin
+    # ECE = (|1 - 0.9| + |0 - 0.8| + |1 - 0.7| + |1 - 0.6|) / 4 = 0.4
+    assert ece(p, y, 15) == pytest.approx(0.4)
+    # two in one bin: conf 0.9 and 0.9 (p = 0.9, 0.1), both correct -> |1 - 0.9| = 0.1
+    assert ece(np.array([0.9, 0.1]), np.array([1, 0])) == pytest.approx(0.1)
+
+
+def test_bootstrap_ci_contains_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    e = rng.uniform(0, 0.15, 200)
+    est, lo, hi = bootstrap_ci(auc_at, e, n_boot=200)
+    assert lo <= est <= hi and hi - lo < 0.2
+    s, y = rng.uniform(size=100), rng.integers(0, 2, 100)
+    est, lo, hi = bootstrap_ci(auroc, s, y, n_boot=100)
+    assert lo <= est <= hi
