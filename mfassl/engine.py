@@ -66,11 +66,13 @@ def create_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0
 
 def default_prepare_batch(batch: Any, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(images, axes)`` from a batch: a tensor, an ``(images[, axes])`` sequence, or a dict with
-    ``image`` and optionally ``axis`` (``(B, D+1)`` rows ``[n, d]`` in index coordinates)."""
+    ``image`` and optionally ``axis`` or ``image_axis`` (``(B, D+1)`` rows ``[n, d]`` in index coordinates,
+    the key ``mfassl_medical``'s ``EstimateSymmetryAxisd`` writes)."""
     if isinstance(batch, torch.Tensor):
         images, axes = batch, None
     elif isinstance(batch, dict):
-        images, axes = batch["image"], batch.get("axis")
+        images = batch["image"]
+        axes = batch.get("axis", batch.get("image_axis"))
     elif isinstance(batch, (list, tuple)):
         images = batch[0]
         axes = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) and batch[1].ndim == 2 else None

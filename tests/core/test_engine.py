@@ -102,3 +102,13 @@ def test_two_process_gloo_run_trains(tmp_path):
     assert all(r["world"] == 2 and r["in_sync"] and r["steps"] == 4 for r in results)
     assert all(all(v == v for v in r["losses"]) for r in results)
     assert find_last_checkpoint(tmp_path / "checkpoints") is not None
+
+
+def test_prepare_batch_reads_the_axis_keys():
+    from mfassl.engine import default_prepare_batch
+
+    img, row = torch.rand(2, 1, 8, 8), torch.tensor([[0.0, 1.0, 3.5]] * 2)
+    for batch in ({"image": img, "axis": row}, {"image": img, "image_axis": row}, (img, row)):
+        images, axes = default_prepare_batch(batch, "cpu")
+        assert torch.equal(images, img) and torch.equal(axes, row)
+    assert default_prepare_batch(img, "cpu")[1] is None
