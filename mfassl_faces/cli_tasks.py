@@ -1,0 +1,284 @@
+"""``python -m mfassl_faces demo|pretrain|benchmark|probe ...``: data, pretraining and evaluation.
+
+- ``demo``: build the synthetic demo faces (300W layout) in ``--out``.
+- ``pretrain``: MFASSL on face crops through the shared engine (:func:`mfassl.engine.create_trainer`):
+  progress bar, TensorBoard, checkpoints, ``--resume auto``; under ``torchrun`` it runs distributed
+  like the bundles. The mirror axis of each crop comes from its landmarks. Writes ``backbone.pt``.
+- ``benchmark``: the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`).
+- ``probe``: the CelebA-HQ attribute probe (:func:`mfassl_faces.benchmark.run_attribute_probe`).
+
+Landmark data: ``--data DIR`` (a 300W-layout folder; default the demo set, built if missing) or
+``--wflw-train FILE --wflw-test FILE --wflw-images DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger("mfassl_faces.cli")
+
+DEFAULT_DEMO = Path("outputs") / "faces_demo"
+
+
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("encoder")
+    g.add_argument("--checkpoint", help="backbone.pt from 'pretrain', or an engine checkpoint_<N>.pt")
+    g.add_argument("--backbone", default="mfa_vit", help="registered backbone name (mfa_vit)")
+    g.add_argument("--size", type=int, default=64, help="crop / image side in pixels (64)")
+    g.add_argument("--patch-size", type=int, default=16)
+    g.add_argument("--embed-dim", type=int, default=64)
+    g.add_argument("--depth", type=int, default=4)
+    g.add_argument("--num-heads", type=int, default=4)
+
+
+def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("landmark data")
+    g.add_argument("--data", help=f"300W-layout folder (<name>.png + <name>.pts); default the demo set in {DEFAULT_DEMO}")
+    g.add_argument("--wflw-train", help="WFLW list_98pt_rect_attr_train.txt")
+    g.add_argument("--wflw-test", help="WFLW list_98pt_rect_attr_test.txt")
+    g.add_argument("--wflw-images", help="WFLW_images folder")
+    g.add_argument("--test-fraction", type=float, default=0.25, help="test share of a --data folder (0.25)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mfassl_faces", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="build the synthetic demo faces")
+    d.add_argument("--out", default=str(DEFAULT_DEMO))
+    d.add_argument("--n", type=int, default=8, help="samples per source face (8)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("-v", "--verbose", action="store_true")
+
+    pt = sub.add_parser("pretrain", help="MFASSL pretraining on face crops")
+    _add_backbone_args(pt)
+    _add_landmark_data_args(pt)
+    _common(pt)
+    pt.add_argument("--objective", default="dino", help="base objective (dino, mocov3, mae)")
+    pt.add_argument("--no-mirror", action="store_true", help="baseline without the mirror branch")
+    pt.add_argument("--epochs", type=int, default=2)
+    pt.add_argument("--batch-size", type=int, default=8)
+    pt.add_argument("--lr", type=float, default=5e-4, help="peak lr at batch 256")
+    pt.add_argument("--warmup-epochs", type=float, default=1.0)
+    pt.add_argument("--resume", default=None, help="'auto', a checkpoint file or a folder")
+    pt.add_argument("--no-progress", action="store_true")
+    pt.add_argument("--t-sym", type=float, default=10.0)
+    pt.add_argument("--t-mfa", type=float, default=12.0)
+    pt.add_argument("--t-gate", type=float, default=10.0)
+
+    b = sub.add_parser("benchmark", help="landmark benchmark")
+    _add_backbone_args(b)
+    _add_landmark_data_args(b)
+    _common(b)
+    b.add_argument("--head", default="linear", choices=["linear", "heatmap"])
+    b.add_argument("--finetune", action="store_true", help="train the encoder too (default frozen)")
+    b.add_argument("--epochs", type=int, default=10)
+    b.add_argument("--lr", type=float, default=1e-3)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--n-boot", type=int, default=500)
+
+    pr = sub.add_parser("probe", help="CelebA-HQ attribute probe")
+    _add_backbone_args(pr)
+    _common(pr)
+    pr.add_argument("--images", required=True, help="CelebA-HQ-img (or img_align_celeba) folder")
+    pr.add_argument("--attributes", required=True, help="CelebAMask-HQ-attribute-anno.txt or list_attr_celeba.txt")
+    pr.add_argument("--partition", help="list_eval_partition.txt (official split)")
+    pr.add_argument("--identity", help="identity_CelebA.txt (identity-aware split when no --partition)")
+    pr.add_argument("--mapping", help="CelebA-HQ-to-CelebA-mapping.txt")
+    pr.add_argument("--test-split", default="test", choices=["val", "test"])
+    pr.add_argument("--epochs", type=int, default=100)
+    pr.add_argument("--lr", type=float, default=1e-2)
+    pr.add_argument("--n-boot", type=int, default=500)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(spatial_dims=2, img_size=args.size, patch_size=args.patch_size, in_chans=3, embed_dim=args.embed_dim,
+                depth=args.depth, num_heads=args.num_heads)
+
+
+def build_backbone(args: argparse.Namespace):
+    """The encoder: from ``--checkpoint`` (its saved config wins) or freshly initialised."""
+    from mfassl.backbones import create_backbone
+    from mfassl.engine import load_checkpoint
+
+    name, config = args.backbone, _backbone_config(args)
+    state = None
+    if args.checkpoint:
+        ck = load_checkpoint(args.checkpoint)
+        if "backbone_state" in ck:
+            name = ck.get("backbone_name", name)
+            config = json.loads(ck["backbone_config"]) if isinstance(ck.get("backbone_config"), str) else config
+            state = ck["backbone_state"]
+        elif "model" in ck:  # an engine checkpoint of the whole method
+            prefix = "objective.backbone."
+            state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
+        else:
+            raise RuntimeError(f"{args.checkpoint}: neither a backbone.pt nor an engine checkpoint.")
+    backbone = create_backbone(name, **config)
+    if state is not None:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing:
+            raise RuntimeError(f"{args.checkpoint}: {len(missing)} encoder weights missing (first: {missing[0]}); "
+                               "check --size/--embed-dim/--depth against the pretraining run.")
+        logger.info("encoder loaded from %s", args.checkpoint)
+    else:
+        logger.warning("no --checkpoint: the encoder is randomly initialised.")
+    return backbone, name, config
+
+
+def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0):
+    """``(train, test, schema)`` landmark datasets from the arguments."""
+    from mfassl_faces.demo import build_demo_data
+    from mfassl_faces.readers import LandmarkDataset, read_300w_folder, read_wflw_annotations
+
+    if args.wflw_train or args.wflw_test:
+        if not (args.wflw_train and args.wflw_test and args.wflw_images):
+            raise SystemExit("error: WFLW needs --wflw-train, --wflw-test and --wflw-images.")
+        train = read_wflw_annotations(args.wflw_train, args.wflw_images)
+        test = read_wflw_annotations(args.wflw_test, args.wflw_images)
+        schema = "wflw98"
+    else:
+        folder = Path(args.data) if args.data else build_demo_data(DEFAULT_DEMO)
+        records = read_300w_folder(folder)
+        if len(records) < 2:
+            raise SystemExit(f"error: {folder}: need at least 2 annotated images, found {len(records)}.")
+        gen = torch.Generator().manual_seed(args.seed)
+        order = torch.randperm(len(records), generator=gen).tolist()
+        n_test = max(1, int(round(len(records) * args.test_fraction)))
+        test = [records[i] for i in order[:n_test]]
+        train = [records[i] for i in order[n_test:]]
+        schema = "ibug68"
+    return (LandmarkDataset(train, schema, size=args.size, flip_prob=flip_prob),
+            LandmarkDataset(test, schema, size=args.size), schema)
+
+
+def _out(args: argparse.Namespace, default: str) -> Path:
+    return Path(args.out) if args.out else Path("outputs") / default
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mfassl_faces.demo import build_demo_data
+
+    out = build_demo_data(args.out, n_per_face=args.n, seed=args.seed)
+    print(json.dumps({"demo": str(out)}))
+    return 0
+
+
+class _ImageAxis(torch.utils.data.Dataset):
+    """Only what the engine's ``prepare_batch`` reads: ``{"image", "axis"}``."""
+
+    def __init__(self, ds: torch.utils.data.Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.ds[i]
+        return {"image": item["image"], "axis": item["axis"]}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import ignite.distributed as idist
+    from torch.utils.data import ConcatDataset
+
+    from mfassl.engine import create_optimizer, create_trainer
+    from mfassl.method import MFASSL
+
+    torch.manual_seed(args.seed)
+    out = _out(args, "faces_pretrain")
+    train, test, _ = landmark_sets(args, flip_prob=0.0)
+    data = _ImageAxis(ConcatDataset([train, test]))  # self-supervised: every crop is usable
+    backbone, name, config = build_backbone(args)
+    objective_kwargs = {"dino": dict(out_dim=1024, hidden_dim=256, bottleneck_dim=64)}.get(args.objective, {})
+    n_local = 2 if args.objective == "dino" else 0
+    method = MFASSL(backbone, args.objective, objective_kwargs, mirror=not args.no_mirror, t_sym=args.t_sym,
+                    t_mfa=args.t_mfa, t_gate=args.t_gate,
+                    views=dict(global_size=args.size, local_size=max(16, args.size // 2), n_local=n_local))
+    world = idist.get_world_size()
+    loader = idist.auto_dataloader(data, batch_size=args.batch_size * world, shuffle=True, drop_last=len(data) >= args.batch_size * world,
+                                   num_workers=0)
+    trainer = create_trainer(method, create_optimizer(method, lr=args.lr), len(loader), args.epochs,
+                             base_lr=args.lr, batch_size=args.batch_size * world, warmup_epochs=args.warmup_epochs,
+                             device=_device(args.device), output_dir=out, progress=not args.no_progress,
+                             resume_from=args.resume)
+    trainer.run(loader, max_epochs=args.epochs)
+    if idist.get_rank() == 0:
+        torch.save({"backbone_name": name, "backbone_config": json.dumps(config),
+                    "backbone_state": method.backbone.state_dict()}, out / "backbone.pt")
+        summary = {"output_dir": str(out), "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
+                   "last_loss": (trainer.state.output or {}).get("loss"), "backbone": str(out / "backbone.pt")}
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from mfassl_faces.benchmark import run_landmark_benchmark
+
+    torch.manual_seed(args.seed)
+    train, test, schema = landmark_sets(args, flip_prob=0.5)
+    backbone, _, _ = build_backbone(args)
+    res = run_landmark_benchmark(backbone, train, test, schema, args.size, head=args.head, finetune=args.finetune,
+                                 epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_boot=args.n_boot,
+                                 out_dir=_out(args, "faces_benchmark"), device=_device(args.device), seed=args.seed)
+    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "nme", "fr", "auc", "flip_nme", "ced_png")}))
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from mfassl_faces.benchmark import run_attribute_probe
+    from mfassl_faces.readers import CelebAHQDataset
+
+    torch.manual_seed(args.seed)
+    kw = dict(partition_file=args.partition, identity_file=args.identity, mapping_file=args.mapping, size=args.size,
+              seed=args.seed)
+    train = CelebAHQDataset(args.images, args.attributes, "train", **kw)
+    test = CelebAHQDataset(args.images, args.attributes, args.test_split, **kw)
+    if len(train) == 0 or len(test) == 0:
+        raise SystemExit(f"error: empty split (train {len(train)}, {args.test_split} {len(test)} images).")
+    backbone, _, _ = build_backbone(args)
+    res = run_attribute_probe(backbone, train, test, train.names, epochs=args.epochs, lr=args.lr, n_boot=args.n_boot,
+                              out_dir=_out(args, "faces_probe"), device=_device(args.device), seed=args.seed)
+    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "mean_auroc", "ece", "brier")}))
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "benchmark": cmd_benchmark, "probe": cmd_probe}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from mfassl_faces.errors import FaceDataError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (FaceDataError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
