@@ -209,7 +209,7 @@ class DlibLandmarks(LandmarkSource):
 
     def __init__(self, predictor_path: str | os.PathLike | None = None, angles: Sequence[float] | None = None,
                  angle_step: float = 10.0, max_angle: float = 30.0, upsample: Sequence[int] = (0, 1),
-                 detect_side: int = 800, refine_passes: int = 2, min_score: float = 0.0) -> None:
+                 detect_side: int = 1200, refine_passes: int = 2, min_score: float = 0.0) -> None:
         import dlib
 
         path = Path(predictor_path) if predictor_path is not None else dlib_predictor_path()
