@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import os
+from mfassl.errors import DataError
 
 __all__ = ["MedicalDataError"]
 
 
-class MedicalDataError(ValueError):
-    """A file or table cannot be used: the message names the file and what is wrong.
-
-    Args:
-        message: what is wrong.
-        path: the offending file (image, CSV, folder), if there is one.
-
-    Attributes:
-        path: the offending file as a string, or None.
-        reason: the message without the path prefix.
-    """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None) -> None:
-        self.path = None if path is None else str(path)
-        self.reason = message
-        super().__init__(f"{self.path}: {message}" if self.path else message)
-
-    def __reduce__(self):  # picklable across DataLoader workers
-        return (type(self), (self.reason, self.path))
+class MedicalDataError(DataError):
+    """A medical file or table cannot be used (see :class:`mfassl.errors.DataError`)."""
