@@ -1,0 +1,282 @@
+"""BraTS segmentation with an MFASSL-pretrained Swin encoder: weight loading, data lists, metrics.
+
+The segmentation network is MONAI's ``SwinUNETR``. Its encoder is ``SwinUNETR.swinViT``, the same MONAI
+``SwinTransformer`` that :class:`~mfassl.backbones.MFASwin` holds under the same attribute name, so the
+encoder part of an MFASSL checkpoint (keys ``objective.backbone.swinViT.*``) loads into it key for key when
+``feature_size``/``depths``/``num_heads``/``window_size``/``patch_size`` match the pretraining backbone.
+
+Used by ``bundles/mfassl_brats_segmentation`` (``train.json`` builds the network as
+``$mfassl_medical.segmentation.init_from_pretrained(@network_def, @pretrained_checkpoint)``)::
+
+    from monai.networks.nets import SwinUNETR
+    net = SwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+    report = load_pretrained_encoder(net, "runs/brats_pretrain/checkpoints/checkpoint_1000.pt")
+    print(report.summary())
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "ENCODER_PREFIXES",
+    "EncoderLoadError",
+    "EncoderLoadReport",
+    "extract_encoder_state",
+    "load_pretrained_encoder",
+    "init_from_pretrained",
+    "brats_datalists",
+    "region_metrics",
+    "regions_to_brats_labels",
+    "LABEL_NAMES",
+]
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PREFIXES: tuple[str, ...] = (
+    "objective.backbone.swinViT.",  # an MFASSL checkpoint's "model" (mfassl.engine)
+    "backbone.swinViT.",            # an objective's state dict
+    "swinViT.",                     # an MFASwin or SwinUNETR state dict
+    "module.swinViT.",              # DDP-wrapped
+)
+"""Prefixes tried, in order, to find the Swin encoder in a state dict."""
+
+LABEL_NAMES: dict[int, str] = {0: "background", 1: "necrotic_core", 2: "edema", 4: "enhancing_tumor"}
+"""Values of the label map the bundle's inference writes (BraTS 2021 labels)."""
+
+
+class EncoderLoadError(RuntimeError):
+    """The pretrained encoder cannot be loaded: unreadable file or keys/shapes that do not match."""
+
+
+@dataclass
+class EncoderLoadReport:
+    """What :func:`load_pretrained_encoder` did.
+
+    Attributes:
+        source: the checkpoint file (or ``"<state dict>"``).
+        prefix: the key prefix the encoder was found under.
+        loaded: encoder keys copied into the network.
+        missing: encoder keys of the network absent from the checkpoint (left as initialised).
+        unexpected: encoder keys of the checkpoint the network does not have.
+        mismatched: ``(key, network shape, checkpoint shape)`` for keys present in both with other shapes.
+        ignored: number of checkpoint keys outside the encoder (heads, teacher, MFA, decoder...).
+    """
+
+    source: str
+    prefix: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every encoder key matched (strict loading succeeds)."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, max_keys: int = 8) -> str:
+        """A few lines for the log: counts, then the first offending keys."""
+
+        def head(keys: Sequence[Any]) -> str:
+            shown = ", ".join(str(k) for k in keys[:max_keys])
+            return shown + (f", ... (+{len(keys) - max_keys})" if len(keys) > max_keys else "")
+
+        lines = [f"encoder weights from {self.source} (prefix {self.prefix!r}): {len(self.loaded)} loaded, "
+                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                 f"{len(self.mismatched)} shape mismatches, {self.ignored} non-encoder keys ignored"]
+        if self.missing:
+            lines.append(f"  missing: {head(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected: {head(self.unexpected)}")
+        if self.mismatched:
+            lines.append("  shape mismatches (network vs checkpoint): "
+                         + head([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]))
+        return "\n".join(lines)
+
+
+def _read_state(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The state dict inside a checkpoint file or mapping, and a name for the report."""
+    if isinstance(checkpoint, Mapping):
+        ckpt, source = checkpoint, "<state dict>"
+    else:
+        from mfassl.engine import load_checkpoint  # weights_only=True, names a missing or corrupt file
+
+        source = str(checkpoint)
+        try:
+            ckpt = load_checkpoint(checkpoint)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise EncoderLoadError(f"cannot read the pretraining checkpoint {source}: {err}") from err
+        if not isinstance(ckpt, Mapping):
+            raise EncoderLoadError(f"pretraining checkpoint {source} holds a {type(ckpt).__name__}, not a state dict.")
+    for key in ("model", "state_dict", "network"):
+        inner = ckpt.get(key)
+        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner, source
+    return ckpt, source
+
+
+def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None) -> tuple[dict[str, torch.Tensor], str, int]:
+    """The Swin encoder's tensors of ``state`` with the prefix removed.
+
+    Args:
+        state: a state dict (MFASSL, objective, MFASwin, SwinUNETR...).
+        prefix: the encoder prefix; None tries :data:`ENCODER_PREFIXES` in order and takes the first present.
+
+    Returns:
+        ``(encoder state with keys relative to swinViT, prefix, number of other keys)``.
+
+    Raises:
+        EncoderLoadError: no key starts with the prefix.
+    """
+    keys = [k for k in state if isinstance(state[k], torch.Tensor)]
+    candidates = [prefix] if prefix is not None else list(ENCODER_PREFIXES)
+    for p in candidates:
+        enc = {k[len(p):]: state[k] for k in keys if k.startswith(p)}
+        if enc:
+            return enc, p, len(keys) - len(enc)
+    sample = ", ".join(keys[:5]) or "no tensors"
+    raise EncoderLoadError(f"no Swin encoder weights under {candidates} in the checkpoint (first keys: {sample}); "
+                           "is it a checkpoint of an MFASSL run with the mfa_swin backbone?")
+
+
+def load_pretrained_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
+                            strict: bool = True, prefix: str | None = None) -> EncoderLoadReport:
+    """Copy MFASSL-pretrained Swin encoder weights into ``network.swinViT`` (a ``SwinUNETR``).
+
+    Args:
+        network: a module with a ``swinViT`` attribute (``SwinUNETR``, ``MFASwin``).
+        checkpoint: a checkpoint file (``checkpoint_<iter>.pt`` of :func:`mfassl.engine.create_trainer`, whose
+            ``"model"`` is the MFASSL state dict) or a state dict.
+        strict: raise unless every encoder key of the network is in the checkpoint with the same shape and
+            the checkpoint's encoder has no extra key. False loads the matching keys and reports the rest.
+        prefix: the encoder prefix in the checkpoint (default: found among :data:`ENCODER_PREFIXES`).
+
+    Returns:
+        :class:`EncoderLoadReport` (also logged at INFO, and kept as ``network.encoder_load_report``).
+
+    Raises:
+        EncoderLoadError: the file cannot be read (the message names it), holds no Swin encoder, or
+            (``strict``) keys or shapes differ; nothing is copied in that case.
+    """
+    encoder = getattr(network, "swinViT", None)
+    if not isinstance(encoder, nn.Module):
+        raise EncoderLoadError(f"{type(network).__name__} has no swinViT encoder to load into.")
+    state, source = _read_state(checkpoint)
+    enc, used_prefix, ignored = extract_encoder_state(state, prefix)
+    target = encoder.state_dict()
+    report = EncoderLoadReport(source=source, prefix=used_prefix, ignored=ignored)
+    report.missing = [k for k in target if k not in enc]
+    report.unexpected = [k for k in enc if k not in target]
+    report.mismatched = [(k, tuple(target[k].shape), tuple(enc[k].shape)) for k in target
+                         if k in enc and tuple(target[k].shape) != tuple(enc[k].shape)]
+    if strict and not report.ok:
+        raise EncoderLoadError("the pretrained encoder does not match the segmentation network's swinViT "
+                               "(check feature_size, depths, num_heads, window_size, patch_size, use_v2 against "
+                               "the pretraining backbone):\n" + report.summary())
+    bad = {k for k, _, _ in report.mismatched}
+    load = {k: v for k, v in enc.items() if k in target and k not in bad}
+    encoder.load_state_dict(load, strict=False)
+    report.loaded = sorted(load)
+    network.encoder_load_report = report  # type: ignore[attr-defined]
+    logger.info("%s", report.summary())
+    return report
+
+
+def init_from_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None = None, strict: bool = True,
+                         prefix: str | None = None) -> nn.Module:
+    """Bundle helper: ``network`` with its encoder loaded from ``checkpoint``; None or ``""`` keeps the random
+    initialisation and says so in the log (no silent fallback)."""
+    if checkpoint in (None, ""):
+        logger.warning("no pretrained_checkpoint given: the SwinUNETR encoder starts from random weights.")
+        return network
+    load_pretrained_encoder(network, checkpoint, strict=strict, prefix=prefix)
+    return network
+
+
+def brats_datalists(dataset_dir: str | os.PathLike | None = None, val_fraction: float = 0.25, seed: int = 0,
+                    max_cases: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Train/validation data dicts of a BraTS folder, or of the demo data when ``dataset_dir`` is unset.
+
+    Args:
+        dataset_dir: BraTS root (2021 or 2023 naming, see :func:`~mfassl_medical.data.find_brats_cases`);
+            None or ``""`` builds/reuses the synthetic demo data (:func:`~mfassl_medical.demo_data.build_demo_data`).
+        val_fraction: share of cases held out (at least one case).
+        seed: the shuffle before the split (the same seed gives the same split).
+        max_cases: keep only the first cases after the shuffle (quick runs).
+
+    Returns:
+        ``{"train": [...], "val": [...], "all": [...]}``; each dict has ``image`` (4 paths, t1/t1ce/t2/flair),
+        ``label`` (seg path) and ``case``. Cases without ``seg`` are left out.
+    """
+    from mfassl_medical.data import find_brats_cases
+
+    if dataset_dir in (None, ""):
+        from mfassl_medical.demo_data import build_demo_data
+
+        dataset_dir = build_demo_data().brats
+        logger.info("dataset_dir unset: using the synthetic demo data at %s", dataset_dir)
+    cases = [c for c in find_brats_cases(dataset_dir) if "label" in c]
+    if len(cases) < 2:
+        raise ValueError(f"need at least 2 labelled BraTS cases in {dataset_dir}, found {len(cases)}.")
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    cases = [cases[i] for i in order]
+    if max_cases is not None:
+        cases = cases[:max(2, int(max_cases))]
+    n_val = min(len(cases) - 1, max(1, int(math.ceil(val_fraction * len(cases)))))
+    return {"train": cases[n_val:], "val": cases[:n_val], "all": cases}
+
+
+def _channel(i: int) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    def pick(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        from monai.handlers import from_engine
+
+        preds, labels = from_engine(["pred", "label"])(output)
+        return [p[i:i + 1] for p in preds], [lab[i:i + 1] for lab in labels]
+
+    return pick
+
+
+def region_metrics(regions: Sequence[str] = ("TC", "WT", "ET"), hd95: bool = True) -> dict[str, Any]:
+    """Per-region MONAI metric handlers for an evaluator's ``additional_metrics``.
+
+    Args:
+        regions: channel order of the prediction/label (the bundle's TC, WT, ET).
+        hd95: add ``hd95_<region>`` (MONAI ``HausdorffDistance`` at the 95th percentile, voxels).
+
+    Returns:
+        ``{"dice_tc": MeanDice, ..., "hd95_tc": HausdorffDistance, ...}`` reading ``pred``/``label``
+        (binary, channel-first) of the engine output. Cases whose region is empty in the label give NaN,
+        which the mean leaves out (MONAI's ``ignore_empty``).
+    """
+    from monai.handlers import HausdorffDistance, MeanDice
+
+    out: dict[str, Any] = {}
+    for i, r in enumerate(regions):
+        out[f"dice_{r.lower()}"] = MeanDice(include_background=True, output_transform=_channel(i))
+        if hd95:
+            out[f"hd95_{r.lower()}"] = HausdorffDistance(include_background=True, percentile=95.0,
+                                                         output_transform=_channel(i))
+    return out
+
+
+def regions_to_brats_labels(regions: torch.Tensor) -> torch.Tensor:
+    """Binary ``(3, *S)`` TC/WT/ET channels -> a ``(1, *S)`` BraTS 2021 label map (1 NCR, 2 ED, 4 ET).
+
+    ET wins over TC, TC over WT: ``4`` where ET, else ``1`` where TC, else ``2`` where WT, else ``0``. The
+    bundle's ``inference.json`` writes the same expression inline (MONAI Label's venv has no mfassl).
+    """
+    r = regions > 0.5
+    lab = torch.where(r[2:3], 4, torch.where(r[0:1], 1, torch.where(r[1:2], 2, 0)))
+    return lab.to(torch.uint8)
