@@ -1,0 +1,111 @@
+"""The BraTS segmentation bundle: config keys MONAI Label reads, the label-map output, data lists, and a tiny
+train + evaluate run through ``python -m monai.bundle`` on the demo data with a pretrained encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from mfassl_medical.data import ConvertBraTSLabels
+from mfassl_medical.label_app import TINY_NETWORK, default_bundle_dir, train_bundle
+from mfassl_medical.segmentation import LABEL_NAMES, brats_datalists, regions_to_brats_labels
+
+BUNDLE = default_bundle_dir()
+CONFIGS = BUNDLE / "configs"
+
+
+def load(name: str) -> dict:
+    return json.loads((CONFIGS / name).read_text())
+
+
+def test_layout():
+    for rel in ("LICENSE", "configs/metadata.json", "configs/train.json", "configs/evaluate.json",
+                "configs/inference.json", "configs/logging.conf", "docs/README.md", "models/.gitkeep"):
+        assert (BUNDLE / rel).is_file(), rel
+
+
+def test_metadata_is_what_monailabel_reads():
+    meta = load("metadata.json")
+    fmt = meta["network_data_format"]
+    key_image, image = next(iter(fmt["inputs"].items()))
+    key_pred, pred = next(iter(fmt["outputs"].items()))
+    assert (key_image, key_pred) == ("image", "pred")
+    assert image["num_channels"] == 4 and len(image["spatial_shape"]) == 3
+    labels = {int(k): v for k, v in pred["channel_def"].items()}
+    assert labels == LABEL_NAMES
+
+
+def test_inference_keys_and_network_match_training():
+    inf, train = load("inference.json"), load("train.json")
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device", "bundle_root"):
+        assert key in inf, key
+    assert inf["network_def"] == train["network_def"]
+    for key in ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size"):
+        assert inf[key] == train[key], key
+    # MONAI Label's venv has no mfassl: inference.json must only import what it has
+    assert not any("mfassl" in s for s in json.dumps(inf).split('"') if s.startswith("$"))
+
+
+def test_inference_label_map_equals_helper_and_inverts_region_conversion():
+    parser = ConfigParser(load("inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    post = parser.get_parsed_content("postprocessing", instantiate=True)
+    lambdad = next(t for t in post.transforms if type(t).__name__ == "Lambdad")
+    rng = np.random.default_rng(0)
+    seg = torch.as_tensor(rng.choice([0, 1, 2, 4], size=(1, 6, 7, 5)))
+    regions = ConvertBraTSLabels()(seg)  # TC, WT, ET
+    assert torch.equal(regions_to_brats_labels(regions), seg.to(torch.uint8))
+    assert torch.equal(lambdad({"pred": regions})["pred"], seg.to(torch.uint8))
+    random_regions = torch.as_tensor(rng.integers(0, 2, size=(3, 4, 4, 4)), dtype=torch.float32)
+    torch.testing.assert_close(lambdad({"pred": random_regions})["pred"], regions_to_brats_labels(random_regions))
+
+
+def test_datalists_split_demo_data():
+    d = brats_datalists(None, val_fraction=0.25, seed=0)
+    names = lambda items: {c["case"] for c in items}  # noqa: E731
+    assert names(d["train"]).isdisjoint(names(d["val"]))
+    assert len(d["val"]) == 3 and len(d["train"]) == 9
+    assert all(len(c["image"]) == 4 and c["label"].endswith("_seg.nii.gz") for c in d["all"])
+    assert brats_datalists(None, seed=0) == d and brats_datalists(None, seed=1) != d
+    small = brats_datalists(None, max_cases=3)
+    assert len(small["all"]) == 3 and len(small["val"]) == 1
+
+
+@pytest.mark.slow
+def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
+    from mfassl.backbones import MFASwin
+    from mfassl.method import MFASSL
+
+    torch.manual_seed(0)
+    bb = MFASwin(3, in_chans=4, embed_dim=TINY_NETWORK["feature_size"], depths=TINY_NETWORK["depths"],
+                 num_heads=TINY_NETWORK["num_heads"], window_size=TINY_NETWORK["window_size"], mfa_stage=2)
+    ckpt = tmp_path / "checkpoint_1.pt"
+    method = MFASSL(bb, "dino", dict(out_dim=64, hidden_dim=32, bottleneck_dim=16),
+                    views=dict(global_size=32, local_size=16, n_local=2))
+    torch.save({"model": method.state_dict()}, ckpt)
+    root = tmp_path / "run"
+    overrides = {**TINY_NETWORK, "epochs": 1, "epoch_length": 1, "max_cases": 3, "pretrained_checkpoint": str(ckpt),
+                 "learning_rate": 1e-3}
+    model = train_bundle(root, overrides=overrides, timeout=600)
+    assert model.name == "model.pt" and (root / "models" / "model_final.pt").is_file()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
+           json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]),
+           "--bundle_root", str(root), "--max_cases", "3"]
+    for k, v in TINY_NETWORK.items():
+        cmd += [f"--{k}", json.dumps(v)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = (root / "eval" / "metrics.csv").read_text()
+    rows = dict(line.split(",") for line in summary.strip().splitlines())
+    for key in ("val_mean_dice", "dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"):
+        assert key in rows, key
+    assert 0.0 <= float(rows["val_mean_dice"]) <= 1.0
+    with open(root / "eval" / "dice_wt_raw.csv") as f:
+        assert len(list(csv.reader(f))) == 2  # header + the one validation case
