@@ -36,6 +36,7 @@ import torch
 logger = logging.getLogger("bench.laterality")
 
 METHODS = ("mfassl", "flip_baseline", "random_init")
+READOUTS = ("global", "paired")
 TASKS = ("side", "presence")
 METRICS = ("accuracy", "auroc", "ece", "flip_consistency")
 
@@ -219,10 +220,35 @@ def pretrain(cfg: Config, data: dict[str, Any], mirror: bool, seed: int) -> tupl
 
 @torch.no_grad()
 def features(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features of the images and of their horizontal flips."""
+    """Global readout: the plain encoder's pooled features of the images and of their horizontal flips."""
     f = encoder(x).numpy()
     ff = encoder(torch.flip(x, dims=(-1,))).numpy()
     return f, ff
+
+
+def flipped_axes(axes: torch.Tensor, width: int) -> torch.Tensor:
+    """The rows ``[n, d]`` of the same axes in the column-flipped images (normal re-oriented to +columns)."""
+    from mfassl.geometry import SymmetryAxis2D
+
+    m = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, width - 1.0], [0.0, 0.0, 1.0]])  # flipped index -> original index
+    rows = [SymmetryAxis2D(normal=a[:2].numpy(), offset=float(a[2])).transform(m).canonical().as_array()
+            for a in axes]
+    return torch.from_numpy(np.stack(rows))
+
+
+@torch.no_grad()
+def paired_features(encoder: torch.nn.Module, x: torch.Tensor, axes: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Paired readout: the mirror pair (split at the axis) through the encoder with MFA on (gate fully open),
+    ``[pool(out_l), pool(out_r)]``; the same for the flipped images with their flipped axes."""
+    from mfassl.pairing import mirror_pair, token_mask
+
+    def run(images: torch.Tensor, ax: torch.Tensor) -> np.ndarray:
+        pair = mirror_pair(images, ax, images.shape[-1], split_dim=1)
+        km = token_mask(pair.valid_l, encoder.mfa_patch_size) & token_mask(pair.valid_r, encoder.mfa_patch_size)
+        out = encoder.forward_paired(pair.x_l, pair.x_r, ramp=1.0, use_mfa=True, key_mask=km)
+        return torch.cat([encoder.pool(out.out_l), encoder.pool(out.out_r)], dim=1).numpy()
+
+    return run(x, axes), run(torch.flip(x, dims=(-1,)), flipped_axes(axes, x.shape[-1]))
 
 
 def probe(f: np.ndarray, ff: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -253,8 +279,9 @@ def run(cfg: Config, out_dir: str | Path, log: Callable[[str], None] = print) ->
         f"{cfg.image_size} px from {data['root']}; axes: {cfg.axis} ({data['axis_fallbacks']} centre fallbacks)")
     les = data["presence"] == 1
     labels = {"side": data["right"][les], "presence": data["presence"]}
-    probs: dict[str, dict[str, list[np.ndarray]]] = {m: {t: [] for t in TASKS} for m in METHODS}
-    flips: dict[str, dict[str, list[np.ndarray]]] = {m: {t: [] for t in TASKS} for m in METHODS}
+    keys = [(m, r) for m in METHODS for r in READOUTS]
+    probs: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {k: {t: [] for t in TASKS} for k in keys}
+    flips: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {k: {t: [] for t in TASKS} for k in keys}
     train_log: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS[:2]}
     for seed in cfg.seeds:
         encoders = {}
@@ -267,20 +294,20 @@ def run(cfg: Config, out_dir: str | Path, log: Callable[[str], None] = print) ->
                 f"(base {last['first_base']:.3f} -> {last['base']:.3f}), gate mean {last.get('gate_mean', 0.0):.3f}")
         encoders["random_init"] = build_method(cfg, True, seed).backbone.eval()
         for name, enc in encoders.items():
-            f, ff = features(enc, data["x"])
-            for task in TASKS:
-                sel = les if task == "side" else np.ones(len(f), bool)
-                p, pf = probe(f[sel], ff[sel], labels[task], cfg.folds, seed)
-                probs[name][task].append(p)
-                flips[name][task].append(pf)
+            feats = {"global": features(enc, data["x"]), "paired": paired_features(enc, data["x"], data["axes"])}
+            for readout, (f, ff) in feats.items():
+                for task in TASKS:
+                    sel = les if task == "side" else np.ones(len(f), bool)
+                    p, pf = probe(f[sel], ff[sel], labels[task], cfg.folds, seed)
+                    probs[name, readout][task].append(p)
+                    flips[name, readout][task].append(pf)
     rows = []
-    for name in METHODS:
+    for name, readout in keys:
         for task in TASKS:
-            stats = pooled_bootstrap(np.stack(probs[name][task]), np.stack(flips[name][task]), labels[task], task,
-                                     cfg.n_boot)
-            per_seed = [task_metrics(p, pf, labels[task], task)
-                        for p, pf in zip(probs[name][task], flips[name][task])]
-            rows.append({"method": name, "task": task, "n": int(len(labels[task])),
+            pp, pf = probs[name, readout][task], flips[name, readout][task]
+            stats = pooled_bootstrap(np.stack(pp), np.stack(pf), labels[task], task, cfg.n_boot)
+            per_seed = [task_metrics(a, b, labels[task], task) for a, b in zip(pp, pf)]
+            rows.append({"method": name, "readout": readout, "task": task, "n": int(len(labels[task])),
                          **{k: stats[k] for k in METRICS}, "per_seed": per_seed})
     result = {"config": {**asdict(cfg), "seeds": list(cfg.seeds)}, "rows": rows, "train_last_step": train_log,
               "seconds": time.perf_counter() - t0,
@@ -297,15 +324,17 @@ def run(cfg: Config, out_dir: str | Path, log: Callable[[str], None] = print) ->
 
 def format_table(rows: list[dict[str, Any]], cfg: Config) -> str:
     """Markdown: one row per method and task, ``mean [low, high]`` per metric."""
-    head = ("| task | method | n | accuracy | AUROC | ECE | flip consistency |\n"
-            "|---|---|---|---|---|---|---|")
+    head = ("| task | readout | method | n | accuracy | AUROC | ECE | flip consistency |\n"
+            "|---|---|---|---|---|---|---|---|")
     lines = [head]
-    for r in sorted(rows, key=lambda r: (TASKS.index(r["task"]), METHODS.index(r["method"]))):
+    order = lambda r: (TASKS.index(r["task"]), READOUTS.index(r["readout"]), METHODS.index(r["method"]))  # noqa: E731
+    for r in sorted(rows, key=order):
         cells = [f"{r[k][0]:.2f} [{r[k][1]:.2f}, {r[k][2]:.2f}]" for k in METRICS]
-        lines.append(f"| {r['task']} | {r['method']} | {r['n']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['task']} | {r['readout']} | {r['method']} | {r['n']} | " + " | ".join(cells) + " |")
     lines.append(f"\nSeeds {list(cfg.seeds)}; {cfg.folds}-fold out-of-fold probe; mean over seeds, 95% bootstrap "
                  f"interval over cases ({cfg.n_boot} resamples). Flip consistency: side = the prediction changes on "
-                 "the flipped image, presence = it stays.")
+                 "the flipped image, presence = it stays. Readout global: the plain encoder's pooled feature of the "
+                 "whole image; paired: the mirror pair through the encoder with MFA, [left, right] pooled features.")
     return "\n".join(lines)
 
 
@@ -315,20 +344,21 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(len(READOUTS), len(TASKS), figsize=(11, 3.6 * len(READOUTS)), sharey=True,
+                             squeeze=False)
     width = 0.26
-    for ax, task in zip(axes, TASKS):
+    for ax, (readout, task) in zip(axes.ravel(), [(ro, t) for ro in READOUTS for t in TASKS]):
         for j, name in enumerate(METHODS):
-            r = next(r for r in rows if r["task"] == task and r["method"] == name)
+            r = next(r for r in rows if r["task"] == task and r["method"] == name and r["readout"] == readout)
             xs = np.arange(len(METRICS)) + (j - 1) * width
             mean = np.array([r[k][0] for k in METRICS])
             err = np.array([[r[k][0] - r[k][1] for k in METRICS], [r[k][2] - r[k][0] for k in METRICS]])
             ax.bar(xs, mean, width, yerr=err, capsize=3, label=name)
         ax.set_xticks(np.arange(len(METRICS)), ["accuracy", "AUROC", "ECE", "flip cons."])
-        ax.set_title(f"probe: lesion {task}")
+        ax.set_title(f"probe: lesion {task} ({readout} readout)")
         ax.set_ylim(0, 1.05)
         ax.axhline(0.5, color="grey", lw=0.6, ls="--")
-    axes[0].legend(fontsize=8, loc="upper left")
+    axes[0, 0].legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

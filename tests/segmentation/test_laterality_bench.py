@@ -52,9 +52,9 @@ def test_reduced_experiment_writes_the_table(lat, tmp_path):
     table = (out / "table.md").read_text()
     for method in lat.METHODS:
         for task in lat.TASKS:
-            assert f"| {task} | {method} |" in table
+            assert f"| {task} | global | {method} |" in table and f"| {task} | paired | {method} |" in table
     res = json.loads((out / "results.json").read_text())
-    assert len(res["rows"]) == len(lat.METHODS) * len(lat.TASKS)
+    assert len(res["rows"]) == len(lat.METHODS) * len(lat.TASKS) * len(lat.READOUTS)
     for row in res["rows"]:
         for k in lat.METRICS:
             mean, lo, hi = row[k]
@@ -63,3 +63,14 @@ def test_reduced_experiment_writes_the_table(lat, tmp_path):
         assert len(row["per_seed"]) == 1
     assert res["data"]["n_lesion"] == 16 and res["data"]["n_images"] == 24
     assert (out / "laterality.png").stat().st_size > 1000
+
+
+def test_flipped_axes(lat):
+    import torch
+
+    axes = torch.tensor([[0.0, 1.0, 10.0], [0.0, 1.0, 15.5], [0.1, 0.995, 12.0]])
+    fl = lat.flipped_axes(axes, 32)
+    torch.testing.assert_close(fl[0], torch.tensor([0.0, 1.0, 21.0]))
+    torch.testing.assert_close(fl[1], axes[1])  # the centre line of a 32-wide image
+    torch.testing.assert_close(lat.flipped_axes(fl, 32), axes / axes[:, :2].norm(dim=1, keepdim=True), atol=1e-5,
+                               rtol=0)
