@@ -352,7 +352,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             r = next(r for r in rows if r["task"] == task and r["method"] == name and r["readout"] == readout)
             xs = np.arange(len(METRICS)) + (j - 1) * width
             mean = np.array([r[k][0] for k in METRICS])
-            err = np.array([[r[k][0] - r[k][1] for k in METRICS], [r[k][2] - r[k][0] for k in METRICS]])
+            # the percentile interval of a biased statistic (ECE) need not contain the mean over seeds
+            err = np.clip(np.array([[r[k][0] - r[k][1] for k in METRICS], [r[k][2] - r[k][0] for k in METRICS]]), 0, None)
             ax.bar(xs, mean, width, yerr=err, capsize=3, label=name)
         ax.set_xticks(np.arange(len(METRICS)), ["accuracy", "AUROC", "ECE", "flip cons."])
         ax.set_title(f"probe: lesion {task} ({readout} readout)")
