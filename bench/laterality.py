@@ -26,6 +26,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -122,6 +123,13 @@ def pooled_bootstrap(p: np.ndarray, p_flip: np.ndarray, y: np.ndarray, task: str
         metric -> ``(mean over seeds, low, high)``.
     """
     rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():  # resamples with one class give NaN AUROC, left out by nanmean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _pooled_bootstrap(p, p_flip, y, task, n_boot, rng)
+
+
+def _pooled_bootstrap(p: np.ndarray, p_flip: np.ndarray, y: np.ndarray, task: str, n_boot: int,
+                      rng: np.random.Generator) -> dict[str, tuple[float, float, float]]:
     point = {k: float(np.nanmean([task_metrics(p[s], p_flip[s], y, task)[k] for s in range(len(p))]))
              for k in METRICS}
     boots: dict[str, list[float]] = {k: [] for k in METRICS}
