@@ -1,0 +1,139 @@
+"""The pretraining bundles run end to end on the demo data with tiny overrides (as the model zoo's CI does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+
+TINY = {
+    "mfassl_brats_pretrain": {
+        "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4, "network_def#mfa_layer": 1,
+        "roi_size": [32, 32, 32], "local_size": [16, 16, 16], "n_local": 1, "max_cases": 6, "batch_size": 2,
+        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
+    },
+    "mfassl_chexpert_pretrain": {
+        "network_def#img_size": 32, "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4,
+        "network_def#mfa_layer": 1, "image_size": [48, 48], "global_size": [32, 32], "local_size": [16, 16],
+        "n_local": 1, "max_images": 8, "batch_size": 4,
+        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
+    },
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _demo_dir(tmp_path_factory):
+    old = os.environ.get("MFASSL_DEMO_DIR")
+    if not old:
+        os.environ["MFASSL_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo"))
+    yield
+    if not old:
+        os.environ.pop("MFASSL_DEMO_DIR", None)
+
+
+def run_bundle(name: str, out: Path, configs=("train.json",), **overrides) -> dict:
+    from monai.bundle import run
+
+    root = BUNDLES / name
+    tiny = {k: v for k, v in TINY[name].items() if "swin.json" not in configs or not k.startswith("network_def#")}
+    kw = {**tiny, **overrides}
+    run(config_file=[str(root / "configs" / c) for c in configs], bundle_root=str(root), output_dir=str(out), **kw)
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("objective", ["dino", "mae"])
+def test_one_epoch_train(tmp_path, name, objective):
+    extra = {"objective_args#mae": {"decoder_dim": 48, "decoder_depth": 1, "decoder_heads": 4}}
+    report = run_bundle(name, tmp_path, epochs=2, objective=objective, **extra)
+    assert report["iterations"] > 0 and report["epochs"] == 2
+    assert report["loss_first"] == report["loss_first"]  # finite
+    assert report["axis_fallbacks"] == 0 and report["axis_confidence_median"] > 0.3
+    assert report["mfa_on_iterations"] > 0
+    for key in ("loss_curves_png", "axis_overlays_png"):
+        assert Path(report[key]).stat().st_size > 1000
+    ckpt = sorted((tmp_path / "checkpoints").glob("checkpoint_*.pt"))
+    assert ckpt and "model" in torch.load(ckpt[-1], weights_only=True)
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_baseline_switch(tmp_path):
+    report = run_bundle("mfassl_chexpert_pretrain", tmp_path, epochs=1, mirror=False)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert all(r["mirror"] == 0.0 and r["l_eq"] == 0.0 for r in history)
+    assert report["mfa_on_iterations"] == 0
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_losses(tmp_path):
+    run_bundle("mfassl_chexpert_pretrain", tmp_path / "full", epochs=2)
+    full = [r["loss"] for r in json.loads((tmp_path / "full" / "history.json").read_text())]
+    # a run cut after its first epoch: the schedules still plan 2 epochs
+    run_bundle("mfassl_chexpert_pretrain", tmp_path / "cut", epochs=1, schedule_epochs=2)
+    first = [r["loss"] for r in json.loads((tmp_path / "cut" / "history.json").read_text())]
+    report = run_bundle("mfassl_chexpert_pretrain", tmp_path / "cut", epochs=2, resume_from="auto")
+    rest = [r["loss"] for r in json.loads((tmp_path / "cut" / "history.json").read_text())]
+    assert report["epochs"] == 2
+    assert first + rest == pytest.approx(full, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_runs_two_gloo_processes(tmp_path):
+    name = "mfassl_brats_pretrain"
+    root = BUNDLES / name
+    configs = "['{}','{}']".format(root / "configs" / "train.json", root / "configs" / "multi_gpu_train.json")
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            "--master_port=29611", "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
+            "--output_dir", str(tmp_path), "--epochs", "1"]
+    for k, v in TINY[name].items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    # 6 cases, 2 processes, batch 2 each: 1 step per epoch per process
+    assert report["iterations"] == 1
+    assert list((tmp_path / "checkpoints").glob("checkpoint_*.pt"))
+
+
+def test_configs_are_valid_json_with_the_required_sections():
+    for name in TINY:
+        cfg = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
+        for key in ("network_def", "method", "optimizer", "train", "initialize", "run", "finalize", "objective",
+                    "mirror", "dataset_dir", "lambda_eq", "lambda_mid", "beta", "t_sym", "t_mfa", "t_gate"):
+            assert key in cfg, (name, key)
+        assert cfg["network_def"]["_target_"].startswith("mfassl_medical.networks.")
+        for f in ("metadata.json", "multi_gpu_train.json", "logging.conf"):
+            assert (BUNDLES / name / "configs" / f).is_file()
+        assert (BUNDLES / name / "LICENSE").is_file() and (BUNDLES / name / "docs" / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_swin_pretraining_feeds_the_segmentation_encoder(tmp_path):
+    from monai.networks.nets import SwinUNETR
+
+    from mfassl_medical.segmentation import load_pretrained_encoder
+
+    swin = {"network_def#embed_dim": 12, "network_def#depths": [1, 1, 1, 1], "network_def#num_heads": [1, 2, 3, 4],
+            "network_def#window_size": 4, "roi_size": [64, 64, 64], "local_size": [32, 32, 32], "max_cases": 2}
+    run_bundle("mfassl_brats_pretrain", tmp_path, configs=("train.json", "swin.json"), epochs=1, **swin)
+    ckpt = sorted((tmp_path / "checkpoints").glob("checkpoint_*.pt"))[-1]
+    seg = SwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                    window_size=4)
+    report = load_pretrained_encoder(seg, ckpt)
+    state = torch.load(ckpt, weights_only=True)["model"]
+    assert report.loaded and not report.missing
+    key = "swinViT.layers1.0.blocks.0.attn.qkv.weight"
+    assert torch.equal(seg.state_dict()[key], state["objective.backbone." + key])
