@@ -137,3 +137,18 @@ def test_swin_pretraining_feeds_the_segmentation_encoder(tmp_path):
     assert report.loaded and not report.missing
     key = "swinViT.layers1.0.blocks.0.attn.qkv.weight"
     assert torch.equal(seg.state_dict()[key], state["objective.backbone." + key])
+
+
+@pytest.mark.slow
+def test_related_objectives_in_the_bundles(tmp_path):
+    """DAGMaN on the Swin BraTS config and MixedAE on the 2D CheXpert config, with tiny overrides."""
+    mixed = run_bundle("mfassl_chexpert_pretrain", tmp_path / "mixedae", epochs=1, objective="mixedae",
+                       **{"objective_args#mixedae": {"decoder_dim": 48, "decoder_depth": 1, "decoder_heads": 4,
+                                                     "proj_dim": 16}})
+    assert mixed["iterations"] > 0 and mixed["loss_first"] == mixed["loss_first"]
+    swin = {"network_def#embed_dim": 12, "network_def#depths": [1, 1, 1, 1], "network_def#num_heads": [1, 2, 3, 4],
+            "network_def#window_size": 4, "roi_size": [64, 64, 64], "local_size": [32, 32, 32], "max_cases": 2}
+    dag = run_bundle("mfassl_brats_pretrain", tmp_path / "dagman", configs=("train.json", "swin.json"), epochs=1,
+                     objective="dagman", **swin)
+    history = json.loads((tmp_path / "dagman" / "history.json").read_text())
+    assert dag["iterations"] > 0 and any(k.startswith("dagman/") for k in history[0])
