@@ -220,6 +220,12 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
         "loss_first": rows[0]["loss"] if rows else None,
         "loss_last": rows[-1]["loss"] if rows else None,
         "loss_last_epoch_mean": None,
+        "base_first": rows[0].get("base") if rows else None,
+        "base_last": rows[-1].get("base") if rows else None,
+        "mirror_first": rows[0].get("mirror") if rows else None,
+        "mirror_last": rows[-1].get("mirror") if rows else None,
+        "l_mid_first": rows[0].get("l_mid") if rows else None,
+        "l_mid_last": rows[-1].get("l_mid") if rows else None,
         "gate_mean_last": rows[-1].get("gate_mean") if rows else None,
         "gate_mean_max": max((r.get("gate_mean", 0.0) for r in rows), default=None),
         "mfa_on_iterations": int(sum(r.get("mfa_on", 0.0) > 0 for r in rows)),
@@ -263,6 +269,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"=== MFASSL pretraining report: {r['bundle']} ===",
         f"epochs {r['epochs']}, iterations {r['iterations']}, images {r['images']}",
         f"loss: first {_fmt(r['loss_first'])}, last {_fmt(r['loss_last'])}, last-epoch mean {_fmt(r['loss_last_epoch_mean'])}",
+        f"  parts: base objective {_fmt(r['base_first'])} -> {_fmt(r['base_last'])}, mirror branch "
+        f"{_fmt(r['mirror_first'])} -> {_fmt(r['mirror_last'])}, L_mid {_fmt(r['l_mid_first'])} -> {_fmt(r['l_mid_last'])} "
+        "(the total also grows as w(t) brings the symmetry terms in)",
         f"MFA gate mean: last {_fmt(r['gate_mean_last'])}, max {_fmt(r['gate_mean_max'])} "
         f"(MFA active in {r['mfa_on_iterations']} iterations)",
         f"symmetry axis: median confidence {_fmt(r['axis_confidence_median'], '.3f')}, "
