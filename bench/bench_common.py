@@ -19,12 +19,22 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def replace_section(title: str, body: str, path: Path = RESULTS) -> None:
-    """Replace the body of the ``## {title} ...`` section of RESULTS.md (added at the end if absent)."""
+def section_title(title: str, device: torch.device | str) -> str:
+    """The RESULTS.md section title for numbers measured on ``device``: GPU numbers get their own section."""
+    return f"{title} on GPU" if torch.device(device).type == "cuda" else title
+
+
+def replace_section(title: str, body: str, path: Path = RESULTS, script: str | None = None) -> None:
+    """Replace the body of the ``## {title}`` section of RESULTS.md (added at the end if absent).
+
+    The title must match exactly, up to an optional `` (`bench/script.py`)`` suffix, so that
+    ``"Step time"`` and ``"Step time on GPU"`` are two sections.
+    """
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"(^## {re.escape(title)}[^\n]*\n)(.*?)(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"(^## {re.escape(title)}(?: \([^\n]*\))?[ \t]*\n)(.*?)(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
-        text = pattern.sub(lambda m: m.group(1) + "\n" + body.rstrip() + "\n\n", text, count=1)
+        text = pattern.sub(lambda m: m.group(1) + "\n" + body.strip() + "\n\n", text, count=1)
     else:
-        text = text.rstrip() + f"\n\n## {title}\n\n{body.rstrip()}\n"
+        header = f"## {title}" + (f" (`bench/{script}`)" if script else "")
+        text = text.rstrip() + f"\n\n{header}\n\n{body.strip()}\n"
     path.write_text(text)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section  # noqa: E402
+from bench_common import device_name, replace_section, section_title  # noqa: E402
 from mfassl.backbones import create_backbone  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     print(table)
     print(note)
     if args.write:
-        replace_section("MFA overhead", f"{table}\n\n{note}\n")
+        replace_section(section_title("MFA overhead", args.device), f"{table}\n\n{note}\n", script="mfa_overhead.py")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section  # noqa: E402
+from bench_common import device_name, replace_section, section_title  # noqa: E402
 
 logger = logging.getLogger("bench.related_objectives")
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     table = render(rows, stats, data, args, device)
     print(table)
     if args.write:
-        replace_section("Related objectives", table)
+        replace_section(section_title("Related objectives", args.device), table, script="related_objectives.py")
 
 
 if __name__ == "__main__":

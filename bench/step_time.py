@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section  # noqa: E402
+from bench_common import device_name, replace_section, section_title  # noqa: E402
 
 MODELS = {"tiny": "mfa_vit_tiny", "small": "mfa_vit_small", "base": "mfa_vit_base"}
 
@@ -111,7 +111,7 @@ def main() -> None:
     print(table)
     print(note)
     if args.write:
-        replace_section("Step time", f"{table}\n\n{note}\n")
+        replace_section(section_title("Step time", args.device), f"{table}\n\n{note}\n", script="step_time.py")
 
 
 if __name__ == "__main__":
