@@ -189,7 +189,7 @@ def _axis_figure(items: Sequence[dict[str, Any]], path: Path, max_items: int = 4
 
 
 def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir: str, bundle: str = "",
-                 print_report: bool = True) -> dict[str, Any]:
+                 print_report: bool = True, model_file: str | None = None) -> dict[str, Any]:
     """Write ``report.json``, ``loss_curves.png`` and ``axis_overlays.png`` and print a short report.
 
     Args:
@@ -200,6 +200,7 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
         output_dir: where the run wrote checkpoints (``checkpoints/``) and TensorBoard logs (``tb/``).
         bundle: the bundle name, for the text.
         print_report: print the text report.
+        model_file: where the run saved the encoder weights (``models/model.pt``), for the text.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +236,7 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
         "images": len(items),
         "checkpoint_dir": str(out / "checkpoints"),
         "tensorboard_dir": str(out / "tb"),
+        "model_file": str(model_file) if model_file else None,
     }
     if rows:
         per_epoch = max(1, len(rows) // max(1, report["epochs"]))
@@ -279,6 +281,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"figures: {r.get('loss_curves_png', 'n/a')}",
         f"         {r.get('axis_overlays_png', 'n/a')}",
         f"checkpoints: {r['checkpoint_dir']}",
+        f"encoder weights: {r.get('model_file') or 'n/a'} (evaluate.json, inference.json and ckpt_export read them)",
         f"TensorBoard: tensorboard --logdir {r['tensorboard_dir']}",
         f"next: point dataset_dir at the real data (--dataset_dir {_REAL_DATA_HINT.get(r['bundle'], '/path/to/data')}), "
         "raise --epochs, resume with --resume_from auto, and use several GPUs with torchrun and "

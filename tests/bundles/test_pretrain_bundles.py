@@ -11,44 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLES = ROOT / "bundles"
-
-TINY = {
-    "mfassl_brats_pretrain": {
-        "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4, "network_def#mfa_layer": 1,
-        "roi_size": [32, 32, 32], "local_size": [16, 16, 16], "n_local": 1, "max_cases": 6, "batch_size": 2,
-        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
-        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
-    },
-    "mfassl_chexpert_pretrain": {
-        "network_def#img_size": 32, "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4,
-        "network_def#mfa_layer": 1, "image_size": [48, 48], "global_size": [32, 32], "local_size": [16, 16],
-        "n_local": 1, "max_images": 8, "batch_size": 4,
-        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
-        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
-    },
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _demo_dir(tmp_path_factory):
-    old = os.environ.get("MFASSL_DEMO_DIR")
-    if not old:
-        os.environ["MFASSL_DEMO_DIR"] = str(tmp_path_factory.mktemp("demo"))
-    yield
-    if not old:
-        os.environ.pop("MFASSL_DEMO_DIR", None)
-
-
-def run_bundle(name: str, out: Path, configs=("train.json",), **overrides) -> dict:
-    from monai.bundle import run
-
-    root = BUNDLES / name
-    tiny = {k: v for k, v in TINY[name].items() if "swin.json" not in configs or not k.startswith("network_def#")}
-    kw = {**tiny, **overrides}
-    run(config_file=[str(root / "configs" / c) for c in configs], bundle_root=str(root), output_dir=str(out), **kw)
-    return json.loads((out / "report.json").read_text())
+from bundle_utils import BUNDLES, ROOT, TINY, run_bundle  # noqa: E402
 
 
 @pytest.mark.slow
@@ -96,7 +59,8 @@ def test_multi_gpu_config_runs_two_gloo_processes(tmp_path):
     configs = "['{}','{}']".format(root / "configs" / "train.json", root / "configs" / "multi_gpu_train.json")
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
             "--master_port=29611", "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
-            "--output_dir", str(tmp_path), "--epochs", "1"]
+            "--output_dir", str(tmp_path), "--epochs", "1",
+            "--model_file", str(tmp_path / "models" / "model.pt")]
     for k, v in TINY[name].items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -106,6 +70,7 @@ def test_multi_gpu_config_runs_two_gloo_processes(tmp_path):
     # 6 cases, 2 processes, batch 2 each: 1 step per epoch per process
     assert report["iterations"] == 1
     assert list((tmp_path / "checkpoints").glob("checkpoint_*.pt"))
+    assert (tmp_path / "models" / "model.pt").is_file()  # rank 0 saved the encoder
 
 
 def test_configs_are_valid_json_with_the_required_sections():
@@ -137,6 +102,11 @@ def test_swin_pretraining_feeds_the_segmentation_encoder(tmp_path):
     assert report.loaded and not report.missing
     key = "swinViT.layers1.0.blocks.0.attn.qkv.weight"
     assert torch.equal(seg.state_dict()[key], state["objective.backbone." + key])
+    # the encoder file the run leaves in models/ loads the same way
+    seg2 = SwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                     window_size=4)
+    assert load_pretrained_encoder(seg2, tmp_path / "models" / "model.pt").loaded
+    assert torch.equal(seg2.state_dict()[key], state["objective.backbone." + key])
 
 
 @pytest.mark.slow

@@ -1,0 +1,35 @@
+"""What the bundle tests share: the bundles' folder, tiny overrides and a run helper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLES = ROOT / "bundles"
+
+TINY = {
+    "mfassl_brats_pretrain": {
+        "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4, "network_def#mfa_layer": 1,
+        "roi_size": [32, 32, 32], "local_size": [16, 16, 16], "n_local": 1, "max_cases": 6, "batch_size": 2,
+        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
+    },
+    "mfassl_chexpert_pretrain": {
+        "network_def#img_size": 32, "network_def#embed_dim": 48, "network_def#depth": 2, "network_def#num_heads": 4,
+        "network_def#mfa_layer": 1, "image_size": [48, 48], "global_size": [32, 32], "local_size": [16, 16],
+        "n_local": 1, "max_images": 8, "batch_size": 4,
+        "objective_args#dino": {"out_dim": 256, "hidden_dim": 64, "bottleneck_dim": 32},
+        "t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, "warmup_epochs": 0.5, "progress": False,
+    },
+}
+
+
+def run_bundle(name: str, out: Path, configs=("train.json",), **overrides) -> dict:
+    from monai.bundle import run
+
+    root = BUNDLES / name
+    tiny = {k: v for k, v in TINY[name].items() if "swin.json" not in configs or not k.startswith("network_def#")}
+    kw = {**tiny, "model_file": str(out / "models" / "model.pt"), **overrides}
+    run(config_file=[str(root / "configs" / c) for c in configs], bundle_root=str(root), output_dir=str(out), **kw)
+    return json.loads((out / "report.json").read_text())
