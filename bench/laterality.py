@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from mfassl.evaluation import auroc, ece
+
 logger = logging.getLogger("bench.laterality")
 
 METHODS = ("mfassl", "flip_baseline", "random_init")
@@ -77,32 +79,6 @@ TINY = dict(seeds=(0,), n_images=24, image_size=32, patch_size=8, embed_dim=32, 
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (rank formula, ties averaged); NaN with one class only."""
-    from scipy.stats import rankdata
-
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Expected calibration error of binary probabilities: confidence max(p, 1-p) vs accuracy, equal-width bins."""
-    probs, labels = np.asarray(probs, float), np.asarray(labels).astype(int)
-    conf = np.maximum(probs, 1 - probs)
-    correct = ((probs >= 0.5).astype(int) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(total)
-
-
 def task_metrics(p: np.ndarray, p_flip: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
     """Accuracy, AUROC, ECE of probabilities ``p`` for labels ``y``; flip consistency from ``p_flip``."""
     pred, pred_f = p >= 0.5, p_flip >= 0.5

@@ -8,20 +8,18 @@ schema's inter-ocular points (WFLW 60 and 72, 300W 36 and 45). Over a set of fac
 - ``AUC@t`` = area under the cumulative error distribution (CED) on ``[0, t]`` divided by ``t``,
   which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve).
 
-Attribute metrics take probabilities ``p`` of the positive class and 0/1 labels ``y``:
-AUROC (Mann-Whitney, ties count one half), ``Brier = mean (p - y)^2`` and the ECE with 15
-equal-width bins over the *top-label* confidence ``c = max(p, 1 - p)`` against the accuracy of the
-predicted label: ``ECE = sum_b |B_b| / n * |acc_b - conf_b|`` (bins ``(k/15, (k+1)/15]``, the first
-one closed on the left).
+Attribute metrics (AUROC, ECE with 15 bins, Brier) and the bootstrap are the shared core's
+:mod:`mfassl.evaluation`, re-exported here for the face benchmark.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from mfassl.evaluation import auroc, bootstrap_ci, brier, ece
 from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema
 
 __all__ = [
@@ -139,77 +137,8 @@ def flip_consistency(pred: np.ndarray, pred_flipped: np.ndarray, schema: str | L
 
 
 # ---------------------------------------------------------------------------------------------- attributes
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Binary AUROC by the Mann-Whitney statistic (ties count 1/2); NaN if one class is absent."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel() > 0
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(s.size)
-    sorted_s = s[order]
-    i = 0
-    while i < s.size:  # average ranks over ties
-        j = i
-        while j + 1 < s.size and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label expected calibration error of binary predictions (see the module docstring)."""
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    y = np.asarray(labels).ravel() > 0
-    if p.size == 0:
-        return float("nan")
-    conf = np.maximum(p, 1.0 - p)
-    correct = (p >= 0.5) == y
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    total = 0.0
-    for b in range(n_bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() / p.size * abs(correct[m].mean() - conf[m].mean())
-    return float(total)
 
 
-def brier(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean squared error of the positive-class probability."""
-    p = np.asarray(probs, dtype=np.float64).ravel()
-    y = (np.asarray(labels).ravel() > 0).astype(np.float64)
-    return float(np.mean((p - y) ** 2))
 
-
-def bootstrap_ci(stat: Callable[..., float], *arrays: np.ndarray, n_boot: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """Percentile bootstrap over the first axis, resampling all ``arrays`` together.
-
-    Args:
-        stat: function of the arrays returning a float (e.g. ``auc_at``, ``auroc``).
-        arrays: arrays with the same first dimension ``B``.
-        n_boot: resamples.
-        alpha: 1 - coverage (0.05 gives a 95% interval).
-        seed: resampling seed.
-
-    Returns:
-        ``(estimate on all data, lower, upper)``; resamples where ``stat`` is NaN are ignored.
-    """
-    arrs = [np.asarray(a) for a in arrays]
-    n = arrs[0].shape[0]
-    est = float(stat(*arrs))
-    if n == 0:
-        return est, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        v = float(stat(*(a[idx] for a in arrs)))
-        if np.isfinite(v):
-            vals.append(v)
-    if not vals:
-        return est, float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return est, float(lo), float(hi)
