@@ -17,6 +17,13 @@ from mfassl_medical.data.safe import (
     SafeLoadImageD,
     SafeLoadImageDict,
 )
+from mfassl_medical.transforms.lesion import (
+    LESION_LABELS,
+    LesionLabels,
+    LesionLabelsd,
+    LesionLabelsD,
+    LesionLabelsDict,
+)
 from mfassl_medical.transforms.symmetry import (
     CanonicalizeSymmetry,
     CanonicalizeSymmetryd,
@@ -36,6 +43,7 @@ from mfassl_medical.transforms.symmetry import (
 )
 
 __all__ = [
+    "LESION_LABELS", "LesionLabels", "LesionLabelsd", "LesionLabelsD", "LesionLabelsDict",
     "EstimateSymmetryAxis", "EstimateSymmetryAxisd", "EstimateSymmetryAxisD", "EstimateSymmetryAxisDict",
     "CanonicalizeSymmetry", "CanonicalizeSymmetryd", "CanonicalizeSymmetryD", "CanonicalizeSymmetryDict",
     "MirrorPair", "MirrorPaird", "MirrorPairD", "MirrorPairDict",

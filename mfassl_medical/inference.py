@@ -1,0 +1,178 @@
+"""The pretraining bundles' inference (``configs/inference.json``): embeddings and MFA gate maps of images.
+
+For a folder or a list of images (or the demo data), each image goes through the bundle's preprocessing
+(load, orient, resample, estimate the symmetry axis, canonicalise, resize) and the pretrained encoder:
+
+- ``embeddings.npy``: ``(N, D)`` float32 pooled features of the plain encoder (no MFA, as downstream models
+  use it);
+- ``gates.npy``: ``(N, *G)`` float32 MFA gate of every left-half token on the MFA layer's grid ``G``, from the
+  mirror pair about the estimated axis (how much each token took from its mirror token);
+- ``index.csv``: one row per image, in the arrays' order: the source file(s), the axis confidence and whether
+  the axis fell back to the image centre;
+- ``gate_maps.png``: the gate maps of the first images over their left halves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfassl.pairing import mirror_pair, token_mask
+
+__all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
+
+logger = logging.getLogger(__name__)
+
+#: 2D image files :func:`chexpert_inference_datalist` picks up in a folder.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def chexpert_inference_datalist(input_dir: str | None = None, input_files: Sequence[str] | None = None,
+                                dataset_dir: str | None = None) -> list[dict[str, Any]]:
+    """2D images to embed: ``input_files``, else every image under ``input_dir`` (recursive, sorted), else the
+    validation images of ``dataset_dir`` (the demo data when unset)."""
+    if input_files:
+        paths = [Path(p) for p in input_files]
+    elif input_dir:
+        root = Path(input_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"input_dir {root} is not a folder.")
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and _has_suffix(p, IMAGE_SUFFIXES))
+    else:
+        from mfassl_medical.pretraining import chexpert_pretrain_datalist
+
+        return chexpert_pretrain_datalist(dataset_dir, split="valid")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file(s) not found: {missing[:5]}")
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {input_dir}.")
+    return [{"image": str(p), "source": str(p)} for p in paths]
+
+
+def brats_inference_datalist(input_dir: str | None = None, input_files: Sequence[Sequence[str]] | None = None,
+                             dataset_dir: str | None = None) -> list[dict[str, Any]]:
+    """Multi-modal volumes to embed: ``input_files`` (a list of ``[t1, t1ce, t2, flair]`` paths), else the BraTS
+    case folders under ``input_dir``, else the cases of ``dataset_dir`` (the demo data when unset)."""
+    if input_files:
+        items = []
+        for i, files in enumerate(input_files):
+            if isinstance(files, (str, Path)) or len(files) != 4:
+                raise ValueError(f"input_files[{i}] must list 4 files (t1, t1ce, t2, flair), got {files!r}.")
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"input_files[{i}]: file(s) not found: {missing}")
+            items.append({"image": [str(f) for f in files], "source": [str(f) for f in files], "case": f"item{i}"})
+        return items
+    from mfassl_medical.pretraining import brats_pretrain_datalist
+
+    return brats_pretrain_datalist(input_dir or dataset_dir)
+
+
+def _source_text(item: dict[str, Any]) -> str:
+    src = item.get("source", item.get("image", ""))
+    return ";".join(map(str, src)) if isinstance(src, (list, tuple)) else str(src)
+
+
+class EmbeddingExporter:
+    """Embeds every image of a preprocessed dataset and writes the arrays, the index and a figure.
+
+    Args:
+        encoder: the pretrained encoder (``network_def`` with ``models/model.pt`` loaded).
+        dataset: items with a canonicalised ``image`` ``(C, *S)`` at the encoder's input size.
+        output_dir: where the files go.
+        device: where the encoder runs.
+        split_dim: the left-right spatial dimension (the mirror pairs split it).
+        save_gates: also run the mirror pair through MFA and save the gate maps.
+        batch_size: images per forward pass.
+        figure_items: how many gate maps ``gate_maps.png`` shows.
+    """
+
+    def __init__(self, encoder: nn.Module, dataset: Sequence[dict[str, Any]], output_dir: str,
+                 device: torch.device | str = "cpu", split_dim: int = 0, save_gates: bool = True,
+                 batch_size: int = 8, figure_items: int = 4) -> None:
+        self.encoder = encoder
+        self.dataset = dataset
+        self.output_dir = Path(output_dir)
+        self.device = torch.device(device)
+        self.split_dim = int(split_dim)
+        self.save_gates = bool(save_gates)
+        self.batch_size = max(1, int(batch_size))
+        self.figure_items = int(figure_items)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], Any]:
+        """``(B, D)`` features, ``(B, N)`` left-half gates (or None), the gate grid and the mirror pair."""
+        enc = self.encoder
+        x = images.to(self.device).float()
+        feats = enc(x)
+        if not self.save_gates:
+            return feats, None, (), None
+        size = tuple(x.shape[2:])
+        pair = mirror_pair(x, None, mirror_size=size, split_dim=self.split_dim)
+        patch = enc.mfa_patch_size
+        key_mask = token_mask(pair.valid_l, patch) & token_mask(pair.valid_r, patch)
+        out = enc.forward_paired(pair.x_l, pair.x_r, ramp=1.0, key_mask=key_mask)
+        return feats, out.gate_l, enc.grid_shape(size, at_mfa=True), pair
+
+    def run(self) -> dict[str, Any]:
+        """Embed everything; returns ``{"n": ..., "embeddings": path, "gates": path, "index": path, ...}``."""
+        from tqdm.auto import tqdm
+
+        from mfassl.evaluation import plot_gate_maps
+
+        self.encoder.to(self.device).eval()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        feats, gates, rows, shown_x, shown_g = [], [], [], [], []
+        grid: tuple[int, ...] = ()
+        n = len(self.dataset)
+        for start in tqdm(range(0, n, self.batch_size), desc="embedding", leave=False):
+            items = [self.dataset[i] for i in range(start, min(n, start + self.batch_size))]
+            items = [it[0] if isinstance(it, list) else it for it in items]
+            x = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
+            f, g, grid, pair = self.embed(x)
+            feats.append(f.float().cpu())
+            if g is not None:
+                gates.append(g.float().cpu())
+                if sum(len(s) for s in shown_x) < self.figure_items:
+                    shown_x.append(pair.x_l.cpu())
+                    shown_g.append(g.cpu())
+            for it in items:
+                rows.append({"row": len(rows), "source": _source_text(it),
+                             "axis_confidence": float(it.get("axis_confidence", float("nan"))),
+                             "axis_fallback": bool(it.get("axis_fallback", False))})
+        out: dict[str, Any] = {"n": len(rows)}
+        emb = torch.cat(feats).numpy().astype(np.float32)
+        np.save(self.output_dir / "embeddings.npy", emb)
+        out["embeddings"] = str(self.output_dir / "embeddings.npy")
+        out["embedding_dim"] = int(emb.shape[1])
+        if gates:
+            g = torch.cat(gates).reshape(len(rows), *grid).numpy().astype(np.float32)
+            np.save(self.output_dir / "gates.npy", g)
+            out["gates"] = str(self.output_dir / "gates.npy")
+            out["gate_grid"] = list(grid)
+            out["gate_maps_png"] = str(plot_gate_maps(torch.cat(shown_x)[: self.figure_items],
+                                                      torch.cat(shown_g)[: self.figure_items], grid,
+                                                      self.output_dir / "gate_maps.png"))
+        with open(self.output_dir / "index.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["row", "source", "axis_confidence", "axis_fallback"])
+            writer.writeheader()
+            writer.writerows(rows)
+        out["index"] = str(self.output_dir / "index.csv")
+        (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
+        print(f"embedded {out['n']} images ({out['embedding_dim']}-d) -> {out['embeddings']}"
+              + (f"; gate maps {tuple(grid)} -> {out['gates']}, figure {out['gate_maps_png']}" if gates else ""))
+        return out
