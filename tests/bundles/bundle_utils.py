@@ -29,7 +29,8 @@ def run_bundle(name: str, out: Path, configs=("train.json",), **overrides) -> di
     from monai.bundle import run
 
     root = BUNDLES / name
-    tiny = {k: v for k, v in TINY[name].items() if "swin.json" not in configs or not k.startswith("network_def#")}
+    tiny = {k: v for k, v in TINY[name].items()
+            if not (("swin.json" in configs or "axial2d.json" in configs) and k.startswith("network_def#"))}
     kw = {**tiny, "model_file": str(out / "models" / "model.pt"), **overrides}
     run(config_file=[str(root / "configs" / c) for c in configs], bundle_root=str(root), output_dir=str(out), **kw)
     return json.loads((out / "report.json").read_text())

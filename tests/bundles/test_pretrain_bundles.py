@@ -122,3 +122,30 @@ def test_related_objectives_in_the_bundles(tmp_path):
                      objective="dagman", **swin)
     history = json.loads((tmp_path / "dagman" / "history.json").read_text())
     assert dag["iterations"] > 0 and any(k.startswith("dagman/") for k in history[0])
+
+
+AXIAL2D_TINY = {"network_def#img_size": 32, "network_def#embed_dim": 48, "network_def#depth": 2,
+                "network_def#num_heads": 4, "network_def#mfa_layer": 1, "roi_size": [32, 32], "local_size": [16, 16],
+                "n_local": 1, "max_cases": 4, "batch_size": 2, "slices_per_volume": 2, "spacing": [2.0, 2.0, 2.0]}
+
+
+@pytest.mark.slow
+def test_axial_slices_protocol(tmp_path):
+    """configs/axial2d.json: 2D MFA-ViT on axial slices of canonicalised volumes (the published BraTS protocol)."""
+    from monai.bundle import ConfigParser
+
+    root = BUNDLES / "mfassl_brats_pretrain"
+    configs = ("train.json", "axial2d.json")
+    report = run_bundle("mfassl_brats_pretrain", tmp_path, configs=configs, epochs=2, **AXIAL2D_TINY)
+    assert report["iterations"] == 4 and report["mfa_on_iterations"] > 0 and report["axis_fallbacks"] == 0
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / c) for c in configs])
+    parser.update({**AXIAL2D_TINY, "bundle_root": str(root)})
+    slices = parser.get_parsed_content("train#dataset")[0]
+    assert len(slices) == 2
+    for item in slices:
+        img = torch.as_tensor(item["image"])
+        assert img.shape == (4, 32, 32)
+        # each slice of the canonicalised volume is cut by the mid-sagittal plane at its centre column
+        a, b = img - img.mean(), img.flip(1) - img.mean()
+        assert float((a * b).sum() / (a.norm() * b.norm())) > 0.8
