@@ -137,7 +137,7 @@ def _sample(level: Level, frames: np.ndarray, centre: np.ndarray, radius: float,
 
 def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, use_foreground: bool,
                   min_overlap: float = 0.5, max_shift: float = 0.5,
-                  max_half: int | None = None) -> CoarseResult:
+                  max_half: int | None = None, top_k: int = 1) -> CoarseResult | list[CoarseResult]:
     """Best (normal, offset) on ``level`` by batched FFT self-convolution NCC.
 
     Args:
@@ -149,6 +149,9 @@ def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, u
         max_shift: largest distance of the hyperplane from the region centre, as a fraction of its radius.
         max_half: at most this many grid steps from the centre to the edge of the sampling grid
             (None: the level's spacing sets the step).
+        top_k: 1 returns the best :class:`CoarseResult`; more returns a list of up to ``top_k``, best
+            first, whose directions are more than ``1.5 * step`` degrees apart (starts for a multi-start
+            refinement, so that a wrong coarse peak on a coarse grid is not the only start).
     """
     centre, radius = region_of_interest(level, use_foreground)
     h = float(np.exp(np.mean(np.log(level.spacing))))
@@ -178,8 +181,16 @@ def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, u
     total = mk.sum(axis=(1, 2))[:, None]
     ok = (c_mm >= min_overlap * total) & (np.abs(u0) <= max_shift * half)[None] & (var > 1e-12)
     ncc = np.where(ok, ncc, -2.0)
-    best = int(np.argmax(ncc))
-    b, si = divmod(best, nfft)
-    n = frames[b][:, 0]
-    offset = float(n @ centre + float(u0[si]) * h)
-    return CoarseResult(normal=n, offset=offset, score=float(ncc[b, si]), candidates=int(frames.shape[0]))
+    per_dir = ncc.argmax(axis=1)
+    scores = ncc[np.arange(len(ncc)), per_dir]
+    picked: list[CoarseResult] = []
+    min_cos = math.cos(math.radians(1.5 * step))
+    for b in np.argsort(-scores, kind="stable"):
+        n = frames[b][:, 0]
+        if any(abs(float(n @ c.normal)) > min_cos for c in picked):
+            continue
+        offset = float(n @ centre + float(u0[per_dir[b]]) * h)
+        picked.append(CoarseResult(normal=n, offset=offset, score=float(scores[b]), candidates=int(frames.shape[0])))
+        if len(picked) >= max(1, int(top_k)):
+            break
+    return picked[0] if top_k == 1 else picked

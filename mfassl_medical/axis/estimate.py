@@ -11,7 +11,9 @@ Pipeline (same code for 2D and 3D):
 2. :func:`~._prepare.build_pyramid`: one block-mean pass to the finest working level, then halvings.
 3. :func:`~._search.coarse_search` on the coarsest level: every direction within ``max_angle`` of
    the left-right prior (index dim along world x), all offsets at once by FFT self-convolution NCC.
-4. :func:`~._refine.refine_level` on the finer levels: robust Gauss-Newton with a bias-field model.
+4. :func:`~._refine.refine_level` on the finer levels: robust Gauss-Newton with a bias-field model,
+   started from the ``starts`` best coarse peaks on the coarsest level (the best fit goes on).
+5. A weak final fit (confidence below ``retry_below``) is searched again on a finer coarse grid.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ AXIS_ESTIMATORS: Registry[SymmetryHyperplane] = Registry("axis estimator")
 # Defaults per dimensionality; every key can be overridden through ``**options``.
 _DEFAULTS: dict[int, dict[str, Any]] = {
     2: dict(max_voxels=300_000, coarse_voxels=12_000, own_gradient_voxels=400_000, max_angle=35.0,
-            coarse_step=2.0, coarse_half=None, n_points=(4000, 8000, 12000), bias_order=1, iters=(12, 6, 4), foreground=False),
+            coarse_step=2.0, coarse_half=None, n_points=(4000, 8000, 12000), bias_order=1, iters=(12, 6, 4), foreground=False,
+            starts=3, retry_below=0.85),
     3: dict(max_voxels=1_200_000, coarse_voxels=20_000, own_gradient_voxels=250_000, max_angle=45.0,
-            coarse_step=10.0, coarse_half=9, n_points=(5000, 12000), bias_order=2, iters=(10, 4), foreground=True),
+            coarse_step=10.0, coarse_half=9, n_points=(5000, 12000), bias_order=2, iters=(10, 4), foreground=True,
+            starts=3, retry_below=0.85),
 }
 
 
@@ -80,6 +84,13 @@ def _orient(axis: SymmetryHyperplane, prep: Prepared) -> SymmetryHyperplane:
     return axis
 
 
+def _plane_point(level: Any, cand: Any, d: int) -> np.ndarray:
+    """The point of the coarse hyperplane ``cand`` closest to the centre of ``level``'s field of view."""
+    n = cand.normal
+    centre = level.affine[:d, :d] @ ((np.asarray(level.data.shape) - 1) / 2.0) + level.affine[:d, d]
+    return centre - (float(n @ centre) - cand.offset) * n
+
+
 def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHyperplane:
     t0 = time.perf_counter()
     d = prep.dims
@@ -89,11 +100,10 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
         logger.warning("axis estimation: the image is constant (value %g); returning the image centre", lo)
         return _centre(prep, 0.0, True, {"method": method, "reason": "constant image"})
     levels = build_pyramid(prep, int(opts["max_voxels"]), int(opts["coarse_voxels"]))
-    coarse = coarse_search(levels[-1], prior_normal(prep), float(opts["max_angle"]), float(opts["coarse_step"]),
-                           bool(opts["foreground"]), max_half=opts["coarse_half"])
-    n = coarse.normal
-    centre = levels[-1].affine[:d, :d] @ ((np.asarray(levels[-1].data.shape) - 1) / 2.0) + levels[-1].affine[:d, d]
-    centre = centre - (float(n @ centre) - coarse.offset) * n  # a point on the coarse plane
+    starts = coarse_search(levels[-1], prior_normal(prep), float(opts["max_angle"]), float(opts["coarse_step"]),
+                           bool(opts["foreground"]), max_half=opts["coarse_half"], top_k=int(opts["starts"]))
+    starts = starts if isinstance(starts, list) else [starts]
+    coarse = starts[0]
     offset = 0.0
     coef = None
     iters = list(opts["iters"])
@@ -115,9 +125,23 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
             inside = np.all(kid < np.asarray(level.data.shape), axis=1)
             pts = kid[inside]
         max_iter = iters[min(k, len(iters) - 1)]
-        res = refine_level(level, pts, n, offset, centre, coef, int(opts["bias_order"]), max_iter)
+        if k == 0:
+            # multi-start on the coarsest Gauss-Newton level: each coarse peak is refined and the best fit
+            # (robust correlation x inlier share) goes on, so one wrong coarse peak cannot decide alone
+            best = None
+            for cand in starts:
+                c_centre = _plane_point(levels[-1], cand, d)
+                r = refine_level(level, pts, cand.normal, 0.0, c_centre, None, int(opts["bias_order"]), max_iter)
+                total_iters += r.iterations
+                fit = r.correlation * min(1.0, r.inlier_fraction / 0.6)
+                if best is None or fit > best[0]:
+                    best = (fit, r, c_centre)
+            assert best is not None
+            _, res, centre = best
+        else:
+            res = refine_level(level, pts, n, offset, centre, coef, int(opts["bias_order"]), max_iter)
+            total_iters += res.iterations
         n, offset, coef = res.normal, res.offset, res.coef
-        total_iters += res.iterations
         # points for the next finer level: the strongest voxels of this one, thinned so that their
         # children number about n_points
         if li > 0:
@@ -143,7 +167,17 @@ def _run(image: Any, affine: Any, dims: int | None, method: str, options: dict[s
     prep = prepare(image, affine, channel_first=channel_first, split_dim=split_dim)
     if dims is not None and prep.dims != dims:
         raise ValueError(f"{method} needs a {dims}D image, got {prep.dims} spatial dims (shape {prep.data.shape}).")
-    return _estimate(prep, _options(prep.dims, options), method)
+    opts = _options(prep.dims, options)
+    axis = _estimate(prep, opts, method)
+    if axis.fallback or axis.confidence >= float(opts["retry_below"]):
+        return axis
+    # a weak fit may come from a coarse grid that stepped over the true peak: search again on a finer
+    # grid and keep the better fit (the usual case pays nothing, a hard one about twice the time)
+    finer = dict(opts, coarse_step=0.6 * float(opts["coarse_step"]))
+    second = _estimate(prep, finer, method)
+    best = second if second.confidence > axis.confidence else axis
+    info = dict(best.info, retried=True, first_confidence=axis.confidence, second_confidence=second.confidence)
+    return best.replace(info=info)
 
 
 @AXIS_ESTIMATORS.register("midline")
@@ -155,7 +189,9 @@ def estimate_midline(image: Any, affine: Any = None, **options: Any) -> Symmetry
         affine: index -> world ``(3, 3)`` (or MONAI's ``(4, 4)``); None: index coordinates.
         options: ``channel_first``, ``split_dim`` (the left-right index dim), ``max_angle`` (degrees
             searched around it, 35), ``coarse_step`` (2), ``n_points`` (per level, coarse first: 4000, 8000, 12000), ``bias_order`` (1),
-            ``max_voxels`` (finest working size, 300000 pixels), ``coarse_voxels``, ``iters``.
+            ``max_voxels`` (finest working size, 300000 pixels), ``coarse_voxels``, ``iters``, ``starts`` (coarse
+            peaks refined on the coarsest level, the best fit goes on: 3), ``retry_below`` (a result whose
+            confidence is below it is searched again on a 0.6x finer coarse grid and the better kept: 0.85).
 
     Returns:
         :class:`SymmetryAxis2D` ``n . x = d`` in world coordinates, normal oriented along the

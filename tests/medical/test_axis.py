@@ -209,3 +209,33 @@ def test_slice_midlines_are_the_plane_cut() -> None:
         world = affine[:3, :3] @ np.array([p2[0], p2[1], k]) + affine[:3, 3]
         assert abs(plane.signed_distance(world)) < 1e-9
     assert slice_midline(plane, affine, 2, 3).angle_to(lines[3]) < 1e-9
+
+
+def test_coarse_search_starts_are_distinct_and_ranked() -> None:
+    from mfassl_medical.axis._prepare import build_pyramid, prepare, prior_normal
+    from mfassl_medical.axis._search import coarse_search
+
+    rng = np.random.default_rng(5)
+    vol, aff, _ = _rigid_mni(rng)
+    prep = prepare(vol, aff)
+    level = build_pyramid(prep, 1_200_000, 20_000)[-1]
+    starts = coarse_search(level, prior_normal(prep), 45.0, 10.0, True, max_half=9, top_k=3)
+    assert len(starts) == 3
+    assert [s.score for s in starts] == sorted((s.score for s in starts), reverse=True)
+    for i in range(3):
+        for j in range(i):
+            angle = math.degrees(math.acos(min(1.0, abs(float(starts[i].normal @ starts[j].normal)))))
+            assert angle > 15.0 - 1e-6
+    single = coarse_search(level, prior_normal(prep), 45.0, 10.0, True, max_half=9)
+    assert np.allclose(single.normal, starts[0].normal)
+
+
+def test_weak_fit_is_searched_again_on_a_finer_grid() -> None:
+    rng = np.random.default_rng(3)
+    vol, aff, truth = _rigid_mni(rng)
+    plain = estimate_midsagittal_plane(vol, aff)
+    assert "retried" not in plain.info  # a good fit is not searched twice
+    forced = estimate_midsagittal_plane(vol, aff, retry_below=1.01)
+    assert forced.info["retried"] is True
+    assert forced.confidence == max(forced.info["first_confidence"], forced.info["second_confidence"])
+    assert forced.angle_to(truth) < 0.5
