@@ -257,9 +257,20 @@ class SymmetryEvaluator:
                 report["figures"]["axis_overlays"] = str(out / "axis_overlays.png")
         except Exception as err:  # a figure must not fail a finished evaluation
             logger.warning("could not draw the axis overlays: %s", err)
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        (out / "report.json").write_text(json.dumps(_finite_or_null(report), indent=2, default=_json_default))
         print(format_summary(report))
         return report
+
+
+def _finite_or_null(v: Any) -> Any:
+    """The report with NaN/inf (a metric undefined on the data, e.g. AUROC with one class) as JSON null."""
+    if isinstance(v, dict):
+        return {k: _finite_or_null(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_or_null(x) for x in v]
+    if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
+        return None
+    return v
 
 
 def _json_default(v: Any) -> Any:
@@ -273,7 +284,10 @@ def _json_default(v: Any) -> Any:
 def _cell(m: dict[str, float] | None) -> str:
     if not m or m.get("value") is None or (isinstance(m["value"], float) and math.isnan(m["value"])):
         return "n/a"
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+    lo, hi = m.get("ci_low"), m.get("ci_high")
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"{m['value']:.3f} [n/a]"
+    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def format_summary(report: dict[str, Any], metrics: Sequence[str] = ("auroc", "auprc", "f1", "ece", "brier",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,7 @@ def test_evaluate_writes_scores_with_intervals_and_figures(tmp_path, pretrained,
         for label, metrics in r["per_label"].items():
             for metric in ("auroc", "auprc", "f1", "nll", "ece", "brier", "flip_consistency"):
                 m = metrics[metric]
-                if m["value"] is None or math.isnan(m["value"]):
+                if m["value"] is None or m["ci_low"] is None:  # undefined on this tiny test set: JSON null
                     continue
                 assert m["ci_low"] - 1e-9 <= m["value"] <= m["ci_high"] + 1e-9, (mode, label, metric, m)
                 if metric not in ("nll",):
