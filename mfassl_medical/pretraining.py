@@ -274,7 +274,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"  parts: base objective {_fmt(r['base_first'])} -> {_fmt(r['base_last'])}, mirror branch "
         f"{_fmt(r['mirror_first'])} -> {_fmt(r['mirror_last'])}, L_mid {_fmt(r['l_mid_first'])} -> {_fmt(r['l_mid_last'])} "
         "(the total also grows as w(t) brings the symmetry terms in)",
-        f"MFA gate mean: last {_fmt(r['gate_mean_last'])}, max {_fmt(r['gate_mean_max'])} "
+        f"MFA gate mean: last {_fmt(r['gate_mean_last'], '.3g')}, max {_fmt(r['gate_mean_max'], '.3g')} "
         f"(MFA active in {r['mfa_on_iterations']} iterations)",
         f"symmetry axis: median confidence {_fmt(r['axis_confidence_median'], '.3f')}, "
         f"min {_fmt(r['axis_confidence_min'], '.3f')}, fallbacks to the image centre: {r['axis_fallbacks']}",
