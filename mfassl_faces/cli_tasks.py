@@ -30,12 +30,15 @@ DEFAULT_DEMO = Path("outputs") / "faces_demo"
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("encoder")
     g.add_argument("--checkpoint", help="backbone.pt from 'pretrain', or an engine checkpoint_<N>.pt")
-    g.add_argument("--backbone", default="mfa_vit", help="registered backbone name (mfa_vit)")
+    g.add_argument("--backbone", default="mfa_vit", choices=("mfa_vit", "mfa_swin"),
+                   help="mfa_vit (2D ViT) or mfa_swin (2D Swin: 4 stages of max(1, depth // 4) blocks, "
+                        "heads num_heads // 4 doubling per stage, patch min(patch_size, 4), window --window-size)")
     g.add_argument("--size", type=int, default=64, help="crop / image side in pixels (64)")
     g.add_argument("--patch-size", type=int, default=16)
     g.add_argument("--embed-dim", type=int, default=64)
     g.add_argument("--depth", type=int, default=4)
     g.add_argument("--num-heads", type=int, default=4)
+    g.add_argument("--window-size", type=int, default=4, help="Swin window (mfa_swin only)")
 
 
 def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(pt)
     _add_landmark_data_args(pt)
     _common(pt)
-    pt.add_argument("--objective", default="dino", help="base objective (dino, mocov3, mae)")
+    pt.add_argument("--objective", default="dino", choices=("dino", "mocov3", "mae", "dagman", "mixedae"),
+                    help="base objective: dino, mocov3, mae; dagman needs --backbone mfa_swin, mixedae the ViT")
     pt.add_argument("--no-mirror", action="store_true", help="baseline without the mirror branch")
     pt.add_argument("--epochs", type=int, default=2)
     pt.add_argument("--batch-size", type=int, default=8)
@@ -112,6 +116,13 @@ def _device(name: str | None) -> torch.device:
 
 
 def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.backbone == "mfa_swin":
+        heads = max(1, args.num_heads // 4)
+        if args.embed_dim % heads:
+            raise ValueError(f"--embed-dim {args.embed_dim} must be divisible by the first stage's {heads} heads.")
+        return dict(spatial_dims=2, in_chans=3, embed_dim=args.embed_dim, depths=[max(1, args.depth // 4)] * 4,
+                    num_heads=[heads * 2 ** i for i in range(4)], window_size=args.window_size,
+                    patch_size=min(args.patch_size, 4))
     return dict(spatial_dims=2, img_size=args.size, patch_size=args.patch_size, in_chans=3, embed_dim=args.embed_dim,
                 depth=args.depth, num_heads=args.num_heads)
 

@@ -100,3 +100,19 @@ def test_cli_bad_checkpoint_is_a_clear_error(demo, tmp_path, capsys) -> None:
     bad.write_bytes(b"not a checkpoint")
     rc = cli_tasks.main(["benchmark", "--data", str(demo), "--checkpoint", str(bad), "--epochs", "1", *TINY])
     assert rc == 1 and "broken.pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [
+    pytest.param(["--objective", "mixedae"], id="mixedae-vit"),
+    pytest.param(["--objective", "dagman", "--backbone", "mfa_swin", "--patch-size", "2", "--embed-dim", "24",
+                  "--depth", "4", "--num-heads", "4", "--window-size", "4"], id="dagman-swin"),
+])
+def test_cli_pretrain_related_objectives(demo, tmp_path, capsys, extra) -> None:
+    out = tmp_path / "pre"
+    args = ["pretrain", "--data", str(demo), "--out", str(out), "--batch-size", "4", "--no-progress", "--epochs", "1",
+            *TINY, *extra, "--t-sym", "0", "--t-mfa", "0", "--t-gate", "1"]
+    assert cli_tasks.main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["iterations"] > 0
+    saved = torch.load(out / "backbone.pt", weights_only=True)
+    assert saved["backbone_name"] == ("mfa_swin" if "dagman" in extra else "mfa_vit")
