@@ -300,7 +300,7 @@ def format_summary(report: dict[str, Any], metrics: Sequence[str] = ("auroc", "a
         lines.append(f"{mode:9s} | " + " | ".join(_cell(r["macro"].get(m)) for m in metrics))
     s = report.get("inference_shift", {})
     lines.append(f"inference shift (relative change of the layer-l tokens MFA causes): "
-                 f"{s.get('relative_shift', float('nan')):.4f}; gate mean {s.get('gate_mean', float('nan')):.4f}")
+                 f"{s.get('relative_shift', float('nan')):.4f}; gate mean {s.get('gate_mean', float('nan')):.3g}")
     for name, path in report.get("figures", {}).items():
         lines.append(f"figure {name}: {path}")
     lines.append("")
