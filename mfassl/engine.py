@@ -241,6 +241,9 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
     trainer: Engine = DeterministicEngine(train_step) if deterministic else Engine(train_step)
     trainer.logger = logging.getLogger("mfassl.trainer")
     rank0 = idist.get_rank() == 0
+    if idist.get_world_size() > 1:
+        # every rank finishes its last collective before any of them goes on to tear the group down
+        trainer.add_event_handler(Events.COMPLETED, lambda _: idist.barrier())
 
     if progress and rank0:
         ProgressBar(persist=False, bar_format=None).attach(
