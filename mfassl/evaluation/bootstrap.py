@@ -30,7 +30,8 @@ def bootstrap_ci(stat: Callable[..., float], *arrays: np.ndarray, n_boot: int = 
 
     Returns:
         ``(estimate on all data, lower, upper)``; resamples where ``stat`` is NaN (one class left, say) are
-        ignored, and the interval is NaN when all are.
+        ignored, and the interval is NaN when all are, or when there are no rows (the estimate is then
+        whatever ``stat`` gives on the empty arrays).
     """
     arrs = [np.asarray(a) for a in arrays]
     if not arrs:
@@ -39,12 +40,14 @@ def bootstrap_ci(stat: Callable[..., float], *arrays: np.ndarray, n_boot: int = 
     if any(len(a) != n for a in arrs):
         raise ValueError(f"arrays differ in length: {[len(a) for a in arrs]}.")
     point = float(stat(*arrs))
+    if n == 0:
+        return point, float("nan"), float("nan")
     idx = bootstrap_indices(n, n_boot, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = np.array([stat(*[a[i] for a in arrs]) for i in idx], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
+    values[~np.isfinite(values)] = np.nan
+    if np.isnan(values).all():
         return point, float("nan"), float("nan")
-    lo, hi = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    lo, hi = np.nanpercentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return point, float(lo), float(hi)

@@ -58,6 +58,18 @@ def test_bootstrap_ci_is_deterministic_and_covers_the_estimate(scores):
     assert ev.bootstrap_ci(ev.auroc, p, y, n_boot=200, seed=4) != a
 
 
+def test_bootstrap_ci_ignores_nan_resamples_and_empty_data():
+    # one positive in 12: many resamples miss it and give a NaN AUROC, the rest make the interval
+    y = np.zeros(12)
+    y[0] = 1
+    s = np.linspace(1, 0, 12)
+    est, lo, hi = ev.bootstrap_ci(ev.auroc, s, y, n_boot=200, seed=0)
+    assert est == 1.0 and lo == 1.0 and hi == 1.0
+    assert all(np.isnan(v) for v in ev.bootstrap_ci(ev.auroc, np.ones(5), np.ones(5), n_boot=20))
+    est, lo, hi = ev.bootstrap_ci(lambda a: float(len(a)), np.zeros(0), n_boot=20)
+    assert est == 0.0 and np.isnan(lo) and np.isnan(hi)
+
+
 def test_classification_report_excludes_nan_labels_and_averages(scores):
     p, y = scores
     probs = np.stack([p, 1 - p], 1)
@@ -132,6 +144,16 @@ def test_inference_shift_is_positive_with_mfa_and_zero_without_gates():
         enc.mfa.gamma.zero_()
     shut = ev.inference_shift(enc, x_l, x_r)
     assert shut["relative_shift"] < 1e-6 * max(1.0, out["relative_shift"])
+    # with no cross-attention weight (alpha 0) either, z = p exactly, whatever the gates
+    with torch.no_grad():
+        enc.mfa.a.fill_(0.5)
+        enc.mfa.alpha.zero_()
+    off = ev.inference_shift(enc, x_l, x_r)
+    assert off["relative_shift"] == 0.0 and off["per_sample"] == [0.0, 0.0] and off["gate_mean"] > 0
+    # a key mask restricts the norms and the gate mean to the valid tokens
+    km = torch.ones(2, 4 * 4, dtype=torch.bool)
+    km[:, :4] = False
+    assert np.isfinite(ev.inference_shift(_tiny_vit(), x_l, x_r, key_mask=km)["relative_shift"])
     assert ev.inference_shift(torch.nn.Linear(2, 2), x_l, x_r)["relative_shift"] == 0.0
 
 
