@@ -1,10 +1,20 @@
-"""Every bundle's metadata.json is valid against the project's schema, checked offline; model-zoo layout."""
+"""Every bundle's metadata.json is valid against the project's own schema, checked offline; model-zoo layout.
+
+``monai.bundle.verify_metadata`` downloads the metadata's ``schema`` value to ``filepath`` only when that file
+does not exist; with ``filepath=bundles/schemas/meta_schema.json`` it reads the shipped schema. The tests
+below make any socket connection or download fail, so a passing run proves that nothing was fetched.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,74 +24,194 @@ SCHEMA = BUNDLES / "schemas" / "meta_schema.json"
 NAMES = sorted(p.name for p in BUNDLES.glob("mfassl_*") if p.is_dir())
 PRETRAIN = ["mfassl_brats_pretrain", "mfassl_chexpert_pretrain"]
 
+# Installed into a child interpreter (sitecustomize) so that the command-line check is offline as well.
+_NO_NETWORK = '''
+import socket
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network access attempted during an offline test")
+
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+'''
+
+
+def _meta(name: str) -> dict:
+    return json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+
+
+def _verify(meta_file: Path) -> None:
+    """verify_metadata against the shipped schema, its md5 checked (an existing file is never downloaded)."""
+    from monai.bundle import verify_metadata
+
+    md5 = hashlib.md5(SCHEMA.read_bytes()).hexdigest()
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA), hash_val=md5, hash_type="md5")
+
 
 @pytest.fixture
 def offline(monkeypatch):
-    """Any download attempt fails the test."""
+    """Any socket connection, name look-up or download of a file that is not already there fails the test."""
     import monai.apps.utils as apps_utils
     import monai.bundle.scripts as scripts
 
+    attempts = []
+
     def refuse(*args, **kwargs):
+        attempts.append(args)
         raise AssertionError(f"network access attempted: {args} {kwargs}")
 
     real = apps_utils.download_url
 
     def only_existing(url, filepath="", *args, **kwargs):
-        from pathlib import Path
-
-        if not Path(filepath).is_file():
+        if not filepath or not Path(filepath).is_file():
             refuse(url, filepath)
         return real(url, filepath, *args, **kwargs)
 
     monkeypatch.setattr(scripts, "download_url", only_existing)
-    monkeypatch.setattr("urllib.request.urlopen", refuse)
-    monkeypatch.setattr("urllib.request.urlretrieve", refuse)
+    monkeypatch.setattr(apps_utils, "urlopen", refuse)
+    monkeypatch.setattr(apps_utils, "urlretrieve", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"
 
 
 def test_bundles_found():
     assert set(PRETRAIN) <= set(NAMES) and "mfassl_brats_segmentation" in NAMES
 
 
+def test_schema_is_a_valid_draft7_schema_of_this_project():
+    import jsonschema
+
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert "mfassl" in schema["$id"] and "MFASSL" in schema["title"]
+    assert set(schema["required"]) >= {
+        "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+        "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"}
+    tensor = schema["definitions"]["tensor"]["properties"]
+    assert "embedding" in tensor["type"]["enum"] and "features" in tensor["format"]["enum"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_is_valid_offline(name, offline):
-    from monai.bundle import verify_metadata
+    _verify(BUNDLES / name / "configs" / "metadata.json")
 
-    meta = BUNDLES / name / "configs" / "metadata.json"
-    verify_metadata(meta_file=str(meta), filepath=str(SCHEMA))
-    m = json.loads(meta.read_text())
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_points_at_the_shipped_schema_and_fits_the_venv(name):
+    import monai
+    import numpy
+    import torch
+
+    m = _meta(name)
+    assert (ROOT / m["schema"]).resolve() == SCHEMA.resolve()
     assert m["version"] in m["changelog"]
+    assert m["monai_version"] == monai.__version__
+    assert m["pytorch_version"] == torch.__version__.split("+")[0]
+    # numpy and the listed packages are not pinned by the install: a fresh install may resolve newer
+    # releases, so the test asks for the same major version rather than the same release
+    assert m["numpy_version"].split(".")[0] == numpy.__version__.split(".")[0]
     assert "mfassl" in m["required_packages_version"]
+    packages = {**m["required_packages_version"], **m.get("optional_packages_version", {})}
+    for dist, version in packages.items():
+        installed = importlib.metadata.version(dist)  # raises when a listed package is not installed
+        assert installed.split(".")[0] == version.split(".")[0], f"{name}: {dist} {installed} vs {version}"
 
 
-def test_verify_metadata_command_line():
+def test_pretrain_bundles_output_embeddings():
+    for name in PRETRAIN:
+        (out,) = _meta(name)["network_data_format"]["outputs"].values()
+        assert (out["type"], out["format"]) == ("embedding", "features")
+
+
+def test_verify_metadata_command_line_offline(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(_NO_NETWORK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    guard = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert guard.returncode != 0 and "offline test" in guard.stderr  # the guard is active in the child
+
     meta = BUNDLES / PRETRAIN[0] / "configs" / "metadata.json"
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta),
-                           "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+                           "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped downloading" in proc.stdout + proc.stderr
     assert "verified with no error" in proc.stdout + proc.stderr
 
 
+def _pop(*path):
+    def mutate(m):
+        for key in path[:-1]:
+            m = m[key]
+        m.pop(path[-1])
+    return mutate
+
+
+def _set(value, *path):
+    def mutate(m):
+        for key in path[:-1]:
+            m = m[key]
+        m[path[-1]] = value
+    return mutate
+
+
+_REQUIRED = ["version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+             "task", "description", "authors", "copyright", "network_data_format"]
+_IMAGE = ("network_data_format", "inputs", "image")
+_PRED = ("network_data_format", "outputs", "pred")
+
+
 @pytest.mark.parametrize("mutate", [
-    pytest.param(lambda m: m.pop("network_data_format"), id="missing-network_data_format"),
-    pytest.param(lambda m: m.update(version=3), id="version-not-a-string"),
-    pytest.param(lambda m: m["network_data_format"]["inputs"]["image"].update(num_channels="four"), id="num_channels"),
+    *[pytest.param(_pop(key), id=f"missing-{key}") for key in _REQUIRED],
+    pytest.param(_pop("network_data_format", "outputs"), id="missing-outputs"),
+    pytest.param(_pop(*_IMAGE, "dtype"), id="missing-input-dtype"),
+    pytest.param(_set(3, "version"), id="version-not-a-string"),
+    pytest.param(_set("v1", "version"), id="version-not-x.y.z"),
+    pytest.param(_set(["mfassl"], "required_packages_version"), id="packages-not-a-mapping"),
+    pytest.param(_set("four", *_IMAGE, "num_channels"), id="num_channels-not-an-integer"),
+    pytest.param(_set("yes", *_IMAGE, "is_patch_data"), id="is_patch_data-not-a-boolean"),
+    pytest.param(_set("float", *_PRED, "dtype"), id="unknown-dtype"),
+    pytest.param(_set("labels", *_PRED, "format"), id="embedding-with-label-format"),
 ])
 def test_invalid_metadata_is_rejected(tmp_path, offline, mutate):
-    from monai.bundle import verify_metadata
-
-    m = json.loads((BUNDLES / PRETRAIN[0] / "configs" / "metadata.json").read_text())
+    m = _meta(PRETRAIN[0])
     mutate(m)
     bad = tmp_path / "metadata.json"
     bad.write_text(json.dumps(m))
-    with pytest.raises(ValueError, match="Failed validating"):
-        verify_metadata(meta_file=str(bad), filepath=str(SCHEMA))
+    # verify_metadata turns jsonschema's ValidationError into a ValueError (the ValidationError is its cause)
+    with pytest.raises(ValueError, match="Failed validating") as err:
+        _verify(bad)
+    import jsonschema
+
+    assert isinstance(err.value.__cause__, jsonschema.ValidationError)
+
+
+def test_metadata_without_schema_field_is_rejected(tmp_path, offline):
+    m = _meta(PRETRAIN[0])
+    m.pop("schema")
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="schema"):
+        _verify(bad)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_model_zoo_layout(name):
     root = BUNDLES / name
-    for rel in ("LICENSE", "docs/README.md", "configs/metadata.json", "configs/train.json", "configs/logging.conf",
-                "configs/evaluate.json", "configs/inference.json", "models"):
-        assert (root / rel).exists(), f"{name}: {rel} missing"
-    if name in PRETRAIN:
-        assert (root / "configs" / "multi_gpu_train.json").is_file()
+    for rel in ("LICENSE", "docs/README.md", "configs/metadata.json", "configs/train.json", "configs/logging.conf"):
+        assert (root / rel).is_file(), f"{name}: {rel} missing"
+    assert (root / "models").is_dir(), f"{name}: models/ missing"
+
+
+@pytest.mark.parametrize("name", PRETRAIN)
+def test_pretrain_bundle_layout(name):
+    configs = BUNDLES / name / "configs"
+    for rel in ("evaluate.json", "inference.json", "multi_gpu_train.json"):
+        assert (configs / rel).is_file(), f"{name}: configs/{rel} missing"
