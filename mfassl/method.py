@@ -18,7 +18,7 @@ import torch.nn as nn
 from mfassl.backbones import MFABackbone, create_backbone
 from mfassl.losses import ReflectionConsistencyLoss, TokenAlignmentLoss
 from mfassl.objectives import BaseObjective, create_objective
-from mfassl.pairing import default_split_dim, mirror_pair, token_mask
+from mfassl.pairing import default_split_dim, mirror_pair, pair_key_mask
 from mfassl.schedules import ScheduleState, SymmetrySchedule
 from mfassl.views import MultiCropViews
 
@@ -124,7 +124,7 @@ class MFASSL(nn.Module):
             bb = self.backbone
             pair = mirror_pair(images, axes, self.mirror_size, split_dim=self.split_dim,
                                jitter=self.axis_jitter if self.training else 0.0)
-            key_mask = token_mask(pair.valid_l, bb.mfa_patch_size) & token_mask(pair.valid_r, bb.mfa_patch_size)
+            key_mask = pair_key_mask(pair, bb.mfa_patch_size)
             res = self.objective.forward_pair(pair.x_l, pair.x_r, ramp=state.ramp, use_mfa=state.mfa_on,
                                               key_mask=key_mask)
             pf = res.paired

@@ -30,6 +30,7 @@ __all__ = [
     "canonicalize",
     "mirror_pair",
     "token_mask",
+    "pair_key_mask",
     "mirror_permutation",
 ]
 
@@ -207,6 +208,11 @@ def token_mask(valid: torch.Tensor, patch_size: int | Sequence[int], threshold: 
     pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
     frac = pool(valid.float(), kernel_size=patch_size, stride=patch_size)
     return (frac >= threshold).flatten(1)
+
+
+def pair_key_mask(pair: MirrorPair, patch_size: int | Sequence[int], threshold: float = 0.5) -> torch.Tensor:
+    """``(B, N)`` bool key mask of a mirror pair: True where the token is valid on both halves."""
+    return token_mask(pair.valid_l, patch_size, threshold) & token_mask(pair.valid_r, patch_size, threshold)
 
 
 def mirror_permutation(grid_shape: Sequence[int], split_dim: int) -> torch.Tensor:

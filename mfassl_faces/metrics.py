@@ -134,11 +134,3 @@ def flip_consistency(pred: np.ndarray, pred_flipped: np.ndarray, schema: str | L
         ``(B,)``; 0 for a perfectly flip-equivariant model.
     """
     return nme(flip_landmarks(pred_flipped, schema, width), pred, schema)
-
-
-# ---------------------------------------------------------------------------------------------- attributes
-
-
-
-
-

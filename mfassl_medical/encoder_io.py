@@ -63,14 +63,14 @@ def _state_of(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> tup
     if isinstance(checkpoint, Mapping):
         state, source = checkpoint, "<state dict>"
     else:
+        from mfassl.engine import load_checkpoint  # weights_only=True; names a missing or corrupt file
+
         source = str(checkpoint)
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"encoder weights {source} not found (run the bundle's train.json first, or "
-                                    "set model_file to a models/model.pt or a checkpoint_<iteration>.pt).")
         try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise RuntimeError(f"cannot read the encoder weights {source}: {err}") from err
+            state = load_checkpoint(source)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} Run the bundle's train.json first, or set model_file to a "
+                                    "models/model.pt or a checkpoint_<iteration>.pt.") from err
     if not isinstance(state, Mapping):
         raise RuntimeError(f"{source} holds a {type(state).__name__}, not a state dict.")
     inner = state.get("model")

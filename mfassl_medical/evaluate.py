@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from mfassl import evaluation as ev
-from mfassl.pairing import mirror_pair, token_mask
+from mfassl.pairing import mirror_pair, pair_key_mask
 
 __all__ = [
     "CHEXPERT_COMPETITION_LABELS",
@@ -81,9 +81,9 @@ def chexpert_eval_data(dataset_dir: str | None = None, labels: Sequence[str] | N
         ``image`` (path) and ``labels`` (float32 ``(L,)``, NaN where the label is not used).
     """
     from mfassl_medical.data import read_chexpert
-    from mfassl_medical.pretraining import _demo_paths
+    from mfassl_medical.pretraining import demo_paths
 
-    root = Path(dataset_dir) if dataset_dir else _demo_paths().chexpert
+    root = Path(dataset_dir) if dataset_dir else demo_paths().chexpert
     names = tuple(labels) if labels else (_DEMO_CHEXPERT_LABELS if not dataset_dir else CHEXPERT_COMPETITION_LABELS)
     out: dict[str, Any] = {"label_names": list(names), "lateral": [False] * len(names)}
     for key, split, n in (("train", "train", max_train), ("test", "valid", max_test)):
@@ -193,18 +193,16 @@ class SymmetryEvaluator:
                                         names=self.label_names, swap=self.lateral, n_boot=self.n_bootstrap,
                                         alpha=self.alpha, seed=self.seed)
 
-    def inference_shift(self, images: torch.Tensor) -> tuple[dict[str, Any], Any]:
-        """The relative layer-l token change MFA causes on mirror pairs of ``images``, and the paired output."""
+    def inference_shift(self, images: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor | None,
+                                                              tuple[int, ...]]:
+        """The relative layer-l token change MFA causes on mirror pairs of ``images``; also the left halves,
+        their gates (None without MFA) and the gate grid, for the gate-map figure."""
         backbone = self.encoder.to(self.device).eval()
         size = tuple(images.shape[2:])
         pair = mirror_pair(images.to(self.device), None, mirror_size=size, split_dim=self.split_dim)
-        grid = backbone.grid_shape(size, at_mfa=True)
-        patch = backbone.mfa_patch_size
-        key_mask = token_mask(pair.valid_l, patch) & token_mask(pair.valid_r, patch)
-        with torch.no_grad():
-            result = ev.inference_shift(backbone, pair.x_l, pair.x_r, key_mask=key_mask)
-            paired = backbone.forward_paired(pair.x_l, pair.x_r, ramp=1.0, key_mask=key_mask)
-        return result, (pair, paired, grid)
+        key_mask = pair_key_mask(pair, backbone.mfa_patch_size)
+        result, gates = ev.inference_shift(backbone, pair.x_l, pair.x_r, key_mask=key_mask, return_gates=True)
+        return result, pair.x_l, gates, backbone.grid_shape(size, at_mfa=True)
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -245,15 +243,15 @@ class SymmetryEvaluator:
         if roc_curves:
             report["figures"]["roc"] = str(ev.plot_roc(roc_curves, out / "roc.png"))
             report["figures"]["reliability"] = str(ev.plot_reliability(*reliability, out / "reliability.png"))
-        shift, (pair, paired, grid) = self.inference_shift(x_te[: self.shift_batch])
+        shift, halves, gates, grid = self.inference_shift(x_te[: self.shift_batch])
         report["inference_shift"] = shift
-        if paired.gate_l is not None:
-            report["figures"]["gate_maps"] = str(ev.plot_gate_maps(pair.x_l.cpu(), paired.gate_l.cpu(), grid,
+        if gates is not None:
+            report["figures"]["gate_maps"] = str(ev.plot_gate_maps(halves.cpu(), gates.cpu(), grid,
                                                                    out / "gate_maps.png"))
         try:
-            from mfassl_medical.pretraining import _axis_figure
+            from mfassl_medical.pretraining import axis_figure
 
-            if _axis_figure(items, out / "axis_overlays.png"):
+            if axis_figure(items, out / "axis_overlays.png"):
                 report["figures"]["axis_overlays"] = str(out / "axis_overlays.png")
         except Exception as err:  # a figure must not fail a finished evaluation
             logger.warning("could not draw the axis overlays: %s", err)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mfassl.pairing import mirror_pair, token_mask
+from mfassl.pairing import mirror_pair, pair_key_mask
 
 __all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
 
@@ -123,8 +123,7 @@ class EmbeddingExporter:
             return feats, None, (), None
         size = tuple(x.shape[2:])
         pair = mirror_pair(x, None, mirror_size=size, split_dim=self.split_dim)
-        patch = enc.mfa_patch_size
-        key_mask = token_mask(pair.valid_l, patch) & token_mask(pair.valid_r, patch)
+        key_mask = pair_key_mask(pair, enc.mfa_patch_size)
         out = enc.forward_paired(pair.x_l, pair.x_r, ramp=1.0, key_mask=key_mask)
         return feats, out.gate_l, enc.grid_shape(size, at_mfa=True), pair
 

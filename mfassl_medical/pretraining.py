@@ -32,7 +32,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _demo_paths():
+def demo_paths():
     from mfassl_medical.demo_data import build_demo_data
 
     return build_demo_data()
@@ -48,7 +48,7 @@ def brats_pretrain_datalist(dataset_dir: str | None = None, max_cases: int | Non
     """
     from mfassl_medical.data import find_brats_cases
 
-    root = Path(dataset_dir) if dataset_dir else _demo_paths().brats
+    root = Path(dataset_dir) if dataset_dir else demo_paths().brats
     cases = find_brats_cases(root, require_seg=False, on_incomplete="skip")
     if not cases:
         raise FileNotFoundError(f"no BraTS case folders found under {root}.")
@@ -69,7 +69,7 @@ def chexpert_pretrain_datalist(dataset_dir: str | None = None, split: str = "tra
     """
     from mfassl_medical.data import read_chexpert
 
-    root = Path(dataset_dir) if dataset_dir else _demo_paths().chexpert
+    root = Path(dataset_dir) if dataset_dir else demo_paths().chexpert
     records = read_chexpert(root, split=split, frontal_only=frontal_only)
     items = [{"image": r["image"], "source": r["image"], "patient": r.get("patient", "")} for r in records]
     return items[:max_images] if max_images else items
@@ -132,7 +132,7 @@ def _loss_figure(rows: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _axis_figure(items: Sequence[dict[str, Any]], path: Path, max_items: int = 4) -> int:
+def axis_figure(items: Sequence[dict[str, Any]], path: Path, max_items: int = 4) -> int:
     """Overlay each item's estimated axis on its first channel (3D: the middle axial slice)."""
     import matplotlib
 
@@ -244,7 +244,7 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
         _loss_figure(rows, out / "loss_curves.png")
         report["loss_curves_png"] = str(out / "loss_curves.png")
     try:
-        if _axis_figure(items, out / "axis_overlays.png"):
+        if axis_figure(items, out / "axis_overlays.png"):
             report["axis_overlays_png"] = str(out / "axis_overlays.png")
     except Exception as err:  # a figure problem must not fail a finished run
         logger.warning("could not draw the axis overlays: %s", err)

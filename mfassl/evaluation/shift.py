@@ -18,13 +18,15 @@ __all__ = ["inference_shift"]
 
 @torch.no_grad()
 def inference_shift(backbone: nn.Module, x_l: torch.Tensor, x_r: torch.Tensor,
-                    key_mask: torch.Tensor | None = None) -> dict[str, Any]:
+                    key_mask: torch.Tensor | None = None,
+                    return_gates: bool = False) -> dict[str, Any] | tuple[dict[str, Any], torch.Tensor | None]:
     """The relative change MFA makes to the layer-l tokens of mirror pairs.
 
     Args:
         backbone: an MFA backbone (``forward_paired`` and an ``mfa`` block).
         x_l, x_r: ``(B, C, *M)`` the mirror pair's halves.
         key_mask: ``(B, N)`` bool, True where a token is valid (also restricts the norms).
+        return_gates: also return the ``(B, N)`` left-half gates (None without MFA), e.g. for gate maps.
 
     Returns:
         ``{"relative_shift": mean over the batch, "per_sample": [...], "gate_mean": mean gate over valid
@@ -33,8 +35,9 @@ def inference_shift(backbone: nn.Module, x_l: torch.Tensor, x_r: torch.Tensor,
     mfa = getattr(backbone, "mfa", None)
     if mfa is None or not hasattr(backbone, "forward_paired"):
         b = x_l.shape[0]
-        return {"relative_shift": 0.0, "per_sample": [0.0] * b, "gate_mean": 0.0,
-                "note": "the backbone has no MFA block"}
+        out = {"relative_shift": 0.0, "per_sample": [0.0] * b, "gate_mean": 0.0,
+               "note": "the backbone has no MFA block"}
+        return (out, None) if return_gates else out
     was_training = backbone.training
     backbone.eval()
     pre = backbone.forward_paired(x_l, x_r, use_mfa=False, key_mask=key_mask)
@@ -47,5 +50,6 @@ def inference_shift(backbone: nn.Module, x_l: torch.Tensor, x_r: torch.Tensor,
     den = ((p_l * w) ** 2).sum((1, 2)) + ((p_r * w) ** 2).sum((1, 2))
     per = (num.sqrt() / den.sqrt().clamp_min(1e-12)).float().cpu()
     gates = torch.cat([g_l[valid], g_r[valid]]).float()
-    return {"relative_shift": float(per.mean()), "per_sample": per.tolist(),
-            "gate_mean": float(gates.mean()) if gates.numel() else float("nan")}
+    out = {"relative_shift": float(per.mean()), "per_sample": per.tolist(),
+           "gate_mean": float(gates.mean()) if gates.numel() else float("nan")}
+    return (out, g_l) if return_gates else out

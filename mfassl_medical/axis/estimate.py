@@ -84,6 +84,11 @@ def _orient(axis: SymmetryHyperplane, prep: Prepared) -> SymmetryHyperplane:
     return axis
 
 
+def _fit_confidence(res: Any) -> float:
+    """Confidence of a refined fit: robust correlation, scaled down when fewer than 60% are inliers."""
+    return float(np.clip(res.correlation, 0.0, 1.0)) * float(np.clip(res.inlier_fraction / 0.6, 0.0, 1.0))
+
+
 def _plane_point(level: Any, cand: Any, d: int) -> np.ndarray:
     """The point of the coarse hyperplane ``cand`` closest to the centre of ``level``'s field of view."""
     n = cand.normal
@@ -133,7 +138,7 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
                 c_centre = _plane_point(levels[-1], cand, d)
                 r = refine_level(level, pts, cand.normal, 0.0, c_centre, None, int(opts["bias_order"]), max_iter)
                 total_iters += r.iterations
-                fit = r.correlation * min(1.0, r.inlier_fraction / 0.6)
+                fit = _fit_confidence(r)
                 if best is None or fit > best[0]:
                     best = (fit, r, c_centre)
             assert best is not None
@@ -153,7 +158,7 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
                 opts["own_gradient_voxels"]) else None
             prev_level = level
     assert res is not None
-    conf = float(np.clip(res.correlation, 0.0, 1.0)) * float(np.clip(res.inlier_fraction / 0.6, 0.0, 1.0))
+    conf = _fit_confidence(res)
     axis = hyperplane_class(d)(normal=n, offset=float(n @ centre) + offset, confidence=conf, fallback=False)
     info = {"method": method, "coarse_score": coarse.score, "correlation": res.correlation,
             "inlier_fraction": res.inlier_fraction, "iterations": total_iters, "points": res.points,
