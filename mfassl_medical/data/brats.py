@@ -24,11 +24,17 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from mfassl_medical.errors import MedicalDataError
+from mfassl_medical.errors import (
+    DatasetLayoutError,
+    ImageMismatchError,
+    LabelValueError,
+    format_values,
+)
 
 __all__ = [
     "BRATS_MODALITIES",
     "BRATS_REGIONS",
+    "BRATS_LABEL_SETS",
     "find_brats_cases",
     "brats_case_files",
     "ConvertBraTSLabels",
@@ -63,7 +69,7 @@ def brats_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
     ``t1c``/``t1n``/``t2w``/``t2f`` map to ``t1ce``/``t1``/``t2``/``flair``.
 
     Raises:
-        MedicalDataError: two files claim the same modality.
+        DatasetLayoutError: two files claim the same modality.
     """
     case_dir = Path(case_dir)
     found: dict[str, str] = {}
@@ -77,7 +83,7 @@ def brats_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
         if mod is None:
             continue
         if mod in found:
-            raise MedicalDataError(f"two files for modality {mod!r}: {Path(found[mod]).name} and {f.name}", case_dir)
+            raise DatasetLayoutError(f"two files for modality {mod!r}: {Path(found[mod]).name} and {f.name}", case_dir)
         found[mod] = str(f)
     return found
 
@@ -86,15 +92,36 @@ def _naming(case_dir: Path) -> str:
     return "2023" if re.match(r"^BraTS-[A-Z]+-\d+", case_dir.name) else "2021"
 
 
+def _folder_contents(folder: Path) -> str:
+    """``'2 sub-folder(s) (T1, T2) and 3 file(s) (*.dcm: 3)'``: what a folder holds, for messages."""
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = [p for p in folder.iterdir() if p.is_file()]
+    by_ext: dict[str, int] = {}
+    for f in files:
+        m = _NII_RE.match(f.name)
+        ext = m.group("ext").lower() if m else (f.suffix.lower() or "(no extension)")
+        by_ext[ext] = by_ext.get(ext, 0) + 1
+    sub_txt = f"{len(subs)} sub-folder(s)" + (f" ({', '.join(subs[:5])}{', ...' if len(subs) > 5 else ''})"
+                                              if subs else "")
+    file_txt = f"{len(files)} file(s)" + (" (" + ", ".join(f"*{k}: {v}" for k, v in sorted(by_ext.items())) + ")"
+                                          if files else "")
+    return f"{sub_txt} and {file_txt}"
+
+
 def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_incomplete: str = "raise",
                      modalities: Sequence[str] = BRATS_MODALITIES) -> list[dict[str, Any]]:
     """List the cases of a BraTS folder as MONAI data dictionaries.
 
+    Every visible sub-folder of ``root`` is a case folder (hidden ones, starting with ``.``, and
+    ``__MACOSX`` are left out). A case folder that lacks one of ``modalities`` (or ``seg`` with
+    ``require_seg``), or that holds no recognised NIfTI at all (e.g. DICOM sub-folders), is incomplete.
+
     Args:
         root: folder whose sub-folders are cases (one folder per case, sorted by name).
         require_seg: a case without a ``seg`` file is incomplete.
-        on_incomplete: ``"raise"`` (default) or ``"skip"`` (logged with a warning) for a case folder
-            that lacks one of ``modalities``.
+        on_incomplete: ``"raise"`` (default): an incomplete case folder raises, naming the folder and
+            what it lacks or holds; ``"skip"``: it is left out with a warning, and one summary warning
+            gives the number skipped.
         modalities: the channel order of ``image`` (default ``t1, t1ce, t2, flair``).
 
     Returns:
@@ -104,25 +131,34 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
         :func:`~mfassl_medical.data.chexpert.split_by_patient`) and ``naming`` (``"2021"``/``"2023"``).
 
     Raises:
-        MedicalDataError: ``root`` is not a folder, holds no case, or a case is incomplete.
+        DatasetLayoutError: (a :class:`MedicalDataError`) ``root`` is not a folder, holds no usable
+            case, or (``on_incomplete="raise"``) a case folder is incomplete.
     """
     if on_incomplete not in ("raise", "skip"):
         raise ValueError(f"on_incomplete must be 'raise' or 'skip', got {on_incomplete!r}.")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise MedicalDataError("BraTS root is not a folder", root)
+        raise DatasetLayoutError("BraTS root is not a folder", root)
     cases: list[dict[str, Any]] = []
-    for case_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    skipped: list[str] = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+    need = list(modalities) + (["seg"] if require_seg else [])
+    for case_dir in folders:
         files = brats_case_files(case_dir)
         if not files:
-            continue
-        need = list(modalities) + (["seg"] if require_seg else [])
-        missing = [m for m in need if m not in files]
-        if missing:
-            err = MedicalDataError(f"case is missing modality file(s) {missing}; found {sorted(files)}", case_dir)
+            dicom = any(p.is_dir() or p.suffix.lower() == ".dcm" for p in case_dir.iterdir())
+            err = DatasetLayoutError(f"case folder holds no BraTS NIfTI file (<case>_t1.nii.gz ... or "
+                                     f"<case>-t1n.nii.gz ...); it holds {_folder_contents(case_dir)}"
+                                     + (" (DICOM series? convert them to NIfTI first)" if dicom else ""), case_dir)
+        else:
+            missing = [m for m in need if m not in files]
+            err = (DatasetLayoutError(f"case is missing modality file(s) {missing}; found {sorted(files)}", case_dir)
+                   if missing else None)
+        if err is not None:
             if on_incomplete == "raise":
                 raise err
             logger.warning("skipping incomplete BraTS case: %s", err)
+            skipped.append(case_dir.name)
             continue
         rec: dict[str, Any] = {
             "image": [files[m] for m in modalities],
@@ -133,11 +169,34 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
         if "seg" in files:
             rec["label"] = files["seg"]
         cases.append(rec)
+    if skipped:
+        logger.warning("BraTS %s: skipped %d of %d case folder(s) (on_incomplete='skip'): %s%s", root, len(skipped),
+                       len(folders), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
     if not cases:
-        raise MedicalDataError("no BraTS case folders (with *_t1/_t1ce/_t2/_flair or -t1n/-t1c/-t2w/-t2f "
-                               "NIfTI files) found", root)
+        raise DatasetLayoutError("no BraTS case folders (with *_t1/_t1ce/_t2/_flair or -t1n/-t1c/-t2w/-t2f "
+                                 "NIfTI files) found" + (f"; {len(skipped)} incomplete folder(s) skipped"
+                                                         if skipped else ""), root)
     logger.info("BraTS %s: %d cases", root, len(cases))
     return cases
+
+
+BRATS_LABEL_SETS: dict[str, tuple[int, ...]] = {"auto": (0, 1, 2, 3, 4), "2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3)}
+"""The label values :class:`ConvertBraTSLabels` accepts per ``version`` (``"auto"``: either release's, not both)."""
+
+
+def _label_source(img: Any) -> str | None:
+    meta = getattr(img, "meta", None)
+    if isinstance(meta, Mapping):
+        src = meta.get("filename_or_obj")
+        if src not in (None, ""):
+            return str(src)
+    return None
+
+
+def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
+    """Spatial shape of a label map ``(1, X, Y, Z)`` / ``(X, Y, Z)`` (2D alike)."""
+    shape = tuple(int(s) for s in shape)
+    return shape[1:] if len(shape) in (3, 4) and shape[0] == 1 else shape
 
 
 class ConvertBraTSLabels(Transform):
@@ -146,13 +205,19 @@ class ConvertBraTSLabels(Transform):
     ``ET = {3, 4}``, ``TC = {1, 3, 4}``, ``WT = {1, 2, 3, 4}``: 2021 maps never contain 3 and 2023
     maps never contain 4, so one rule serves both. ``version`` pins one release when wanted.
 
+    Labels are never changed silently: a map holding a value outside :data:`BRATS_LABEL_SETS`
+    (``{0, 1, 2, 4}`` for BraTS 2018-2021, ``{0, 1, 2, 3}`` for BraTS 2023; e.g. 7, 255, a negative
+    value, a 0/255 mask), both 3 and 4 (``"auto"``), a non-integer value (a rescaled or interpolated
+    map) or a NaN raises :class:`~mfassl_medical.errors.LabelValueError` naming the file (the
+    MetaTensor's ``filename_or_obj``, when there is one) and the offending values.
+
     Args:
         regions: output channel order, names from ``"TC"``, ``"WT"``, ``"ET"`` (default TC, WT, ET,
             the order of MONAI's ``ConvertToMultiChannelBasedOnBratsClasses``).
         version: ``"auto"`` (default), ``"2021"`` or ``"2023"``.
 
-    Input ``(1, X, Y, Z)`` or ``(X, Y, Z)`` integer labels; output ``(len(regions), X, Y, Z)`` of the
-    input's type (MetaTensor meta kept), values 0/1.
+    Input ``(1, X, Y, Z)`` or ``(X, Y, Z)`` integer-valued labels; output ``(len(regions), X, Y, Z)`` of
+    the input's type (MetaTensor meta kept), values 0/1.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -161,6 +226,7 @@ class ConvertBraTSLabels(Transform):
         bad = [r for r in regions if r not in ("TC", "WT", "ET")]
         if bad:
             raise ValueError(f"unknown region(s) {bad}; use 'TC', 'WT', 'ET'.")
+        version = str(version)
         if version not in ("auto", "2021", "2023"):
             raise ValueError(f"version must be 'auto', '2021' or '2023', got {version!r}.")
         self.regions = tuple(regions)
@@ -170,35 +236,101 @@ class ConvertBraTSLabels(Transform):
         et = {"auto": (3, 4), "2021": (4,), "2023": (3,)}[self.version]
         return {"ET": et, "TC": (1, *et), "WT": (1, 2, *et)}
 
+    def check(self, t: torch.Tensor, source: str | None = None) -> torch.Tensor:
+        """The labels of ``t`` as int64, or raise :class:`LabelValueError` (see the class docstring)."""
+        allowed = BRATS_LABEL_SETS[self.version]
+        name = {"auto": "BraTS 2018-2021 {0, 1, 2, 4} or 2023 {0, 1, 2, 3}",
+                "2021": "BraTS 2018-2021 {0, 1, 2, 4}", "2023": "BraTS 2023 {0, 1, 2, 3}"}[self.version]
+        if t.is_floating_point():
+            rounded = torch.round(t)
+            frac = t != rounded  # NaN too
+            if bool(frac.any()):
+                nan = torch.isnan(t)
+                if bool(nan.any()):
+                    raise LabelValueError(f"label map holds {int(nan.sum())} NaN value(s); the label set is {name}",
+                                          source, values=[float("nan")], allowed=allowed)
+                vals = torch.unique(t[frac])
+                raise LabelValueError(f"label map holds non-integer value(s) {format_values(vals.tolist())} "
+                                      f"({int(frac.sum())} voxels): a rescaled or interpolated map is not a BraTS "
+                                      f"label map (the label set is {name}; resample labels with mode='nearest')",
+                                      source, values=vals.tolist()[:8], allowed=allowed)
+            if not bool(torch.isfinite(t.amax()) and torch.isfinite(t.amin())):
+                raise LabelValueError(f"label map holds infinite values; the label set is {name}", source,
+                                      values=[float("inf")], allowed=allowed)
+            t = rounded
+        t = t.to(torch.int64)
+        if t.numel() and 0 <= int(t.min()) and int(t.max()) <= 4:  # the usual case: one O(n) pass
+            present = torch.nonzero(torch.bincount(t.reshape(-1), minlength=5)).reshape(-1).tolist()
+        else:
+            present = torch.unique(t).tolist()
+        bad = [v for v in present if v not in allowed]
+        if bad:
+            hint = " (a 0/255 mask?)" if 255 in bad else ""
+            raise LabelValueError(f"label map holds value(s) {format_values(bad)}{hint} outside the label set "
+                                  f"{name}; values present: {format_values(present)}", source, values=bad,
+                                  allowed=allowed)
+        if self.version == "auto" and 3 in present and 4 in present:
+            raise LabelValueError("label map holds both 3 and 4: enhancing tumour is 4 in BraTS 2018-2021 and 3 in "
+                                  f"BraTS 2023, never both; values present: {format_values(present)}", source,
+                                  values=[3, 4], allowed=allowed)
+        return t
+
     def __call__(self, img: Any) -> Any:
+        source = _label_source(img)
         t = convert_to_tensor(img, track_meta=False)
         if t.ndim >= 1 and t.shape[0] == 1 and t.ndim in (3, 4):
             t = t[0]
-        t = torch.round(t).to(torch.int64)
+        t = self.check(t, source)
         sets = self._sets()
-        chans = [torch.isin(t, torch.tensor(sets[r])) for r in self.regions]
-        out = torch.stack(chans, dim=0).to(torch.float32)
+        lut = torch.zeros(len(self.regions), 5, dtype=torch.float32)  # region x label value -> 0/1
+        for i, r in enumerate(self.regions):
+            lut[i, list(sets[r])] = 1.0
+        out = lut[:, t]
         return convert_to_dst_type(out, img, dtype=out.dtype)[0]
 
 
 class ConvertBraTSLabelsd(MapTransform):
-    """Dictionary wrapper of :class:`ConvertBraTSLabels`.
+    """Dictionary wrapper of :class:`ConvertBraTSLabels`, which also checks that each label map lies on
+    the image's grid.
 
     Args:
         keys: keys of the label maps (e.g. ``"label"``).
         regions: see :class:`ConvertBraTSLabels`.
         version: see :class:`ConvertBraTSLabels`.
         allow_missing_keys: do not raise when a key is absent (cases without ``seg``).
+        image_key: the loaded image ``(C, X, Y, Z)`` whose spatial shape each label map ``(1, X, Y, Z)``
+            must have (checked when the key holds a loaded array; None: no check).
+
+    Raises:
+        LabelValueError: see :class:`ConvertBraTSLabels`.
+        ImageMismatchError: a label map's spatial shape differs from the image's; the message names the
+            label file, the image file and both shapes.
     """
 
     def __init__(self, keys: KeysCollection, regions: Sequence[str] = BRATS_REGIONS, version: str = "auto",
-                 allow_missing_keys: bool = False) -> None:
+                 allow_missing_keys: bool = False, image_key: str | None = "image") -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = ConvertBraTSLabels(regions, version)
+        self.image_key = image_key
+
+    def _check_grid(self, d: Mapping[Hashable, Any], key: Hashable) -> None:
+        image = d.get(self.image_key) if self.image_key is not None else None
+        if image is None or not hasattr(image, "shape") or not hasattr(d[key], "shape"):
+            return
+        lab = _spatial(d[key].shape)
+        full = tuple(int(s) for s in image.shape)
+        img = full[-len(lab):] if len(full) >= len(lab) else full
+        if img != lab:
+            lab_src = _label_source(d[key]) or f"key {key!r}"
+            img_src = _label_source(image) or f"key {self.image_key!r}"
+            raise ImageMismatchError(f"label map of spatial shape {lab} does not match the image {img_src} of "
+                                     f"spatial shape {img} (full shapes {tuple(d[key].shape)} and {full})",
+                                     lab_src, shapes={lab_src: lab, img_src: img}, reference=img_src)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
+            self._check_grid(d, key)
             d[key] = self.converter(d[key])
         return d
 

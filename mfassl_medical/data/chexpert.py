@@ -15,6 +15,7 @@ Columns: ``Path, Sex, Age, Frontal/Lateral, AP/PA`` and the 14 observations of
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import math
@@ -25,12 +26,14 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mfassl_medical.errors import MedicalDataError
+from mfassl.options import as_bool
+from mfassl_medical.errors import MedicalDataError, TableError
 
 __all__ = [
     "CHEXPERT_LABELS",
     "CHEXPERT_COLUMNS",
     "UNCERTAINTY_POLICIES",
+    "ROW_POLICIES",
     "chexpert_patient_id",
     "read_chexpert",
     "split_by_patient",
@@ -96,31 +99,70 @@ def _resolve(csv_path: Path, root: Path, rel: str) -> Path | None:
     return None
 
 
-def _label_value(raw: Any, csv_path: Path, row: int, column: str) -> float:
-    """``1``/``0``/``-1`` as float, blank as NaN; anything else raises."""
-    if raw is None:
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+ROW_POLICIES = ("raise", "skip")
+"""What :func:`read_chexpert` does with a bad row: raise (default) or skip it and count it."""
+
+
+def _label_value(raw: str, csv_path: Path, line: int, column: str) -> float:
+    """``1``/``0``/``-1`` (also ``1.0``...) as float, blank as NaN; anything else (``nan`` included) raises."""
+    s = raw.strip()
+    if s == "":
         return math.nan
-    if isinstance(raw, str):
-        s = raw.strip()
-        if s == "":
-            return math.nan
-        try:
-            raw = float(s)
-        except ValueError:
-            raise MedicalDataError(f"row {row}, column {column!r}: label {raw!r} is not 1, 0, -1 or blank",
-                                   csv_path) from None
-    v = float(raw)
-    if math.isnan(v):
-        return v
+    v = float(s) if _NUMBER_RE.match(s) else math.nan
     if v not in (1.0, 0.0, -1.0):
-        raise MedicalDataError(f"row {row}, column {column!r}: label {raw!r} is not 1, 0, -1 or blank", csv_path)
+        raise TableError(f"line {line}, column {column!r}: label {raw!r} is not 1, 0, -1 or blank", csv_path,
+                         row=line, column=column, value=raw)
     return v
+
+
+def _read_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and ``(line, fields)`` rows of a CSV; ``line`` is the 1-based line where the row starts."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            rows: list[tuple[int, list[str]]] = []
+            header: list[str] | None = None
+            start = 1
+            for fields in reader:
+                if header is None:
+                    header = [c.strip() for c in fields]
+                elif fields:  # an empty line is no row
+                    rows.append((start, fields))
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MedicalDataError(f"cannot read the CSV: {e}", csv_path) from e
+    if not header or not any(header):
+        raise TableError("the CSV is empty (no header line)", csv_path, row=1)
+    return header, rows
+
+
+def _check_header(csv_path: Path, header: list[str], required: Sequence[str]) -> None:
+    first: dict[str, int] = {}
+    for j, name in enumerate(header):
+        if not name:
+            continue
+        if name in first:
+            raise TableError(f"line 1: column {name!r} appears twice (fields {first[name] + 1} and {j + 1}); "
+                             f"which one holds the labels is ambiguous", csv_path, row=1, column=name)
+        first[name] = j
+    missing = [c for c in required if c not in first]
+    if missing:
+        raise TableError(f"missing column(s) {missing}; the header (line 1) has {header}", csv_path, row=1,
+                         column=missing[0])
 
 
 def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: str = "zeros",
                   blank: str = "zeros", frontal_only: bool = False, labels: Sequence[str] = CHEXPERT_LABELS,
-                  check_files: bool = True, masked_value: float = 0.0) -> list[dict[str, Any]]:
+                  check_files: bool = True, masked_value: float = 0.0,
+                  on_bad_row: str = "raise") -> list[dict[str, Any]]:
     """Read ``<root>/<split>.csv`` into a list of MONAI data dictionaries.
+
+    Labels are never changed silently: a row with fewer fields than the header (a cut-off line), a
+    cell that is not ``1``/``0``/``-1``/blank (``nan`` included), an unknown ``Frontal/Lateral`` value,
+    a bad ``Age``, an empty ``Path`` or (with ``check_files``) a missing image is a bad row; a
+    duplicated column, a missing required column or a CSV without rows is a bad table.
 
     Args:
         root: the dataset folder holding ``train.csv`` and ``valid.csv`` (e.g. ``.../CheXpert-v1.0-small``),
@@ -129,11 +171,14 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
         uncertainty: what ``-1`` (uncertain) becomes: ``"zeros"`` (U-Zeros), ``"ones"`` (U-Ones) or
             ``"ignore"`` (U-Ignore: masked out, ``label_mask`` 0).
         blank: what a blank cell (not mentioned) becomes: ``"zeros"`` (the usual choice) or ``"ignore"``.
-        frontal_only: keep only rows with ``Frontal/Lateral == "Frontal"``.
+        frontal_only: keep only rows with ``Frontal/Lateral == "Frontal"`` (bool, or a string such as
+            ``"false"``/``"1"`` as ``python -m monai.bundle run`` hands it over).
         labels: the observation columns to read, in output order (default all 14).
-        check_files: resolve every image path and raise when a file is missing.
+        check_files: resolve every image path and treat a missing file as a bad row.
         masked_value: the label value written where ``label_mask`` is 0 (0.0 by default so that a
             loss multiplied by the mask stays finite; pass ``float("nan")`` to make them loud).
+        on_bad_row: ``"raise"`` (default): the first bad row raises; ``"skip"``: bad rows are left out,
+            counted and reported in one warning (the count and the first rows). A bad table always raises.
 
     Returns:
         one dict per image: ``image`` (absolute path str), ``label`` float32 ``(L,)``, ``label_mask``
@@ -142,17 +187,20 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
         (the CSV's ``Path``), and every further column under its snake_case name (``Side`` -> ``side``).
 
     Raises:
-        MedicalDataError: the CSV is missing or unreadable, lacks a column, has a label outside
-            1/0/-1/blank, or (with ``check_files``) names an image that does not exist; the message
-            names the CSV, the row and the file.
-        ValueError: an unknown ``uncertainty``/``blank`` policy.
+        TableError: (a :class:`MedicalDataError`) a bad row (``on_bad_row="raise"``) or a bad table,
+            naming the CSV, the line (1-based, as an editor shows it; the header is line 1), the column
+            and the value; also when no record is left.
+        MedicalDataError: the CSV is missing or unreadable.
+        ValueError: an unknown ``uncertainty``/``blank``/``on_bad_row`` policy.
     """
-    import pandas as pd
-
     if uncertainty not in UNCERTAINTY_POLICIES:
         raise ValueError(f"uncertainty must be one of {UNCERTAINTY_POLICIES}, got {uncertainty!r}.")
     if blank not in ("zeros", "ignore"):
         raise ValueError(f"blank must be 'zeros' or 'ignore', got {blank!r}.")
+    if on_bad_row not in ROW_POLICIES:
+        raise ValueError(f"on_bad_row must be one of {ROW_POLICIES}, got {on_bad_row!r}.")
+    frontal_only = bool(as_bool(frontal_only, "frontal_only"))
+    check_files = bool(as_bool(check_files, "check_files"))
     root = Path(root).expanduser()
     if root.is_file():
         csv_path, root = root, root.parent
@@ -160,74 +208,121 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
         csv_path = root / f"{split}.csv"
     if not csv_path.is_file():
         raise MedicalDataError(f"CheXpert CSV not found (expected '{split}.csv' in the dataset folder)", csv_path)
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises several types for broken files
-        raise MedicalDataError(f"cannot read the CSV: {e}", csv_path) from e
-    df.columns = [c.strip() for c in df.columns]
+    header, rows = _read_table(csv_path)
     required = list(CHEXPERT_COLUMNS) + list(labels)
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise MedicalDataError(f"missing column(s) {missing}; found {list(df.columns)}", csv_path)
-    extra = [c for c in df.columns if c not in required and c not in CHEXPERT_LABELS]
+    _check_header(csv_path, header, required)
+    if not rows:
+        raise TableError("the CSV holds only the header line, no image rows", csv_path, row=1)
+    col = {name: j for j, name in enumerate(header) if name}
+    extra = [c for c in col if c not in required and c not in CHEXPERT_LABELS]
 
     records: list[dict[str, Any]] = []
+    bad: list[TableError] = []
     n_frontal_dropped = 0
-    for i, row in enumerate(df.to_dict("records")):
-        line = i + 2  # 1-based, after the header
-        view = str(row["Frontal/Lateral"]).strip().lower()
-        if frontal_only and view != "frontal":
-            n_frontal_dropped += 1
-            continue
-        rel = str(row["Path"]).strip()
-        if not rel:
-            raise MedicalDataError(f"row {line}: empty 'Path'", csv_path)
-        resolved = _resolve(csv_path, root, rel) if check_files else None
-        if check_files and resolved is None:
-            raise MedicalDataError(f"row {line}: image file {rel!r} not found (looked under {root.parent} "
-                                   f"and {root})", csv_path)
-        image = str(resolved if resolved is not None else root.parent / rel)
-        raw = np.array([_label_value(row[c], csv_path, line, c) for c in labels], dtype=np.float32)
-        mask = np.ones_like(raw)
-        lab = raw.copy()
-        blank_cells = np.isnan(raw)
-        uncertain = raw == -1
-        if blank == "zeros":
-            lab[blank_cells] = 0.0
-        else:
-            mask[blank_cells] = 0.0
-        if uncertainty == "zeros":
-            lab[uncertain] = 0.0
-        elif uncertainty == "ones":
-            lab[uncertain] = 1.0
-        else:
-            mask[uncertain] = 0.0
-        lab[mask == 0] = masked_value
-        age_s = str(row["Age"]).strip()
+    for line, fields in rows:
         try:
-            age = float(age_s) if age_s else math.nan
-        except ValueError:
-            raise MedicalDataError(f"row {line}: Age {age_s!r} is not a number", csv_path) from None
-        study = _STUDY_RE.search(rel)
-        rec: dict[str, Any] = {
-            "image": image,
-            "label": lab.astype(np.float32),
-            "label_mask": mask.astype(np.float32),
-            "patient": chexpert_patient_id(rel),
-            "study": study.group(1) if study else "",
-            "view": view,
-            "sex": str(row["Sex"]).strip(),
-            "age": age,
-            "ap_pa": str(row["AP/PA"]).strip(),
-            "path": rel,
-        }
-        for c in extra:
-            rec.setdefault(_snake(c), row[c])
-        records.append(rec)
-    logger.info("CheXpert %s: %d images of %d patients%s", csv_path, len(records),
+            rec = _record(csv_path, root, header, col, extra, line, fields, labels, frontal_only, check_files,
+                          blank, uncertainty, masked_value)
+        except TableError as e:
+            if on_bad_row == "raise":
+                raise
+            bad.append(e)
+            continue
+        if rec is None:
+            n_frontal_dropped += 1
+        else:
+            records.append(rec)
+    if bad:
+        first = "; ".join(e.reason for e in bad[:3])
+        logger.warning("%s: skipped %d bad row(s) of %d (on_bad_row='skip'); first: %s%s", csv_path, len(bad),
+                       len(rows), first, " ..." if len(bad) > 3 else "")
+    if not records:
+        why = (f"all {len(rows)} rows are bad" if len(bad) == len(rows) else
+               f"{len(bad)} bad row(s) skipped and {n_frontal_dropped} lateral row(s) dropped by frontal_only")
+        raise TableError(f"no image record left: {why}", csv_path)
+    logger.info("CheXpert %s: %d images of %d patients%s%s", csv_path, len(records),
                 len({r["patient"] for r in records}),
-                f" ({n_frontal_dropped} lateral dropped)" if frontal_only else "")
+                f" ({n_frontal_dropped} lateral dropped)" if frontal_only else "",
+                f" ({len(bad)} bad rows skipped)" if bad else "")
     return records
+
+
+def _record(csv_path: Path, root: Path, header: list[str], col: Mapping[str, int], extra: Sequence[str],
+            line: int, fields: list[str], labels: Sequence[str], frontal_only: bool, check_files: bool,
+            blank: str, uncertainty: str, masked_value: float) -> dict[str, Any] | None:
+    """One data dict from one CSV row, None for a lateral row dropped by ``frontal_only``; raises TableError."""
+    n = len(header)
+    if len(fields) < n:
+        last = header[len(fields) - 1] if fields else "-"
+        raise TableError(f"line {line}: {len(fields)} field(s) where the header has {n}; the row is cut off "
+                         f"after column {last!r} (column {header[len(fields)]!r} and later are missing)",
+                         csv_path, row=line, column=header[len(fields)], value=fields[-1] if fields else "")
+    if len(fields) > n and any(f.strip() for f in fields[n:]):
+        raise TableError(f"line {line}: {len(fields)} fields where the header has {n} (extra values "
+                         f"{[f for f in fields[n:]][:3]}); a comma inside a value must be quoted",
+                         csv_path, row=line, value=fields[n])
+
+    def cell(name: str) -> str:
+        return fields[col[name]]
+
+    view_raw = cell("Frontal/Lateral")
+    view = view_raw.strip().lower()
+    if view not in ("frontal", "lateral"):
+        raise TableError(f"line {line}, column 'Frontal/Lateral': {view_raw!r} is neither 'Frontal' nor 'Lateral'",
+                         csv_path, row=line, column="Frontal/Lateral", value=view_raw)
+    if frontal_only and view != "frontal":
+        return None
+    rel = cell("Path").strip()
+    if not rel:
+        raise TableError(f"line {line}: empty 'Path'", csv_path, row=line, column="Path", value="")
+    try:
+        patient = chexpert_patient_id(rel)
+    except MedicalDataError:
+        raise TableError(f"line {line}, column 'Path': {rel!r} holds no 'patientNNNNN' folder, cannot tell the "
+                         f"patient", csv_path, row=line, column="Path", value=rel) from None
+    raw = np.array([_label_value(cell(c), csv_path, line, c) for c in labels], dtype=np.float32)
+    age_raw = cell("Age")
+    age_s = age_raw.strip()
+    age = float(age_s) if _NUMBER_RE.match(age_s) else (math.nan if not age_s else -1.0)
+    if age < 0:
+        raise TableError(f"line {line}, column 'Age': {age_raw!r} is not a non-negative number or blank", csv_path,
+                         row=line, column="Age", value=age_raw)
+    resolved = _resolve(csv_path, root, rel) if check_files else None
+    if check_files and resolved is None:
+        raise TableError(f"line {line}: image file {rel!r} not found (looked under {root.parent} and {root})",
+                         csv_path, row=line, column="Path", value=rel)
+    image = str(resolved if resolved is not None else root.parent / rel)
+    mask = np.ones_like(raw)
+    lab = raw.copy()
+    blank_cells = np.isnan(raw)
+    uncertain = raw == -1
+    if blank == "zeros":
+        lab[blank_cells] = 0.0
+    else:
+        mask[blank_cells] = 0.0
+    if uncertainty == "zeros":
+        lab[uncertain] = 0.0
+    elif uncertainty == "ones":
+        lab[uncertain] = 1.0
+    else:
+        mask[uncertain] = 0.0
+    lab[mask == 0] = masked_value
+    study = _STUDY_RE.search(rel)
+    rec: dict[str, Any] = {
+        "image": image,
+        "label": lab.astype(np.float32),
+        "label_mask": mask.astype(np.float32),
+        "patient": patient,
+        "study": study.group(1) if study else "",
+        "view": view,
+        "sex": cell("Sex").strip(),
+        "age": age,
+        "ap_pa": cell("AP/PA").strip(),
+        "path": rel,
+    }
+    for c in extra:
+        rec.setdefault(_snake(c), fields[col[c]] if col[c] < len(fields) else "")
+    return rec
 
 
 def _unit_hash(key: str, seed: int) -> float:

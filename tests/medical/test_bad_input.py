@@ -133,7 +133,7 @@ def test_csv_names_missing_file(tmp_path):
     root = tmp_path / "CheXpert-v1.0-small"
     rel = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
     _csv(root / "train.csv", HEADER, [[rel, "Male", "50", "Frontal", "PA"] + [""] * 14])
-    with pytest.raises(MedicalDataError, match=r"train.csv.*row 2.*view1_frontal.jpg.*not found") as e:
+    with pytest.raises(MedicalDataError, match=r"train.csv: line 2: image file .*view1_frontal.jpg.*not found") as e:
         read_chexpert(root)
     assert e.value.path.endswith("train.csv")
     assert len(read_chexpert(root, check_files=False)) == 1
@@ -143,7 +143,7 @@ def test_csv_bad_label_value_and_missing_csv(tmp_path):
     root = tmp_path / "CheXpert-v1.0-small"
     rel = "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
     _csv(root / "train.csv", HEADER, [[rel, "Male", "50", "Frontal", "PA", "2"] + [""] * 13])
-    with pytest.raises(MedicalDataError, match=r"row 2, column 'No Finding'"):
+    with pytest.raises(MedicalDataError, match=r"train.csv: line 2, column 'No Finding': label '2'"):
         read_chexpert(root, check_files=False)
     with pytest.raises(MedicalDataError, match="valid.csv"):
         read_chexpert(root, "valid")

@@ -190,8 +190,9 @@ def test_convert_brats_labels_versions(version, et_label):
     lab = torch.tensor([0, 1, 2, et_label]).reshape(1, 4, 1, 1)
     out = ConvertBraTSLabels(regions=("ET", "TC", "WT"), version=version)(lab)
     assert out[:, :, 0, 0].tolist() == [[0, 0, 0, 1], [0, 1, 0, 1], [0, 1, 1, 1]]
-    other = 3 if et_label == 4 else 4
-    assert float(ConvertBraTSLabels(version=version)(torch.tensor([[[[other]]]]))[2].sum()) == 0
+    other = 3 if et_label == 4 else 4  # the other release's ET label is refused, not dropped
+    with pytest.raises(MedicalDataError, match=rf"outside the label set BraTS.*\[{other}\]|\[{other}\] outside"):
+        ConvertBraTSLabels(version=version)(torch.tensor([[[[other]]]]))
     assert ConvertBraTSLabels()(np.array([[[[et_label]]]])).shape == (3, 1, 1, 1)
 
 
