@@ -5,9 +5,13 @@ Bad input is never passed on silently:
 * :func:`check_image` / :class:`CheckImage` raise :class:`~mfassl_medical.errors.MedicalDataError`
   for wrong dimensionality, NaN/Inf values and constant images, naming the file;
 * :class:`SafeLoadImaged` wraps MONAI ``LoadImage`` so a missing, corrupt or truncated NIfTI/DICOM/PNG
-  raises a ``MedicalDataError`` naming the file and the reader's complaint;
+  raises a ``MedicalDataError`` naming the file and the reader's complaint; headers are checked first
+  (:func:`check_image_header`: voxel budget, truncated NIfTI, modalities on one grid), the one file at
+  fault of a multi-file image is named, RGBA/LA images are composited on black and a DICOM series with
+  a bad slice is read with a warning naming the slice;
 * :class:`SkipBadSamples` wraps any dataset for long runs: a sample whose loading raises one of
-  ``skip_on`` is replaced by the next good one, logged with a warning and counted in ``skipped``.
+  ``skip_on`` is replaced by the next good one, logged with a warning and counted in ``skipped``;
+  past ``max_bad_fraction`` of the samples it stops with :class:`TooManyBadSamples` naming the files.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 from torch.utils.data import Dataset
 
-from mfassl_medical.errors import MedicalDataError
+from mfassl_medical.errors import (
+    CorruptImageError,
+    ImageMismatchError,
+    ImageTooLargeError,
+    MedicalDataError,
+)
 
 __all__ = [
     "check_image",
@@ -37,7 +46,13 @@ __all__ = [
     "SafeLoadImaged",
     "SafeLoadImageD",
     "SafeLoadImageDict",
+    "DEFAULT_MAX_VOXELS",
+    "check_image_header",
+    "composite_alpha",
+    "image_header",
+    "voxel_budget",
     "SkipBadSamples",
+    "TooManyBadSamples",
     "find_medical_error",
 ]
 
@@ -121,9 +136,234 @@ class CheckImaged(MapTransform):
         return d
 
 
+DEFAULT_MAX_VOXELS: int = 512 ** 3
+"""Default voxel budget of :class:`SafeLoadImage` (512^3 = 134M voxels, 0.5 GB as float32): above any real
+MRI/CT volume or radiograph. ``MFASSL_MAX_VOXELS`` in the environment overrides it."""
+
+MAX_VOXELS_ENV = "MFASSL_MAX_VOXELS"
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".mgh", ".mgz")
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+_ALPHA_MODES = {"RGBA": "RGB", "LA": "L"}
+
+
+def voxel_budget(max_voxels: int | str | None = None) -> int:
+    """The voxel budget in force: ``max_voxels`` (int or numeric string), else ``$MFASSL_MAX_VOXELS``,
+    else :data:`DEFAULT_MAX_VOXELS`.
+
+    Raises:
+        ValueError: naming ``max_voxels`` (or the variable) for a value that is not a positive integer.
+    """
+    name, value = "max_voxels", max_voxels
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        env = os.environ.get(MAX_VOXELS_ENV, "").strip()
+        if not env:
+            return DEFAULT_MAX_VOXELS
+        name, value = MAX_VOXELS_ENV, env
+    try:
+        n = int(float(value)) if isinstance(value, str) else int(value)
+        ok = float(value) == n and n > 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be a positive whole number of voxels, got {value!r}.")
+    return n
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def _dicom_info(path: Path) -> tuple[tuple[int, ...], str | None] | None:
+    """``(shape, problem)`` of one DICOM file from its header (the pixel data is not read), None when
+    the file is not DICOM. ``problem`` says why the slice is truncated or unreadable, else None."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    magic = False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            magic = fh.read(4) == b"DICM"
+            fh.seek(0)
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True)
+            except InvalidDicomError:
+                return None
+            pixel_at = fh.tell()
+    except Exception as e:  # a cut-off header: pydicom raises EOFError, struct.error, ...
+        return ((), f"cannot be read ({type(e).__name__}: {e})") if magic else None
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if rows is None or cols is None:  # DICOMDIR, structured reports: not an image slice
+        return None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    shape = (int(frames), int(rows), int(cols), samples)
+    meta = getattr(ds, "file_meta", None)
+    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if ts is not None and getattr(ts, "is_compressed", False):
+        return shape, None
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    expected = (int(rows) * int(cols) * samples * frames * bits + 7) // 8
+    size = path.stat().st_size
+    element_header = 8 if getattr(ts, "is_implicit_VR", False) else 12  # tag + (VR, reserved) + length
+    available = max(0, size - pixel_at - element_header)
+    if available < expected:
+        return shape, f"is truncated: its pixel data holds {available} of {expected} bytes"
+    return shape, None
+
+
+def image_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """What a file's header claims, read without loading the data.
+
+    Args:
+        path: a NIfTI/Analyze/MGH file, a PNG/JPEG/TIFF/BMP, a DICOM file or a DICOM series folder.
+
+    Returns:
+        ``{"shape": (...), "voxels": int}`` plus ``"affine"`` ``(4, 4)`` (NIfTI), ``"mode"`` (PIL) or
+        ``"slices"``: ``[(file, problem or None), ...]`` (DICOM); None for a format it does not know.
+
+    Raises:
+        CorruptImageError: the header cannot be read, or an uncompressed NIfTI is shorter than its
+            header says (truncated); the message names the file.
+    """
+    p = Path(path)
+    if p.is_dir():
+        slices, shapes = [], []
+        for f in sorted(q for q in p.iterdir() if q.is_file()):
+            info = _dicom_info(f)
+            if info is None:
+                continue
+            shape, problem = info
+            slices.append((str(f), problem))
+            if shape:
+                shapes.append(shape)
+        if not slices:
+            return None
+        voxels = sum(int(np.prod(s[:3])) for s in shapes)
+        return {"shape": (len(slices), *(shapes[0][1:3] if shapes else ())), "voxels": voxels, "slices": slices}
+    if _has_suffix(p, _NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(p))
+            shape = tuple(int(s) for s in img.shape)
+            affine = np.asarray(img.affine, dtype=np.float64)
+            hdr = img.header
+        except Exception as e:
+            raise CorruptImageError(f"cannot read the NIfTI header ({type(e).__name__}: {e}); the file may be "
+                                    f"corrupt, truncated or not an image", p) from e
+        voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+        if p.name.lower().endswith(".nii") and hasattr(hdr, "get_data_offset"):
+            need = int(hdr.get_data_offset()) + voxels * int(np.dtype(hdr.get_data_dtype()).itemsize)
+            size = p.stat().st_size
+            if size < need and voxels > 0:
+                return {"shape": shape, "voxels": voxels, "affine": affine,
+                        "truncated": f"the file is truncated: its header claims {need} bytes (shape {shape}, "
+                                     f"{hdr.get_data_dtype()}), the file holds {size}"}
+        return {"shape": shape, "voxels": voxels, "affine": affine}
+    if _has_suffix(p, _PIL_SUFFIXES):
+        from PIL import Image
+
+        try:
+            with Image.open(p) as im:
+                w, h, mode = int(im.width), int(im.height), str(im.mode)
+                bands = len(im.getbands())
+        except Exception as e:
+            raise CorruptImageError(f"cannot read the image header ({type(e).__name__}: {e}); the file may be "
+                                    f"corrupt, truncated or not an image", p) from e
+        return {"shape": (w, h, bands), "voxels": w * h, "mode": mode}
+    if p.name.lower().endswith(".dcm"):
+        info = _dicom_info(p)
+        if info is None:
+            return None
+        shape, problem = info
+        return {"shape": shape, "voxels": int(np.prod(shape[:3])) if shape else 0, "slices": [(str(p), problem)]}
+    return None
+
+
+def check_image_header(path: str | os.PathLike, max_voxels: int | str | None = None) -> dict[str, Any] | None:
+    """Refuse a file from its header before any voxel is read; return :func:`image_header`'s answer.
+
+    Raises:
+        ImageTooLargeError: the header claims more voxels than the budget (:func:`voxel_budget`).
+        CorruptImageError: an unreadable header, an uncompressed NIfTI shorter than its header says, or
+            a single DICOM file whose pixel data is cut off.
+    """
+    budget = voxel_budget(max_voxels)
+    info = image_header(path)
+    if info is None:
+        return None
+    if info["voxels"] > budget:
+        raise ImageTooLargeError(f"the header claims shape {tuple(info['shape'])} = {info['voxels']:,} voxels, over the "
+                                 f"voxel budget of {budget:,} (raise it with max_voxels= or ${MAX_VOXELS_ENV} if "
+                                 f"the file is real)", path, shape=tuple(info["shape"]), voxels=info["voxels"],
+                                 budget=budget)
+    if "truncated" in info:
+        raise CorruptImageError(info["truncated"], path)
+    if not Path(path).is_dir():
+        for _, problem in info.get("slices", []):
+            if problem:
+                raise CorruptImageError(f"the DICOM file {problem}", path)
+    return info
+
+
+def composite_alpha(img: Any, channel_dim: int = 0, mode: str | None = None) -> Any:
+    """Composite an image with an alpha channel (RGBA, LA) on black: ``colour * alpha / 255``, alpha dropped.
+
+    Where alpha is opaque (255) the values are those of the colour channels unchanged; transparent pixels
+    become 0 (background). So the axis of an RGBA image equals that of its RGB / grey version wherever
+    it is opaque, instead of the alpha plane being averaged in as intensity.
+
+    Args:
+        img: ``(C, *S)`` (``channel_dim=0``) or ``(*S, C)`` (``channel_dim=-1``) array/tensor/MetaTensor
+            with the alpha channel last among the channels, 8-bit range (0-255).
+        channel_dim: where the channels are.
+        mode: the PIL mode (for the MetaTensor's ``mode`` entry afterwards).
+
+    Returns:
+        the image with ``C - 1`` channels, same type (MetaTensor meta kept, ``mode`` updated).
+    """
+    t = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img)
+    t = torch.movedim(t, channel_dim, 0)
+    colour, alpha = t[:-1].to(torch.float32), t[-1:].to(torch.float32)
+    out = torch.movedim(colour * (alpha / 255.0).clamp(0.0, 1.0), 0, channel_dim)
+    if isinstance(img, MetaTensor):
+        meta = dict(img.meta)
+        if mode is not None:
+            meta["mode"] = _ALPHA_MODES.get(mode, mode)
+        meta["alpha"] = "composited on black"
+        return MetaTensor(out, affine=img.affine, meta=meta)
+    if isinstance(img, np.ndarray):
+        return out.numpy()
+    return out
+
+
+def _odd_one_out(values: dict[str, Any], same: Callable[[Any, Any], bool]) -> tuple[str, str] | None:
+    """``(odd file, reference file)`` when the values of ``values`` (file -> value) are not all the same:
+    the odd file is the first that differs from the most common value (ties: from the first file's)."""
+    names = list(values)
+    if all(same(values[names[0]], values[n]) for n in names[1:]):
+        return None
+    support = {n: sum(same(values[n], values[m]) for m in names) for n in names}
+    ref = max(names, key=lambda n: (support[n], -names.index(n)))
+    odd = next(n for n in names if not same(values[n], values[ref]))
+    return odd, ref
+
+
 class SafeLoadImage(Transform):
-    """MONAI ``LoadImage`` that turns every failure into a :class:`MedicalDataError` naming the file,
-    then checks the result with :func:`check_image`.
+    """MONAI ``LoadImage`` that refuses bad files before and after reading them, naming the one file at fault.
+
+    Before reading, each file's header is checked (:func:`check_image_header`): a header claiming more
+    voxels than ``max_voxels`` is refused without allocating, an uncompressed NIfTI shorter than its
+    header says is refused as truncated, and the files of a multi-file image (e.g. the 4 BraTS
+    modalities) must agree on spatial shape and affine (the odd one out is named). A failure of the
+    reader becomes a :class:`CorruptImageError` naming the file (for several files, each is read alone
+    to find the one at fault). An image with an alpha channel (RGBA/LA PNG) is composited on black
+    (:func:`composite_alpha`). A DICOM series folder with a truncated or unreadable slice is read
+    without it and a warning names the slice (``on_bad_slice="raise"`` refuses it). Finally the result
+    is checked with :func:`check_image`.
 
     Args:
         reader: passed to ``LoadImage`` (None: MONAI picks by suffix; NIfTI -> Nibabel, DICOM -> ITK).
@@ -131,41 +371,122 @@ class SafeLoadImage(Transform):
         spatial_dims: expected spatial dims after loading (2 or 3); None skips the check.
         allow_constant: accept constant images (label maps of healthy cases).
         check: run :func:`check_image` at all.
+        max_voxels: the voxel budget of one load (all files of a multi-file image together); None:
+            ``$MFASSL_MAX_VOXELS`` or :data:`DEFAULT_MAX_VOXELS`. An int or a numeric string.
+        on_bad_slice: ``"warn"`` (default) or ``"raise"`` for a truncated/unreadable slice in a DICOM
+            series folder (a series that cannot be assembled always raises, naming the bad slices).
         kwargs: further ``LoadImage`` arguments (``dtype``, ``simple_keys``, ...).
 
     Output: a MetaTensor ``(C, *S)`` with its affine (``ensure_channel_first=True``).
+
+    Raises:
+        MedicalDataError: (or one of its subclasses in :mod:`mfassl_medical.errors`) naming the file.
     """
 
     def __init__(self, reader: Any = None, ensure_channel_first: bool = True, spatial_dims: int | None = None,
-                 allow_constant: bool = False, check: bool = True, **kwargs: Any) -> None:
+                 allow_constant: bool = False, check: bool = True, max_voxels: int | str | None = None,
+                 on_bad_slice: str = "warn", **kwargs: Any) -> None:
         kwargs.setdefault("image_only", True)
+        if on_bad_slice not in ("warn", "raise"):
+            raise ValueError(f"on_bad_slice must be 'warn' or 'raise', got {on_bad_slice!r}.")
         self.loader = LoadImage(reader=reader, ensure_channel_first=ensure_channel_first, **kwargs)
+        self.reader = reader
+        self.ensure_channel_first = ensure_channel_first
         self.spatial_dims = spatial_dims
         self.allow_constant = allow_constant
         self.check = check
+        self.max_voxels = None if max_voxels is None else voxel_budget(max_voxels)
+        self.on_bad_slice = on_bad_slice
+
+    def _check_headers(self, names: list[Any]) -> dict[str, dict[str, Any] | None]:
+        budget = voxel_budget(self.max_voxels)
+        headers = {str(n): check_image_header(n, budget) for n in names}
+        total = sum(h["voxels"] for h in headers.values() if h is not None)
+        if len(names) > 1 and total > budget:
+            raise ImageTooLargeError(f"the {len(names)} files together claim {total:,} voxels, over the voxel budget "
+                                     f"of {budget:,} (max_voxels= or ${MAX_VOXELS_ENV})", ", ".join(headers),
+                                     shape=tuple(tuple(h["shape"]) for h in headers.values() if h), voxels=total,
+                                     budget=budget)
+        known = {n: h for n, h in headers.items() if h is not None and "affine" in h}
+        if len(known) > 1:
+            shapes = {n: tuple(h["shape"][:3]) for n, h in known.items()}
+            odd = _odd_one_out(shapes, lambda a, b: a == b)
+            if odd is not None:
+                raise ImageMismatchError(f"spatial shape {shapes[odd[0]]} differs from {shapes[odd[1]]} of {odd[1]} "
+                                         f"(the files of one image must share a grid)", odd[0], shapes=shapes,
+                                         reference=odd[1])
+            affines = {n: h["affine"] for n, h in known.items()}
+            odd = _odd_one_out(affines, lambda a, b: a.shape == b.shape and bool(np.allclose(a, b)))
+            if odd is not None:
+                raise ImageMismatchError(f"affine {np.round(affines[odd[0]], 4).tolist()} differs from "
+                                         f"{np.round(affines[odd[1]], 4).tolist()} of {odd[1]} (the files of one "
+                                         f"image must share a grid)", odd[0], shapes=shapes, reference=odd[1])
+        return headers
+
+    def _blame(self, names: list[Any], error: BaseException) -> MedicalDataError:
+        """The error naming the one file at fault of a failed multi-file load (each file read alone)."""
+        single = LoadImage(reader=self.reader, image_only=True, ensure_channel_first=self.ensure_channel_first)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for n in names:
+            try:
+                shapes[str(n)] = tuple(int(s) for s in single(n).shape)
+            except Exception as e:
+                cause = _root_cause(e)
+                return CorruptImageError(f"cannot read the image ({type(cause).__name__}: {cause}); the file may be "
+                                         f"corrupt, truncated or not an image (the other files of this image read "
+                                         f"alone)", n)
+        odd = _odd_one_out(shapes, lambda a, b: a == b)
+        if odd is not None:
+            return ImageMismatchError(f"shape {shapes[odd[0]]} differs from {shapes[odd[1]]} of {odd[1]} (the files "
+                                      f"of one image must share a grid)", odd[0], shapes=shapes, reference=odd[1])
+        cause = _root_cause(error)
+        return CorruptImageError(f"the files read alone but not together ({type(cause).__name__}: {cause})",
+                                 ", ".join(map(str, names)))
 
     def __call__(self, filename: Any) -> Any:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
-        shown = names[0] if len(names) == 1 else names
+        shown = str(names[0]) if len(names) == 1 else ", ".join(map(str, names))
         for n in names:
             p = Path(n)
             if not p.exists():
                 raise MedicalDataError("file not found", n)
             if p.is_file() and p.stat().st_size == 0:
                 raise MedicalDataError("file is empty (0 bytes)", n)
+        headers = self._check_headers(names)
+        series = headers[str(names[0])] if len(names) == 1 and Path(names[0]).is_dir() else None
+        bad_slices = [(f, why) for f, why in (series or {}).get("slices", []) if why]
+        if bad_slices and self.on_bad_slice == "raise":
+            raise CorruptImageError(f"DICOM slice {bad_slices[0][0]} {bad_slices[0][1]}"
+                                    + (f" (and {len(bad_slices) - 1} more bad slice(s))" if len(bad_slices) > 1 else ""),
+                                    names[0])
         try:
             img = self.loader(filename)
         except Exception as e:  # readers raise many types (RuntimeError, EOFError, zlib.error, InvalidDicomError...)
-            cause = e
-            while cause.__cause__ is not None and isinstance(cause, RuntimeError):
-                cause = cause.__cause__
-            raise MedicalDataError(f"cannot read the image ({type(cause).__name__}: {cause}); the file may be "
-                                   f"corrupt, truncated or not an image", shown if not isinstance(shown, list)
-                                   else ", ".join(map(str, shown))) from e
+            if len(names) > 1:
+                raise self._blame(names, e) from e
+            if bad_slices:
+                raise CorruptImageError(f"cannot assemble the DICOM series: slice {bad_slices[0][0]} "
+                                        f"{bad_slices[0][1]}", names[0]) from e
+            cause = _root_cause(e)
+            raise CorruptImageError(f"cannot read the image ({type(cause).__name__}: {cause}); the file may be "
+                                    f"corrupt, truncated or not an image", shown) from e
+        if bad_slices:
+            logger.warning("%s: DICOM series has %d bad slice file(s) of %d (the reader leaves them out; read "
+                           "shape %s): %s", names[0], len(bad_slices), len(series["slices"]), tuple(img.shape),
+                           "; ".join(f"{f} {why}" for f, why in bad_slices[:5]))
+        mode = img.meta.get("mode") if isinstance(img, MetaTensor) else None
+        if len(names) == 1 and isinstance(mode, str) and mode in _ALPHA_MODES:
+            img = composite_alpha(img, 0 if self.ensure_channel_first else -1, mode)
         if self.check:
-            check_image(img, shown if not isinstance(shown, list) else ", ".join(map(str, shown)),
-                        self.spatial_dims, True, self.allow_constant)
+            check_image(img, shown, self.spatial_dims, True, self.allow_constant)
         return img
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    cause = e
+    while cause.__cause__ is not None and isinstance(cause, RuntimeError):
+        cause = cause.__cause__
+    return cause
 
 
 class SafeLoadImaged(MapTransform):
@@ -176,7 +497,8 @@ class SafeLoadImaged(MapTransform):
         reader, ensure_channel_first, spatial_dims, check: see :class:`SafeLoadImage`.
         allow_constant: per key or one for all (True for label maps).
         allow_missing_keys: do not raise when a key is absent.
-        kwargs: further ``LoadImage`` arguments.
+        kwargs: ``max_voxels``, ``on_bad_slice`` (see :class:`SafeLoadImage`) and further ``LoadImage``
+            arguments.
 
     Raises:
         MedicalDataError: naming the file, for a missing/corrupt/truncated file, wrong dims, NaN/Inf or
@@ -214,6 +536,20 @@ def find_medical_error(exc: BaseException, types: tuple[type[BaseException], ...
     return None
 
 
+class TooManyBadSamples(MedicalDataError):
+    """More bad samples than a run allows (:attr:`SkipBadSamples.max_bad_fraction`); the message names them."""
+
+
+def _item_source(item: Any) -> str | None:
+    """The source file(s) of a data-list item, as text (``;`` between the files of a multi-file image)."""
+    if not isinstance(item, Mapping):
+        return None
+    src = item.get("source", item.get("image"))
+    if isinstance(src, (list, tuple)):
+        return ";".join(map(str, src))
+    return None if src is None else str(src)
+
+
 class SkipBadSamples(Dataset):
     """Wrap a dataset so that a bad sample is skipped in a long run: logged, counted, never silent.
 
@@ -221,55 +557,114 @@ class SkipBadSamples(Dataset):
     ``skip_on`` (by default :class:`MedicalDataError`), the failure is logged with a warning naming the
     file and the reason, counted in :attr:`skipped`, recorded in :attr:`failures` (this process only),
     and the next index is tried (wrapping around) up to ``max_consecutive`` times. Other exceptions
-    propagate. The counter is shared with ``DataLoader`` worker processes.
+    propagate. The counter and the set of bad indices are shared with ``DataLoader`` worker processes.
+
+    With ``max_bad_fraction`` set, a run stops once more than that share of the distinct samples has turned
+    out bad: :class:`TooManyBadSamples` (a ``MedicalDataError``) names the count, the share, the limit and
+    the files. ``DataLoader`` re-raises it in the main process, so the run ends with that error (and exit
+    code 1), not in the middle of a worker.
 
     Args:
         dataset: any map-style dataset (MONAI ``Dataset``, ``CacheDataset``, ``PersistentDataset``...).
         skip_on: exception types that mark a sample as bad.
         max_consecutive: give up (raise) after this many bad samples in a row.
         on_skip: optional callback ``(index, exception)``.
+        max_bad_fraction: the largest share of bad samples, in ``[0, 1]``, a run accepts (None: no limit;
+            0: the first bad sample stops it).
 
     Attributes:
-        skipped: number of skipped samples so far (all processes).
+        skipped: number of skipped reads so far (all processes; a bad sample read in every epoch counts
+            every time).
         failures: ``[(index, path, reason), ...]`` seen in this process.
     """
 
     def __init__(self, dataset: Dataset, skip_on: tuple[type[BaseException], ...] = (MedicalDataError,),
-                 max_consecutive: int = 16, on_skip: Callable[[int, BaseException], None] | None = None) -> None:
+                 max_consecutive: int = 16, on_skip: Callable[[int, BaseException], None] | None = None,
+                 max_bad_fraction: float | None = None) -> None:
         self.dataset = dataset
         self.skip_on = tuple(skip_on)
         self.max_consecutive = int(max_consecutive)
         self.on_skip = on_skip
-        self._count = multiprocessing.get_context().Value("i", 0)
+        if max_bad_fraction is not None:
+            max_bad_fraction = float(max_bad_fraction)
+            if not 0.0 <= max_bad_fraction <= 1.0:
+                raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}.")
+        self.max_bad_fraction = max_bad_fraction
+        ctx = multiprocessing.get_context()
+        self._count = ctx.Value("i", 0)
+        self._bad = ctx.Array("b", max(1, len(dataset)), lock=True)  # type: ignore[arg-type]
         self.failures: list[tuple[int, str | None, str]] = []
 
     @property
     def skipped(self) -> int:
         return int(self._count.value)
 
+    @property
+    def bad_indices(self) -> list[int]:
+        """The distinct indices found bad so far (all processes)."""
+        with self._bad.get_lock():
+            flags = bytes(self._bad.get_obj())  # type: ignore[attr-defined]
+        return [i for i, f in enumerate(flags[: len(self)]) if f]
+
+    def describe(self, index: int) -> str:
+        """The source of item ``index`` (from the wrapped dataset's data list) or ``index N``."""
+        data = getattr(self.dataset, "data", None)
+        try:
+            src = _item_source(data[index]) if data is not None else None
+        except Exception:  # a data list without that index
+            src = None
+        if src is None:
+            src = next((p for i, p, _ in self.failures if i == index and p), None)
+        return src or f"index {index}"
+
+    def bad_files(self) -> list[str]:
+        """The source file(s) of every distinct bad sample so far."""
+        return [self.describe(i) for i in self.bad_indices]
+
+    def summary(self) -> dict[str, Any]:
+        """``{"bad_samples", "bad_fraction", "max_bad_fraction", "bad_files", "skipped_reads"}`` for a report."""
+        bad = self.bad_indices
+        return {"bad_samples": len(bad), "bad_fraction": len(bad) / max(1, len(self)),
+                "max_bad_fraction": self.max_bad_fraction, "bad_files": [self.describe(i) for i in bad],
+                "skipped_reads": self.skipped}
+
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def _mark(self, index: int) -> int:
+        with self._bad.get_lock():
+            self._bad[index] = 1
+            return sum(bytes(self._bad.get_obj())[: len(self)])  # type: ignore[attr-defined]
+
     def __getitem__(self, index: int) -> Any:
         n = len(self)
-        i = int(index)
+        i = int(index) % max(1, n)
         last: BaseException | None = None
         for _ in range(max(1, min(self.max_consecutive, n))):
             try:
                 return self.dataset[i]
             except Exception as e:
                 bad = find_medical_error(e, self.skip_on)
-                if bad is None:
+                if bad is None or isinstance(bad, TooManyBadSamples):
                     raise
                 last = bad
                 with self._count.get_lock():
                     self._count.value += 1
+                n_bad = self._mark(i)
                 path = getattr(bad, "path", None)
                 reason = getattr(bad, "reason", str(bad))
                 self.failures.append((i, path, reason))
-                logger.warning("skipping bad sample %d (%s): %s [skipped so far: %d]", i, path, reason, self.skipped)
+                logger.warning("skipping bad sample %d (%s): %s [bad samples so far: %d of %d]", i, path, reason,
+                               n_bad, n)
                 if self.on_skip is not None:
                     self.on_skip(i, bad)
+                if self.max_bad_fraction is not None and n_bad > self.max_bad_fraction * n:
+                    files = self.bad_files()
+                    shown = "; ".join(files[:20]) + (f"; ... ({len(files) - 20} more)" if len(files) > 20 else "")
+                    raise TooManyBadSamples(
+                        f"{n_bad} of {n} samples ({100.0 * n_bad / n:.2f}%) could not be used, more than "
+                        f"max_bad_fraction {self.max_bad_fraction:g} allows; fix or remove them, or raise "
+                        f"max_bad_fraction. Bad files: {shown}. Last error: {reason}") from bad
                 i = (i + 1) % n
         raise MedicalDataError(f"{self.max_consecutive} bad samples in a row from index {index}; last: {last}")
 
