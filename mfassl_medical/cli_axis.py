@@ -3,13 +3,21 @@
 Each file (NIfTI, DICOM file or series folder, PNG, anything MONAI ``LoadImage`` reads) is loaded
 with ``LoadImage(image_only=True)`` and its axis estimated with
 :func:`mfassl_medical.axis.estimate_axis` in the world frame of the affine MONAI reports (RAS mm
-for NIfTI). With ``--json`` one object per line::
+for NIfTI). With ``--json`` one object per line, strict JSON (a NaN or infinite number is ``null``)::
 
-    {"path", "dims", "normal", "offset", "confidence", "fallback", "seconds", "load_seconds"}
+    {"path", "dims", "normal", "offset", "confidence", "fallback", "seconds", "load_seconds", "png"}
 
 where ``normal . x = offset`` for world points ``x`` on the axis, ``seconds`` is the estimation
-time and ``load_seconds`` the reading time. A file that cannot be read or estimated gives an
-``error: PATH: ...`` line on stderr and exit code 1; the other files are still processed.
+time, ``load_seconds`` the reading time and ``png`` the overlay written for this input (null without
+``--png``). Overlay names come from each input's path relative to the inputs' common folder
+(``siteA/scan.nii.gz`` and ``siteB/scan.nii.gz`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``;
+a name that is still taken gets ``-2``, ``-3``...), so no input overwrites another's overlay.
+
+Options are checked before any file is read: an unknown ``--method``, a ``--min-confidence`` that is
+not a number in [0, 1] (``nan``, ``5``) or a ``--png`` file given for several inputs stop the command
+with a usage message and exit code 2. Then every input gets its answer, or one ``error: PATH: ...``
+line on stderr naming it, and the other inputs are still processed; the exit code is 1 when any input
+failed (unreadable, not estimable, or its overlay could not be written), else 0.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -24,22 +33,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["main", "load_image", "write_overlay"]
+__all__ = ["main", "load_image", "overlay_paths", "write_overlay"]
 
 logger = logging.getLogger(__name__)
 
 
 def load_image(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``path`` with MONAI ``LoadImage(image_only=True)``.
+    """Read ``path`` with :class:`~mfassl_medical.data.SafeLoadImage` (MONAI ``LoadImage`` after header
+    checks: voxel budget, truncation; RGBA/LA composited on black; bad DICOM slices named).
 
     Returns:
         ``(C, *S)`` float32 array (channel-first; a file without channels gets ``C = 1``) and the
         ``(4, 4)`` index -> world affine MONAI reports.
     """
-    from monai.transforms import EnsureChannelFirst, LoadImage
+    from mfassl_medical.data.safe import SafeLoadImage
 
-    img = LoadImage(image_only=True)(path)
-    img = EnsureChannelFirst()(img)
+    img = SafeLoadImage(check=False)(path)
     affine = np.asarray(img.affine.detach().cpu(), dtype=np.float64)
     return np.asarray(img.as_tensor().detach().cpu(), dtype=np.float32), affine
 
@@ -102,40 +111,112 @@ def write_overlay(path: str, data: np.ndarray, axis_index: Any, title: str = "")
     plt.close(fig)
 
 
-def _png_path(out: str, path: str, many: bool) -> str:
-    if not many and out.lower().endswith(".png"):
-        return out
-    stem = os.path.basename(os.path.normpath(path))
-    for ext in (".nii.gz", ".nii", ".dcm", ".png", ".jpg"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
-            break
-    return os.path.join(out, f"{stem}_axis.png")
+_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha", ".mhd")
+
+
+def _strip_extension(name: str) -> str:
+    for ext in _EXTENSIONS:
+        if name.lower().endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def overlay_paths(out: str, paths: Sequence[str]) -> list[str]:
+    """One overlay PNG path per input, never the same path twice.
+
+    Args:
+        out: ``--png``: a ``.png`` file (one input only) or a folder.
+        paths: the inputs, in order.
+
+    Returns:
+        ``out`` itself for one input and a ``.png`` ``out``; else ``out/<name>_axis.png`` where ``<name>`` is
+        the input's path relative to the common folder of all inputs, extension dropped and folder separators
+        written as ``_`` (``siteA/scan.nii.gz`` -> ``siteA_scan``); a name already taken gets ``-2``, ``-3``...
+    """
+    if len(paths) == 1 and out.lower().endswith(".png") and not os.path.isdir(out):
+        return [out]
+    full = [os.path.abspath(os.path.normpath(p)) for p in paths]
+    try:
+        common = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
+    except ValueError:  # different drives (Windows): no common folder
+        common = ""
+    taken: set[str] = set()
+    result = []
+    for f in full:
+        rel = os.path.relpath(f, common) if common else f.lstrip(os.sep)
+        parts = [q for q in rel.replace("\\", "/").split("/") if q not in ("", ".")]
+        parts[-1] = _strip_extension(parts[-1])
+        stem = "_".join(q.replace(":", "_") for q in parts) or "image"
+        name, k = stem, 1
+        while name.lower() in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name.lower())
+        result.append(os.path.join(out, f"{name}_axis.png"))
+    return result
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _confidence(text: str) -> float:
+    """argparse type of ``--min-confidence``: a finite number in [0, 1]."""
+    from mfassl.options import as_float
+
+    try:
+        return float(as_float(text, "--min-confidence", low=0.0, high=1.0))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
 
 
 def _parser() -> argparse.ArgumentParser:
+    from mfassl_medical.axis import AXIS_ESTIMATORS
+
     p = argparse.ArgumentParser(prog="python -m mfassl_medical axis",
                                 description="Estimate the symmetry axis (2D midline / 3D mid-sagittal plane) "
-                                            "of image files in the world frame of their affine.")
+                                            "of image files in the world frame of their affine.",
+                                epilog="Exit codes: 0 every input answered; 1 at least one input failed (one "
+                                       "'error: PATH: ...' line each on stderr, the others still processed); "
+                                       "2 a bad option (nothing read).")
     p.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI, DICOM file or series folder, PNG")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (default: a readable line)")
+    p.add_argument("--json", action="store_true", help="one strict-JSON object per line (default: a readable line)")
     p.add_argument("--png", metavar="OUT", help="overlay PNG: a .png file for one input, else a folder")
-    p.add_argument("--method", default="auto", help="estimator name: auto, midline, msp, centre")
-    p.add_argument("--min-confidence", type=float, default=None, help="fall back to the centre below this")
+    p.add_argument("--method", default="auto", type=str.lower, choices=AXIS_ESTIMATORS.names(),
+                   help="estimator name (default auto)")
+    p.add_argument("--min-confidence", type=_confidence, default=None,
+                   help="fall back to the image centre below this confidence, a number in [0, 1]")
     p.add_argument("-v", "--verbose", action="store_true", help="log estimator warnings")
     return p
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns 0 when every file was processed, 1 otherwise."""
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    """Run the command; returns 0 when every input was processed, 1 when any failed (2: bad options)."""
+    parser = _parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.png and len(args.paths) > 1 and (os.path.isfile(args.png) or args.png.lower().endswith(".png")):
+        parser.error(f"--png {args.png!r} is a file, but {len(args.paths)} inputs were given: give a folder.")
+    if args.png and os.path.isfile(args.png) and not args.png.lower().endswith(".png"):
+        parser.error(f"--png {args.png!r} is an existing file that is not a .png: give a .png file or a folder.")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     from mfassl_medical.axis import DEFAULT_MIN_CONFIDENCE, estimate_axis
 
     min_conf = DEFAULT_MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
+    pngs = overlay_paths(args.png, args.paths) if args.png else [None] * len(args.paths)
     failures = 0
-    many = len(args.paths) > 1
-    for path in args.paths:
+    for path, png in zip(args.paths, pngs):
         try:
             if not os.path.exists(path):
                 raise FileNotFoundError("no such file or folder")
@@ -147,29 +228,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             est_s = time.perf_counter() - t1
         except Exception as e:  # report and go on with the next file
             failures += 1
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {path}: cannot process ({type(e).__name__}: {msg})", file=sys.stderr, flush=True)
+            print(f"error: {path}: cannot process ({_one_line(e)})", file=sys.stderr, flush=True)
             continue
-        record = {"path": path, "dims": int(axis.dims), "normal": [float(v) for v in axis.normal],
-                  "offset": float(axis.offset), "confidence": float(axis.confidence), "fallback": bool(axis.fallback),
-                  "seconds": round(est_s, 6), "load_seconds": round(load_s, 6)}
-        if args.json:
-            print(json.dumps(record), flush=True)
-        else:
-            n = ", ".join(f"{v:+.4f}" for v in axis.normal)
-            print(f"{path}: {axis.dims}D axis n=({n}) offset={axis.offset:.3f} confidence={axis.confidence:.3f}"
-                  f"{' FALLBACK' if axis.fallback else ''} ({est_s:.3f} s, load {load_s:.3f} s)", flush=True)
-        if args.png:
+        written = None
+        if png is not None:
             try:
                 from mfassl_medical.axis._prepare import prepare
 
                 prep = prepare(data, affine, channel_first=True)
-                out = _png_path(args.png, path, many)
-                write_overlay(out, prep.data, axis.to_index(prep.affine),
-                              title=f"{os.path.basename(path)}  conf {axis.confidence:.2f}")
+                write_overlay(png, prep.data, axis.to_index(prep.affine),
+                              title=f"{os.path.basename(os.path.normpath(path))}  conf {axis.confidence:.2f}")
+                written = png
             except Exception as e:
                 failures += 1
-                print(f"error: {path}: cannot write the overlay ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+                print(f"error: {path}: cannot write the overlay {png} ({_one_line(e)})", file=sys.stderr, flush=True)
+        record = {"path": path, "dims": int(axis.dims), "normal": [float(v) for v in axis.normal],
+                  "offset": float(axis.offset), "confidence": float(axis.confidence), "fallback": bool(axis.fallback),
+                  "seconds": round(est_s, 6), "load_seconds": round(load_s, 6), "png": written}
+        if args.json:
+            print(json.dumps(_json_safe(record), allow_nan=False), flush=True)
+        else:
+            n = ", ".join(f"{v:+.4f}" for v in axis.normal)
+            print(f"{path}: {axis.dims}D axis n=({n}) offset={axis.offset:.3f} confidence={axis.confidence:.3f}"
+                  f"{' FALLBACK' if axis.fallback else ''} ({est_s:.3f} s, load {load_s:.3f} s)"
+                  f"{f' png={written}' if written else ''}", flush=True)
     return 1 if failures else 0
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mfassl.geometry import SymmetryPlane3D
-from mfassl_medical.cli_axis import main
+from mfassl_medical import cli_axis
+from mfassl_medical.cli_axis import main, overlay_paths
 
 nibabel = pytest.importorskip("nibabel")
 
@@ -44,7 +45,8 @@ def test_cli_json_fields_values_png_and_errors(tmp_path, capsys) -> None:
     lines = [json.loads(s) for s in out.strip().splitlines()]
     assert len(lines) == 1
     rec = lines[0]
-    assert set(rec) == {"path", "dims", "normal", "offset", "confidence", "fallback", "seconds", "load_seconds"}
+    assert set(rec) == {"path", "dims", "normal", "offset", "confidence", "fallback", "seconds", "load_seconds", "png"}
+    assert rec["png"] == str(png / "vol_axis.png")
     assert rec["path"] == str(good) and rec["dims"] == 3 and rec["fallback"] is False
     est = SymmetryPlane3D(normal=rec["normal"], offset=rec["offset"])
     assert est.angle_to(plane) < 0.3
@@ -72,3 +74,136 @@ def test_cli_2d_png(tmp_path, capsys) -> None:
     assert abs(abs(rec["normal"][0]) - 1.0) < 1e-3
     assert abs(abs(rec["offset"]) - 39.5) < 0.2
     assert out_png.exists()
+
+
+# -- one bad file costs one file; options mean what they say -------------------------------------------------
+def _mirrored_png(path, seed: int, h: int = 40, w: int = 48) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    half = rng.uniform(0, 200, (h, w // 2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate([half, half[:, ::-1]], axis=1).astype(np.uint8)).save(path)
+
+
+def _nifti(path, seed: int, offset: float) -> None:
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-24.0, -24.0, -20.0)
+    plane = SymmetryPlane3D.through_point((1.0, 0.0, 0.0), (offset, 0.0, 0.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nibabel.save(nibabel.Nifti1Image(_symmetric_volume(affine, plane, shape=(24, 24, 20)), affine), str(path))
+
+
+def test_same_file_name_in_two_folders_gets_two_overlays(tmp_path, capsys) -> None:
+    a, b = tmp_path / "siteA" / "scan.nii.gz", tmp_path / "siteB" / "scan.nii.gz"
+    _nifti(a, 1, offset=-3.0)
+    _nifti(b, 2, offset=4.0)
+    out = tmp_path / "png"
+    assert main([str(a), str(b), "--json", "--png", str(out)]) == 0
+    recs = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
+    assert [r["path"] for r in recs] == [str(a), str(b)]
+    assert [r["png"] for r in recs] == [str(out / "siteA_scan_axis.png"), str(out / "siteB_scan_axis.png")]
+    assert abs(recs[0]["offset"] - recs[1]["offset"]) > 5.0  # two different answers, two different pictures
+    blobs = [(out / n).read_bytes() for n in ("siteA_scan_axis.png", "siteB_scan_axis.png")]
+    assert all(len(x) > 1000 for x in blobs) and blobs[0] != blobs[1]
+
+
+def test_overlay_paths_are_unique() -> None:
+    paths = ["/d/siteA/scan.nii.gz", "/d/siteB/scan.nii.gz", "/d/siteA/scan.nii.gz", "/d/siteA_scan.png"]
+    got = overlay_paths("/o", paths)
+    assert got == ["/o/siteA_scan_axis.png", "/o/siteB_scan_axis.png", "/o/siteA_scan-2_axis.png",
+                   "/o/siteA_scan-3_axis.png"]
+    assert overlay_paths("/o", ["/x/a/vol.nii", "/x/a/other.dcm"]) == ["/o/vol_axis.png", "/o/other_axis.png"]
+    assert overlay_paths("/o/one.png", ["/x/a/vol.nii"]) == ["/o/one.png"]
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli_axis, "load_image", lambda path: calls.append(path) or (_ for _ in ()).throw(AssertionError))
+    return calls
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--method", "nope"], ["--method", "invalid choice: 'nope'", "midline"]),
+    (["--min-confidence", "nan"], ["--min-confidence", "'nan' is NaN"]),
+    (["--min-confidence", "5"], ["--min-confidence", "'5' is outside the allowed range [0.0, 1.0]"]),
+    (["--min-confidence", "-0.1"], ["--min-confidence", "outside"]),
+    (["--min-confidence", "inf"], ["--min-confidence", "infinite"]),
+    (["--min-confidence", "high"], ["--min-confidence", "not a number"]),
+])
+def test_bad_options_are_refused_before_any_file_is_read(tmp_path, capsys, no_loading, argv, words) -> None:
+    img = tmp_path / "x.png"
+    _mirrored_png(img, 0)
+    with pytest.raises(SystemExit) as err:
+        main([str(img), "--json", *argv])
+    assert err.value.code == 2 and no_loading == []
+    msg = capsys.readouterr().err
+    assert all(w in msg for w in words), msg
+
+
+def test_method_is_case_insensitive_and_min_confidence_one_forces_the_fallback(tmp_path, capsys) -> None:
+    img = tmp_path / "x.png"
+    _mirrored_png(img, 0)
+    assert main([str(img), "--json", "--method", "MIDLINE", "--min-confidence", "1"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["fallback"] is True and rec["png"] is None
+
+
+def test_png_file_for_several_inputs_is_refused(tmp_path, capsys, no_loading) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _mirrored_png(a, 0)
+    _mirrored_png(b, 1)
+    existing = tmp_path / "taken.png"
+    existing.write_bytes(b"x")
+    with pytest.raises(SystemExit) as err:
+        main([str(a), str(b), "--png", str(existing)])
+    assert err.value.code == 2 and no_loading == [] and "give a folder" in capsys.readouterr().err
+
+
+def test_every_input_gets_an_answer_or_one_error_line(tmp_path, capsys, monkeypatch) -> None:
+    good1, nan_img, good2 = tmp_path / "a" / "x.png", tmp_path / "nan.nii.gz", tmp_path / "b" / "x.png"
+    _mirrored_png(good1, 0)
+    _mirrored_png(good2, 1)
+    vol = np.ones((8, 8, 8), np.float32)
+    vol[2, 3, 4] = np.nan
+    nibabel.save(nibabel.Nifti1Image(vol, np.eye(4)), str(nan_img))
+    real = cli_axis.write_overlay
+
+    def overlay(path, *a, **k):
+        if os.path.basename(path) == "a_x_axis.png":  # the first input's overlay cannot be written
+            raise OSError("disk full")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(cli_axis, "write_overlay", overlay)
+    out = tmp_path / "png"
+    rc = main([str(good1), str(nan_img), str(tmp_path / "gone.png"), str(good2), "--json", "--png", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    recs = [json.loads(s) for s in captured.out.strip().splitlines()]
+    assert [r["path"] for r in recs] == [str(good1), str(good2)]
+    assert recs[0]["png"] is None and recs[1]["png"] == str(out / "b_x_axis.png") and os.path.isfile(recs[1]["png"])
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 3 and "Traceback" not in captured.err
+    assert errors[0].startswith(f"error: {good1}: cannot write the overlay") and "disk full" in errors[0]
+    assert errors[1].startswith(f"error: {nan_img}: ") and errors[2].startswith(f"error: {tmp_path / 'gone.png'}: ")
+
+
+def test_json_output_is_strict(tmp_path, capsys, monkeypatch) -> None:
+    import types
+
+    import mfassl_medical.axis as axis_pkg
+
+    img = tmp_path / "x.png"
+    _mirrored_png(img, 0)
+    fake = types.SimpleNamespace(dims=2, normal=np.array([1.0, np.nan]), offset=float("inf"),
+                                 confidence=float("nan"), fallback=False)
+    monkeypatch.setattr(axis_pkg, "estimate_axis", lambda *a, **k: fake)
+    assert main([str(img), "--json"]) == 0
+    line = capsys.readouterr().out.strip()
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    rec = json.loads(line, parse_constant=refuse)
+    assert rec["normal"] == [1.0, None] and rec["offset"] is None and rec["confidence"] is None
