@@ -3,11 +3,16 @@
 MONAI Label lives in its own venv (``.venv-label``: it needs numpy 1.26 and pydicom 2); this module runs in the
 project venv and drives it through its command line:
 
-1. copy the ``monaibundle`` sample app out of the installed wheel (``monailabel apps --download``, no network);
+1. write the MFASSL MONAI Label app (``<workdir>/apps/mfassl``: ``main.py``, ``mfassl_asgi.py``, ``mfassl_ids.py``
+   from :mod:`mfassl_medical.label_server`): its datastore refuses image ids and label tags that name anything
+   outside the studies folder, its ASGI wrapper allows only loopback CORS origins by default and answers 400 / 404
+   for bad ids and unknown models or images;
 2. put the bundle under ``<app>/model/<name>/`` with ``models/model.pt`` and the network sizes the weights were
-   trained with written into its ``configs/inference.json``;
-3. write the studies folder MONAI Label serves: one 4D NIfTI (X, Y, Z, 4 modalities) per BraTS case, and the
-   reference masks under ``labels/final/`` (a temporary copy; the server writes into it);
+   trained with written into its ``configs/inference.json`` (files a previous server wrote there are moved to
+   ``<workdir>/model-backups/`` first);
+3. add to the studies folder MONAI Label serves what it lacks: one 4D NIfTI (X, Y, Z, 4 modalities) per BraTS
+   case and the reference masks under ``labels/final/``. Files already there (saved labels, uploaded images, the
+   datastore's JSON) are kept as they are;
 4. start ``monailabel start_server`` on 127.0.0.1 with the two start-up downloads turned off
    (``BUNDLE_DOWNLOAD_SRC=ngc`` and ``--conf sam2 false``), ``MLFLOW_DISABLE_TELEMETRY=true`` and ``HOME`` in the
    work folder.
@@ -31,16 +36,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from mfassl.options import as_bool, as_int
 
 __all__ = [
     "BUNDLE_NAME",
     "TINY_NETWORK",
+    "APP_NAME",
     "default_bundle_dir",
+    "loopback_origins",
+    "write_app_files",
     "write_label_studies",
     "train_bundle",
     "prepare_label_app",
@@ -50,12 +62,18 @@ __all__ = [
     "wait_until_ready",
     "stop_label_server",
     "infer",
+    "build_parser",
     "main",
 ]
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_NAME = "mfassl_brats_segmentation"
+APP_NAME = "mfassl"
+"""Folder name of the prepared app under ``<workdir>/apps/``."""
+ASGI_APP = "mfassl_asgi:app"
+"""What ``--uvicorn_app`` names: MONAI Label's FastAPI app with the MFASSL guards (``mfassl_asgi.py``)."""
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 TINY_NETWORK: dict[str, Any] = {
     "feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
@@ -72,19 +90,40 @@ def default_bundle_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME
 
 
+def _atomic_write(dest: Path, write: Callable[[Path], None], suffix: str = ".part") -> None:
+    """Write ``dest`` through a hidden temporary file in its folder (``write(tmp)``), then rename it into place.
+
+    ``suffix`` ends the temporary name (``.part.nii.gz`` lets nibabel pick the format from it).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_label_studies(out_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None,
                         cases: Sequence[str] | None = None, with_labels: bool = True) -> list[str]:
-    """Write a MONAI Label studies folder from a BraTS folder (default: the demo data).
+    """Add to a MONAI Label studies folder the cases of a BraTS folder (default: the demo data) it lacks.
+
+    Nothing already in ``out_dir`` is changed or removed: an image ``<id>.nii.gz`` or a label
+    ``labels/final/<id>.nii.gz`` that exists (a label saved through ``PUT /datastore/label``, an uploaded image, an
+    earlier run's copy) is kept as it is; only missing files are written, each through a temporary file renamed
+    into place, so an interrupted run leaves no half-written study.
 
     Args:
-        out_dir: the studies folder (created).
+        out_dir: the studies folder (created if missing).
         dataset_dir: BraTS root; None builds/reuses the demo data.
         cases: case names to write (default all).
-        with_labels: also write ``labels/final/<case>.nii.gz`` (the BraTS seg) when a case has one.
+        with_labels: also write ``labels/final/<case>.nii.gz`` (the BraTS seg) when a case has one and no label
+            is there yet.
 
     Returns:
-        the image ids (the case names), each ``<out_dir>/<id>.nii.gz`` of shape ``(X, Y, Z, 4)``
-        (t1, t1ce, t2, flair; the t1 affine).
+        the image ids of the BraTS cases (the case names), each ``<out_dir>/<id>.nii.gz`` of shape ``(X, Y, Z, 4)``
+        (t1, t1ce, t2, flair; the t1 affine). Other images in the folder are kept but not listed.
     """
     import nibabel as nib
     import numpy as np
@@ -97,19 +136,31 @@ def write_label_studies(out_dir: str | os.PathLike, dataset_dir: str | os.PathLi
         dataset_dir = build_demo_data().brats
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids = []
+    ids, added, kept = [], 0, 0
     for rec in find_brats_cases(dataset_dir):
         if cases is not None and rec["case"] not in cases:
             continue
-        imgs = [nib.load(p) for p in rec["image"]]
-        data = np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1)
-        nib.save(nib.Nifti1Image(data, imgs[0].affine), str(out / f"{rec['case']}.nii.gz"))
+        image = out / f"{rec['case']}.nii.gz"
+        if image.exists():
+            kept += 1
+        else:
+            imgs = [nib.load(p) for p in rec["image"]]
+            data = np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1)
+            vol = nib.Nifti1Image(data, imgs[0].affine)
+            _atomic_write(image, lambda tmp, v=vol: nib.save(v, str(tmp)), suffix=".part.nii.gz")
+            added += 1
         if with_labels and "label" in rec:
-            (out / "labels" / "final").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(rec["label"], out / "labels" / "final" / f"{rec['case']}.nii.gz")
+            label = out / "labels" / "final" / f"{rec['case']}.nii.gz"
+            if label.exists():
+                kept += 1
+            else:
+                label.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_write(label, lambda tmp, src=rec["label"]: shutil.copyfile(src, tmp))
+                added += 1
         ids.append(rec["case"])
     if not ids:
         raise ValueError(f"no case of {dataset_dir} matched {cases}.")
+    logger.info("studies %s: %d file(s) added, %d already there kept as they are", out, added, kept)
     return ids
 
 
@@ -153,76 +204,180 @@ def _monailabel(label_venv: str | os.PathLike) -> list[str]:
     return [str(exe), "-m", "monailabel.main"]
 
 
-def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike, label_venv: str | os.PathLike,
-                      network: Mapping[str, Any] | None = None, bundle_dir: str | os.PathLike | None = None,
-                      name: str = BUNDLE_NAME) -> Path:
-    """The ``monaibundle`` app with the bundle (and ``model_file`` as ``models/model.pt``) in ``<app>/model/<name>``.
+def write_app_files(app: str | os.PathLike) -> Path:
+    """Write the MFASSL MONAI Label app's code into ``app`` (``main.py``, ``mfassl_asgi.py``, ``mfassl_ids.py``).
+
+    The files come from :mod:`mfassl_medical.label_server`; they are the project's own and are rewritten each time.
+    Returns the app folder.
+    """
+    from mfassl_medical.label_server import TEMPLATE_FILES
+
+    app = Path(app)
+    app.mkdir(parents=True, exist_ok=True)
+    src = Path(__file__).resolve().parent / "label_server"
+    for name, target in TEMPLATE_FILES.items():
+        shutil.copyfile(src / name, app / target)
+    for sub in ("model", "lib", "logs", "bin"):
+        (app / sub).mkdir(exist_ok=True)
+    return app
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _back_up_outputs(dst: Path, model_file: Path, backups: Path) -> Path | None:
+    """Move what a server wrote into the served bundle copy (``models/``, ``logs/``, ``eval/``, ``runs/``: a model
+    trained or uploaded through MONAI Label) to ``backups/<name>-<time>/``, except a ``models/model.pt`` equal to
+    ``model_file``. Returns the backup folder, or None when there was nothing to keep."""
+    files = [p for d in ("models", "logs", "eval", "runs") if (dst / d).is_dir() for p in sorted((dst / d).rglob("*"))
+             if p.is_file() and not (p == dst / "models" / "model.pt" and _same_content(p, model_file))]
+    if not files:
+        return None
+    target = backups / f"{dst.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for f in files:
+        (target / f.relative_to(dst)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(f), target / f.relative_to(dst))
+    logger.warning("moved %d file(s) the previous server wrote under %s to %s", len(files), dst, target)
+    return target
+
+
+def _check_network(network: Mapping[str, Any] | None) -> dict[str, Any]:
+    if network is not None and not isinstance(network, Mapping):
+        raise ValueError(f"network must be a mapping of sizes, got {type(network).__name__}: {network!r}.")
+    bad = sorted(set(network or {}) - set(_NETWORK_KEYS))
+    if bad:
+        raise ValueError(f"unknown network key(s) {bad}; use {list(_NETWORK_KEYS)}.")
+    return dict(network or {})
+
+
+def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike,
+                      label_venv: str | os.PathLike | None = None, network: Mapping[str, Any] | None = None,
+                      bundle_dir: str | os.PathLike | None = None, name: str = BUNDLE_NAME) -> Path:
+    """The MFASSL MONAI Label app with the bundle (and ``model_file`` as ``models/model.pt``) in ``<app>/model/<name>``.
 
     Args:
-        workdir: the app goes to ``<workdir>/apps/monaibundle`` (copied from the wheel once).
+        workdir: the app goes to ``<workdir>/apps/mfassl``.
         model_file: trained SwinUNETR weights (state dict, or a dict with ``"model"``).
-        label_venv: the MONAI Label venv.
+        label_venv: the MONAI Label venv (checked to exist when given).
         network: sizes written into the copy's ``inference.json`` (keys among ``feature_size``, ``depths``,
             ``num_heads``, ``window_size``, ``patch_size``, ``roi_size``, ``sw_batch_size``, ``sw_overlap``);
             they must be those ``model_file`` was trained with.
         bundle_dir: the bundle source (default :func:`default_bundle_dir`).
-        name: the model name the server exposes.
+        name: the model name the server exposes (an id: no path separator, no ``..``).
 
     Returns:
-        the app folder.
+        the app folder. The bundle copy is rewritten; what a previous server wrote into it (a model trained or
+        uploaded through MONAI Label, logs) is moved to ``<workdir>/model-backups/`` first.
     """
-    apps = Path(workdir) / "apps"
-    app = apps / "monaibundle"
-    if not (app / "main.py").is_file():
-        apps.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*_monailabel(label_venv), "apps", "--download", "--name", "monaibundle", "--output",
-                        str(apps)], check=True, env=label_server_env(Path(workdir) / "home"))
+    from mfassl_medical.label_server.ids import check_id
+
+    check_id(name, "model name")
+    network = _check_network(network)
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise FileNotFoundError(f"model file {model_file} not found.")
+    if label_venv is not None:
+        _monailabel(label_venv)
+    app = write_app_files(Path(workdir) / "apps" / APP_NAME)
     src = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
+    if not (src / "configs" / "inference.json").is_file():
+        raise FileNotFoundError(f"{src} is not a bundle: {src / 'configs' / 'inference.json'} not found.")
     dst = app / "model" / name
     if dst.exists():
+        _back_up_outputs(dst, model_file, Path(workdir) / "model-backups")
         shutil.rmtree(dst)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models", "eval", "logs", "runs", "__pycache__"))
     (dst / "models").mkdir()
     shutil.copyfile(model_file, dst / "models" / "model.pt")
-    bad = sorted(set(network or {}) - set(_NETWORK_KEYS))
-    if bad:
-        raise ValueError(f"unknown network key(s) {bad}; use {list(_NETWORK_KEYS)}.")
     cfg_file = dst / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg.update(network or {})
+    cfg.update(network)
     cfg_file.write_text(json.dumps(cfg, indent=4) + "\n")
+    # MONAI Label names labels from the first output's channel_def: serve the label-map names
+    meta_file = dst / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    outputs = meta["network_data_format"]["outputs"]
+    if "label_map" in outputs:
+        outputs["pred"]["channel_def"] = outputs["label_map"]["channel_def"]
+        meta_file.write_text(json.dumps(meta, indent=4) + "\n")
     return app
 
 
-def label_server_env(home: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment of an offline server: no zoo or telemetry download, ``HOME`` in ``home``."""
+def loopback_origins(port: int) -> list[str]:
+    """The CORS origins the served app allows by default: ``http://127.0.0.1:PORT`` and ``http://localhost:PORT``."""
+    return [f"http://127.0.0.1:{int(port)}", f"http://localhost:{int(port)}"]
+
+
+def _check_origin(origin: str) -> str:
+    u = urllib.parse.urlsplit(origin)
+    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query or u.fragment:
+        raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port] (http or https, no path); '*' is "
+                         "not offered.")
+    return origin.rstrip("/")
+
+
+def label_server_env(home: str | os.PathLike, base: Mapping[str, str] | None = None,
+                     app: str | os.PathLike | None = None,
+                     cors_origins: Sequence[str] | None = None) -> dict[str, str]:
+    """Environment of an offline server: no zoo or telemetry download, ``HOME`` in ``home``.
+
+    Args:
+        home: HOME, TMPDIR and MPLCONFIGDIR of the server (created).
+        base: the environment to start from (default ``os.environ``).
+        app: the prepared app; put on ``PYTHONPATH`` so that ``--uvicorn_app mfassl_asgi:app`` imports.
+        cors_origins: origins to allow besides none (sets ``MONAI_LABEL_CORS_ORIGINS``); None keeps what ``base``
+            has, and the app then allows only the loopback origins of its port.
+    """
     env = dict(os.environ if base is None else base)
     Path(home).mkdir(parents=True, exist_ok=True)
     env.update(BUNDLE_DOWNLOAD_SRC="ngc", MLFLOW_DISABLE_TELEMETRY="true", HOME=str(home),
                MPLCONFIGDIR=str(Path(home) / "matplotlib"), PYTHONNOUSERSITE="1", TMPDIR=str(Path(home)))
     env.pop("PYTHONPATH", None)  # the project venv's paths must not leak into MONAI Label's
+    if app is not None:
+        env["PYTHONPATH"] = str(Path(app).absolute())
+    if cors_origins:
+        env["MONAI_LABEL_CORS_ORIGINS"] = json.dumps([_check_origin(o) for o in cors_origins])
     return env
 
 
 def label_server_command(app: str | os.PathLike, studies: str | os.PathLike, label_venv: str | os.PathLike,
                          port: int = 8000, host: str = "127.0.0.1", name: str = BUNDLE_NAME) -> list[str]:
-    """``monailabel start_server`` arguments for the app (no conf value may contain spaces)."""
-    return [*_monailabel(label_venv), "start_server", "--app", str(Path(app).absolute()),
-            "--studies", str(Path(studies).absolute()),
-            "--conf", "models", name, "--conf", "sam2", "false", "--conf", "zoo_source", "ngc",
-            "--host", host, "--port", str(int(port))]
+    """``monailabel start_server`` arguments for the app (no conf value may contain spaces).
+
+    An app written by :func:`prepare_label_app` (it has ``mfassl_asgi.py``) is served through
+    ``--uvicorn_app mfassl_asgi:app``; the server's environment must then put the app on ``PYTHONPATH``
+    (``label_server_env(..., app=app)``).
+    """
+    port = as_int(port, "port", low=1, high=65535)
+    cmd = [*_monailabel(label_venv), "start_server", "--app", str(Path(app).absolute()),
+           "--studies", str(Path(studies).absolute()),
+           "--conf", "models", name, "--conf", "sam2", "false", "--conf", "zoo_source", "ngc",
+           "--host", host, "--port", str(port)]
+    if (Path(app) / "mfassl_asgi.py").is_file():
+        cmd += ["--uvicorn_app", ASGI_APP]
+    else:
+        logger.warning("%s has no mfassl_asgi.py: MONAI Label's own defaults apply (CORS '*', no id checks)", app)
+    if host not in _LOOPBACK_HOSTS:
+        logger.warning("MONAI Label will listen on %s: without authentication, anyone who reaches it can read and "
+                       "write the studies", host)
+    return cmd
 
 
 def start_label_server(app: str | os.PathLike, studies: str | os.PathLike, label_venv: str | os.PathLike,
                        home: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1", name: str = BUNDLE_NAME,
-                       log_file: str | os.PathLike | None = None) -> subprocess.Popen:
+                       log_file: str | os.PathLike | None = None,
+                       cors_origins: Sequence[str] | None = None) -> subprocess.Popen:
     """Start the server in the background (stdout/stderr to ``log_file`` if given); stop it with
-    :func:`stop_label_server`."""
+    :func:`stop_label_server`. ``cors_origins``: see :func:`label_server_env`."""
     cmd = label_server_command(app, studies, label_venv, port, host, name)
     logger.info("starting: %s", " ".join(cmd))
     out = open(log_file, "wb") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, env=label_server_env(home), stdout=out, stderr=subprocess.STDOUT,
-                            cwd=str(Path(home)))
+    return subprocess.Popen(cmd, env=label_server_env(home, app=app, cors_origins=cors_origins), stdout=out,
+                            stderr=subprocess.STDOUT, cwd=str(Path(home)))
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0,
@@ -248,7 +403,8 @@ def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: fl
 def infer(url: str, image_id: str, out_file: str | os.PathLike, name: str = BUNDLE_NAME,
           timeout: float = 600.0) -> Path:
     """``POST <url>/infer/<name>?image=<id>&output=image``; writes the returned label volume to ``out_file``."""
-    req = urllib.request.Request(f"{url}/infer/{name}?image={image_id}&output=image", data=b"", method="POST")
+    query = urllib.parse.urlencode({"image": image_id, "output": "image"})
+    req = urllib.request.Request(f"{url}/infer/{urllib.parse.quote(name, safe='')}?{query}", data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as r:
         Path(out_file).write_bytes(r.read())
     return Path(out_file)
@@ -267,10 +423,45 @@ def stop_label_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:
     return proc.returncode
 
 
+def _network_arg(text: str) -> dict[str, Any]:
+    """``--network``: a JSON object of network sizes with known keys."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"option '--network': {text!r} is not JSON ({e}).") from None
+    try:
+        return _check_network(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"option '--network': {e}") from None
+
+
+def _strict(parse: Callable[..., Any], key: str, **kwargs: Any) -> Callable[[str], Any]:
+    """An argparse ``type`` from :mod:`mfassl.options` whose error names ``key`` and the value."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text, key, **kwargs)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _origin_arg(text: str) -> str:
+    try:
+        return _check_origin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"option '--cors-origin': {e}") from None
+
+
 def _serve(args: argparse.Namespace) -> int:
     work = Path(args.workdir).resolve()
-    network = dict(TINY_NETWORK) if args.network is None else json.loads(args.network)
+    network = dict(TINY_NETWORK) if args.network is None else args.network
+    _monailabel(args.label_venv)  # fail before any training when the MONAI Label venv is missing
     model = args.model
+    if model is not None and not Path(model).is_file():
+        raise FileNotFoundError(f"--model {model}: file not found.")
     if model is None:
         overrides = {**network, "epochs": args.train_epochs, "epoch_length": args.train_steps,
                      "val_interval": args.train_epochs + 1, "learning_rate": 1e-3}
@@ -280,40 +471,57 @@ def _serve(args: argparse.Namespace) -> int:
             overrides["pretrained_checkpoint"] = args.pretrained_checkpoint
         model = train_bundle(work / "train", overrides=overrides)
     app = prepare_label_app(work, model, args.label_venv, network=network)
-    studies = work / "studies"
-    if studies.exists():
-        shutil.rmtree(studies)
-    ids = write_label_studies(studies, args.dataset_dir)
+    studies = work / "studies"  # kept across restarts: saved labels and uploaded images stay
+    ids = write_label_studies(studies, args.dataset_dir, with_labels=args.with_labels)
     cmd = label_server_command(app, studies, args.label_venv, args.port, args.host)
-    print(f"serving {len(ids)} studies from {studies} on http://{args.host}:{args.port}\n"
+    env = label_server_env(work / "home", app=app, cors_origins=args.cors_origin)
+    origins = args.cors_origin or loopback_origins(args.port)
+    print(f"serving {len(ids)} studies from {studies} on http://{args.host}:{args.port} (CORS origins: "
+          f"{', '.join(origins)})\n"
           f"  curl -X POST 'http://{args.host}:{args.port}/infer/{BUNDLE_NAME}?image={ids[0]}&output=image' -o seg.nii.gz",
           flush=True)
-    os.execve(cmd[0], cmd, label_server_env(work / "home"))
+    os.chdir(work / "home")  # relative names in requests never resolve against the user's folder
+    os.execve(cmd[0], cmd, env)
     return 0  # not reached
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m mfassl_medical.label_app`` parser: booleans and numbers are parsed strictly
+    (:func:`mfassl.options.as_bool` / :func:`~mfassl.options.as_int`); a bad value stops with an error naming the
+    option."""
     p = argparse.ArgumentParser(prog="python -m mfassl_medical.label_app", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="prepare the app and studies, then run the MONAI Label server (foreground)")
     s.add_argument("--workdir", default="outputs/label", help="app, studies, HOME and training output")
     s.add_argument("--label-venv", default=".venv-label")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    s.add_argument("--port", type=_strict(as_int, "--port", low=1, high=65535), default=8000)
+    s.add_argument("--cors-origin", action="append", type=_origin_arg, default=None, metavar="URL",
+                   help="a browser origin allowed to call the server (repeatable; default: http://127.0.0.1:PORT "
+                        "and http://localhost:PORT only)")
     s.add_argument("--model", help="trained model.pt (default: train a tiny one first)")
-    s.add_argument("--network", help="JSON of the network sizes the model has (default: the tiny sizes)")
+    s.add_argument("--network", type=_network_arg,
+                   help="JSON of the network sizes the model has (default: the tiny sizes)")
     s.add_argument("--dataset-dir", help="BraTS folder (default: demo data)")
+    s.add_argument("--with-labels", type=_strict(as_bool, "--with-labels"), default=True, metavar="BOOL",
+                   help="add the reference masks as labels/final where a case has none (true/false; default true)")
     s.add_argument("--pretrained-checkpoint", help="MFASSL checkpoint for the encoder of the tiny training")
-    s.add_argument("--train-epochs", type=int, default=1)
-    s.add_argument("--train-steps", type=int, default=4, help="iterations per epoch of the tiny training")
-    w = sub.add_parser("studies", help="write a MONAI Label studies folder (4D NIfTI per case)")
+    s.add_argument("--train-epochs", type=_strict(as_int, "--train-epochs", low=1), default=1)
+    s.add_argument("--train-steps", type=_strict(as_int, "--train-steps", low=1), default=4,
+                   help="iterations per epoch of the tiny training")
+    w = sub.add_parser("studies", help="add the cases a MONAI Label studies folder lacks (4D NIfTI per case)")
     w.add_argument("out_dir")
     w.add_argument("--dataset-dir")
-    args = p.parse_args(argv)
+    w.add_argument("--with-labels", type=_strict(as_bool, "--with-labels"), default=True, metavar="BOOL")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.cmd == "studies":
-        ids = write_label_studies(args.out_dir, args.dataset_dir)
-        print(f"wrote {len(ids)} studies to {args.out_dir}")
+        ids = write_label_studies(args.out_dir, args.dataset_dir, with_labels=args.with_labels)
+        print(f"{len(ids)} studies in {args.out_dir}")
         return 0
     return _serve(args)
 

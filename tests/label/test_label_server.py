@@ -5,6 +5,10 @@ A tiny SwinUNETR is trained for two steps on the demo data through the bundle's 
 ``POST /infer`` returns a label volume for a lesion case, and SIGTERM stops the server. A two-step model does not
 segment: the test checks what is honest to check (shape, affine, labels within the bundle's label set) and records
 the whole-tumour Dice it measured against the demo mask (``-rA`` or the JUnit report show it).
+
+The same server start also checks what the MFASSL app guards: ids that name files outside the studies folder
+(``PUT /datastore/image``, ``PUT /datastore/label``, ``POST /infer``) answer 400 and write or read nothing there,
+unknown models and images answer 404, a bad ``params`` JSON 400, and CORS answers only loopback origins.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +53,75 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _call(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+          timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request; returns (status, headers with lower-case names, body) for error statuses too."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def _multipart(field: str, filename: str, data: bytes, extra: dict[str, str] | None = None
+               ) -> tuple[bytes, dict[str, str]]:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (extra or {}).items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _check_guards(url: str, port: int, studies: Path, lesion: str, healthy: str, sentinel_root: Path) -> None:
+    """Traversal, 400/404 and CORS cases against the running server (no inference runs)."""
+    nifti = (studies / "labels" / "final" / f"{healthy}.nii.gz").read_bytes()
+    before = sorted(p.name for p in sentinel_root.iterdir())
+    cases = [  # (method, path and query, multipart field or None, expected status)
+        ("PUT", "/datastore/image?image=../../mfassl_escape", "file", 400),
+        ("PUT", "/datastore/image?image=%2Ftmp%2Fmfassl_escape", "file", 400),
+        ("PUT", f"/datastore/label?image={lesion}&tag=../../mfassl_escape", "label", 400),
+        ("PUT", "/datastore/label?image=..%2F..%2Fmfassl_escape&tag=final", "label", 400),
+        ("PUT", "/datastore/label?image=NoSuchCase&tag=final", "label", 404),
+        ("POST", f"/infer/{BUNDLE_NAME}?image=../../etc/passwd&output=image", None, 400),
+        ("POST", f"/infer/{BUNDLE_NAME}?image=%2Fetc%2Fpasswd&output=image", None, 400),
+        ("POST", f"/infer/{BUNDLE_NAME}?image=NoSuchCase&output=image", None, 404),
+        ("POST", f"/infer/no_such_model?image={lesion}&output=image", None, 404),
+        ("GET", "/datastore/image?image=..%2Fserver.log", None, 400),
+        ("GET", "/datastore/image?image=NoSuchCase", None, 404),
+    ]
+    for method, path, field, want in cases:
+        body, headers = _multipart(field, "x.nii.gz", nifti) if field else (b"" if method != "GET" else None, {})
+        status, _, text = _call(method, url + path, body, headers)
+        assert status == want, (method, path, status, text[:300])
+        assert text.startswith(b"{") and b"detail" in text, text[:300]
+    status, _, text = _call("POST", f"{url}/infer/{BUNDLE_NAME}?image={lesion}", b"params=%7Bnot-json",
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and b"JSON" in text, (status, text[:300])
+    body, headers = _multipart("file", "evil.py", b"print(1)")  # no image id: the datastore checks the file's name
+    status, _, text = _call("PUT", f"{url}/datastore/image", body, headers)
+    assert status == 400 and b"extension" in text and not (studies / "evil.py").exists(), (status, text[:300])
+    assert sorted(p.name for p in sentinel_root.iterdir()) == before  # nothing written beside the studies
+    assert not list(sentinel_root.parent.glob("mfassl_escape*")) and not Path("/tmp/mfassl_escape.nii.gz").exists()
+
+    # a label saved the ordinary way lands in the studies folder
+    body, headers = _multipart("label", f"{healthy}.nii.gz", nifti)
+    status, _, text = _call("PUT", f"{url}/datastore/label?image={healthy}&tag=mfassl_test", body, headers)
+    assert status == 200, text[:300]
+    assert (studies / "labels" / "mfassl_test" / f"{healthy}.nii.gz").read_bytes() == nifti
+
+    # CORS: a foreign origin gets no allow header (simple and preflight requests); a loopback origin does
+    for origin, allowed in (("http://evil.example", False), (f"http://127.0.0.1:{port}", True),
+                            (f"http://localhost:{port}", True), ("http://127.0.0.1:1", False)):
+        _, h, _ = _call("GET", f"{url}/info/", headers={"Origin": origin})
+        assert h.get("access-control-allow-origin") == (origin if allowed else None), (origin, h)
+        _, h, _ = _call("OPTIONS", f"{url}/datastore/label", headers={
+            "Origin": origin, "Access-Control-Request-Method": "PUT"})
+        assert h.get("access-control-allow-origin") == (origin if allowed else None), (origin, h)
+
+
 def test_server_infers_a_label_volume(tmp_path, record_property, capsys):
     import nibabel as nib
 
@@ -69,6 +144,7 @@ def test_server_infers_a_label_volume(tmp_path, record_property, capsys):
         assert {int(v) for v in labels.values()} == {k for k in LABEL_NAMES if k}
         with urllib.request.urlopen(f"{url}/datastore/?output=all", timeout=30) as r:
             assert {lesion, healthy} <= set(json.loads(r.read())["objects"])
+        _check_guards(url, port, studies, lesion, healthy, tmp_path)
 
         out = infer(url, lesion, tmp_path / "pred.nii.gz")
         pred_img = nib.load(str(out))
