@@ -57,6 +57,8 @@ class MirrorFusionAttention(nn.Module):
         alpha_init: initial weight of the cross-attention term.
         gamma_init: initial weight of the difference term.
         attn_drop: dropout on the attention weights (training only).
+        gate_distance: ``"sum"`` (published: the distance sums over the ``C`` channels) or ``"mean"``
+            (divided by ``C``, so the gate does not shut as the width grows).
 
     Example::
 
@@ -67,8 +69,10 @@ class MirrorFusionAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int = 12, eps: float = 1e-6, a_init: float = 0.5,
                  b_init: float = 1.0, alpha_init: float = 0.1, gamma_init: float = 0.1,
-                 attn_drop: float = 0.0) -> None:
+                 attn_drop: float = 0.0, gate_distance: str = "sum") -> None:
         super().__init__()
+        if gate_distance not in ("sum", "mean"):
+            raise ValueError(f"gate_distance must be 'sum' or 'mean', got {gate_distance!r}.")
         if dim <= 0 or num_heads <= 0:
             raise ValueError(f"dim and num_heads must be positive, got {dim} and {num_heads}.")
         if dim % num_heads:
@@ -76,6 +80,7 @@ class MirrorFusionAttention(nn.Module):
         if b_init <= 0:
             raise ValueError(f"b_init must be positive (b = softplus(b_raw)), got {b_init}.")
         self.dim, self.num_heads, self.eps = dim, num_heads, eps
+        self.gate_distance = gate_distance
         self.head_dim = dim // num_heads
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -93,8 +98,13 @@ class MirrorFusionAttention(nn.Module):
         return F.softplus(self.b_raw)
 
     def gate(self, p_l: torch.Tensor, p_r: torch.Tensor) -> torch.Tensor:
-        """Gate ``sigmoid(a - b * sum_c sqrt((p_l - p_r)^2 + eps^2))`` of shape ``(B, N)``."""
+        """Gate ``sigmoid(a - b * sum_c sqrt((p_l - p_r)^2 + eps^2))`` of shape ``(B, N)``.
+
+        With ``gate_distance="mean"`` the channel sum is divided by ``C``.
+        """
         dist = torch.sqrt((p_l - p_r).pow(2) + self.eps ** 2).sum(-1)
+        if self.gate_distance == "mean":
+            dist = dist / p_l.shape[-1]
         return torch.sigmoid(self.a - self.b * dist)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +116,7 @@ class MirrorFusionAttention(nn.Module):
         """SDPA boolean mask ``(B, 1, 1, N)`` and a ``(B,)`` flag of rows with no valid key."""
         if key_mask is None:
             return None, None
-        key_mask = key_mask.bool()
+        key_mask = key_mask.to(torch.bool)
         empty = ~key_mask.any(dim=1)
         safe = key_mask | empty[:, None]  # a row with no valid key attends everywhere, then is zeroed
         return safe[:, None, None, :], empty
@@ -148,17 +158,20 @@ class MirrorFusionAttention(nn.Module):
             :class:`MFAOutput` ``(z_l, z_r, gate_l, gate_r)``; gates before the ramp.
         """
         if p_l.shape != p_r.shape or p_l.ndim != 3:
-            raise ValueError(f"p_l and p_r must both be (B, N, C), got {tuple(p_l.shape)} and {tuple(p_r.shape)}.")
+            raise ValueError(f"p_l and p_r must both be (B, N, C), got {list(p_l.shape)} and {list(p_r.shape)}.")
         if p_l.shape[-1] != self.dim:
             raise ValueError(f"tokens have width {p_l.shape[-1]}, MFA was built for {self.dim}.")
         if key_mask is not None and key_mask.shape != p_l.shape[:2]:
-            raise ValueError(f"key_mask must be (B, N) = {tuple(p_l.shape[:2])}, got {tuple(key_mask.shape)}.")
+            raise ValueError(f"key_mask must be (B, N) = {list(p_l.shape[:2])}, got {list(key_mask.shape)}.")
         g = self.gate(p_l, p_r)
-        g_t = (g * ramp).unsqueeze(-1)
+        if isinstance(ramp, torch.Tensor):  # explicit refinement: TorchScript does not multiply a Union
+            g_t = (g * ramp).unsqueeze(-1)
+        else:
+            g_t = (g * float(ramp)).unsqueeze(-1)
         diff = p_l - p_r
         z_l = p_l + self.alpha * g_t * self.cross_attention(p_l, p_r, key_mask) + self.gamma * diff
         z_r = p_r + self.alpha * g_t * self.cross_attention(p_r, p_l, key_mask) - self.gamma * diff
         return MFAOutput(z_l, z_r, g, g)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, eps={self.eps}"
+        return f"dim={self.dim}, num_heads={self.num_heads}, eps={self.eps}, gate_distance={self.gate_distance!r}"

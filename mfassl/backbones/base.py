@@ -15,7 +15,7 @@ paired forward lives here once, for 2D and 3D, ViT and Swin.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,35 +61,36 @@ class MFABackbone(nn.Module):
     tokens are removed, as in MAE) or ``"replace"`` (they are replaced by a learned mask token).
     """
 
-    spatial_dims: int
-    in_chans: int
-    embed_dim: int
-    mfa_dim: int
-    patch_size: tuple[int, ...]
-    mfa_patch_size: tuple[int, ...]
-    out_patch_size: tuple[int, ...]
-    num_prefix_tokens: int = 0
-    token_masking: str = "drop"
-    mfa: MirrorFusionAttention
+    num_prefix_tokens = 0
+    token_masking = "drop"
+    if TYPE_CHECKING:  # for type checkers only: TorchScript reads class annotations and cannot resolve these
+        spatial_dims: int
+        in_chans: int
+        embed_dim: int
+        mfa_dim: int
+        patch_size: tuple[int, ...]
+        mfa_patch_size: tuple[int, ...]
+        out_patch_size: tuple[int, ...]
+        mfa: MirrorFusionAttention
 
     # ---------------------------------------------------------------- subclass hooks
-    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[Any, dict]:
+    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[Any, dict[str, torch.Tensor]]:
         """Embed ``(B, C, *S)`` images; returns the hidden state and a context dict for later stages."""
         raise NotImplementedError
 
-    def _pre(self, h: Any, ctx: dict) -> Any:
+    def _pre(self, h: Any, ctx: dict[str, torch.Tensor]) -> Any:
         """Run the blocks up to and including layer ``l``."""
         raise NotImplementedError
 
-    def _post(self, h: Any, ctx: dict) -> torch.Tensor:
+    def _post(self, h: Any, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the remaining blocks and the final norm; returns ``(B, T, C)`` tokens."""
         raise NotImplementedError
 
-    def _split(self, h: Any, ctx: dict) -> torch.Tensor:
+    def _split(self, h: Any, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         """The ``(B, N, C_l)`` patch tokens of the hidden state at layer ``l``."""
         raise NotImplementedError
 
-    def _merge(self, h: Any, tokens: torch.Tensor, ctx: dict) -> Any:
+    def _merge(self, h: Any, tokens: torch.Tensor, ctx: dict[str, torch.Tensor]) -> Any:
         """The hidden state with its patch tokens replaced by ``tokens``."""
         raise NotImplementedError
 
@@ -106,7 +107,7 @@ class MFABackbone(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected a (B, C, {'H, W' if self.spatial_dims == 2 else 'X, Y, Z'}) input for "
-                             f"spatial_dims={self.spatial_dims}, got shape {tuple(x.shape)}.")
+                             f"spatial_dims={self.spatial_dims}, got shape {list(x.shape)}.")
         if x.shape[1] != self.in_chans:
             raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]}.")
 

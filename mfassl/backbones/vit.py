@@ -53,6 +53,9 @@ class MFAViT(MFABackbone):
         torch.Size([1, 64, 48])
     """
 
+    # constants for TorchScript: the 2D/3D branches and the block slices are resolved when scripting
+    __constants__ = ["is_2d", "mfa_layer", "num_prefix_tokens"]
+
     def __init__(self, spatial_dims: int = 2, img_size: int | Sequence[int] = 224, patch_size: int = 16,
                  in_chans: int = 1, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
                  mlp_ratio: float = 4.0, mfa_layer: int | None = None, mfa_heads: int | None = None,
@@ -61,6 +64,7 @@ class MFAViT(MFABackbone):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
+        self.is_2d = spatial_dims == 2
         self.in_chans = in_chans
         if spatial_dims == 2:
             if timm_name is not None:
@@ -87,7 +91,7 @@ class MFAViT(MFABackbone):
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             self.num_prefix_tokens = 1
             self.blocks, self.norm = self.encoder.blocks, self.encoder.norm
-            self._pos_grid = tuple(int(s) // patch_size for s in ensure_tuple_rep(img_size, 3))
+            self._pos_grid = [int(s) // patch_size for s in ensure_tuple_rep(img_size, 3)]
         self.embed_dim = self.mfa_dim = embed_dim
         self.depth = depth
         self.patch_size = self.mfa_patch_size = self.out_patch_size = (patch_size,) * spatial_dims
@@ -99,27 +103,27 @@ class MFAViT(MFABackbone):
     # ---------------------------------------------------------------- hooks
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, P + N, C)`` tokens with position embedding and prefix tokens."""
-        if self.spatial_dims == 2:
+        if self.is_2d:
             enc = self.encoder
             return enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(x))))
         pe = self.encoder.patch_embedding
         t = pe.patch_embeddings(x)  # (B, C, g0, g1, g2)
-        grid = tuple(t.shape[2:])
+        grid = t.shape[2:]
         t = t.flatten(2).transpose(1, 2)
         pos = pe.position_embeddings
         if grid != self._pos_grid:
-            pos = pos.transpose(1, 2).reshape(1, -1, *self._pos_grid)
+            pos = pos.transpose(1, 2).reshape([1, -1] + self._pos_grid)
             pos = F.interpolate(pos, size=grid, mode="trilinear", align_corners=False).flatten(2).transpose(1, 2)
         t = pe.dropout(t + pos)
         return torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
 
-    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         h = self._embed(x)
         if token_mask is not None:
             p = self.num_prefix_tokens
             patches = h[:, p:]
             if token_mask.shape != patches.shape[:2]:
-                raise ValueError(f"token_mask must be (B, N) = {tuple(patches.shape[:2])}, got {tuple(token_mask.shape)}.")
+                raise ValueError(f"token_mask must be (B, N) = {list(patches.shape[:2])}, got {list(token_mask.shape)}.")
             counts = (~token_mask).sum(1)
             if not bool((counts == counts[0]).all()):
                 raise ValueError("token_mask must hide the same number of tokens in every row.")
@@ -127,20 +131,22 @@ class MFAViT(MFABackbone):
             h = torch.cat([h[:, :p], visible], dim=1)
         return h, {}
 
-    def _pre(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
-        for blk in self.blocks[: self.mfa_layer]:
-            h = blk(h)
+    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        for i, blk in enumerate(self.blocks):  # enumerate, not a slice: TorchScript unrolls it
+            if i < self.mfa_layer:
+                h = blk(h)
         return h
 
-    def _post(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
-        for blk in self.blocks[self.mfa_layer:]:
-            h = blk(h)
+    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+        for i, blk in enumerate(self.blocks):
+            if i >= self.mfa_layer:
+                h = blk(h)
         return self.norm(h)
 
-    def _split(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _split(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return h[:, self.num_prefix_tokens:]
 
-    def _merge(self, h: torch.Tensor, tokens: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _merge(self, h: torch.Tensor, tokens: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([h[:, : self.num_prefix_tokens], tokens], dim=1)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -120,17 +120,20 @@ def test_ckpt_export_reproduces_the_encoder(tmp_path, pretrained, name):
     root = BUNDLES / name
     ts = tmp_path / "model.ts"
     overrides = {k: v for k, v in TINY[name].items() if k.startswith("network_def#") or k == "roi_size"}
+    # scripted (the zoo's default), from the standalone inference.json
     ckpt_export("network_def", filepath=str(ts), ckpt_file=str(pretrained[name]),
-                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "train.json"),
-                use_trace=True, input_shape=INPUT_SHAPE[name], bundle_root=str(root), **overrides)
+                meta_file=str(root / "configs" / "metadata.json"),
+                config_file=str(root / "configs" / "inference.json"), bundle_root=str(root), **overrides)
     exported = torch.jit.load(str(ts))
     encoder = tiny_encoder(name, pretrained[name])
     x = torch.randn(*[2] + INPUT_SHAPE[name][1:], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         np.testing.assert_allclose(exported(x).numpy(), encoder(x).numpy(), rtol=1e-4, atol=1e-5)
-    extra = {"metadata.json": "", "train.json": ""}
+    extra = {"metadata.json": "", "inference.json": ""}
     torch.jit.load(str(ts), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"]
+    meta = json.loads(extra["metadata.json"])
+    assert meta["required_packages_version"] == json.loads((root / "configs" / "metadata.json").read_text())[
+        "required_packages_version"] and "optional_packages_version" not in meta
 
 
 def test_load_encoder_names_a_bad_file(tmp_path):

@@ -215,3 +215,67 @@ def test_pretrain_bundle_layout(name):
     configs = BUNDLES / name / "configs"
     for rel in ("evaluate.json", "inference.json", "multi_gpu_train.json"):
         assert (configs / rel).is_file(), f"{name}: configs/{rel} missing"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parsed_meta_keeps_every_package_without_a_deprecation(name):
+    """MONAI 1.6.1 renames optional_packages_version to required_packages_version on read, replacing the list:
+    before, the parsed _meta_ held only the optional packages ({einops, tqdm}) and every run warned."""
+    import warnings
+
+    from monai.bundle import ConfigParser
+
+    m = _meta(name)
+    assert "optional_packages_version" not in m
+    parser = ConfigParser()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        parser.read_meta(str(BUNDLES / name / "configs" / "metadata.json"))
+    assert parser.get("_meta_#required_packages_version") == m["required_packages_version"]
+
+
+def _imported_distributions(name: str) -> set[str]:
+    """Distributions of the third-party modules the bundle's configs import, directly or through mfassl."""
+    import ast
+    import importlib.util
+    import re
+
+    found: set[str] = set()
+    todo: list[str] = []
+    for f in (BUNDLES / name / "configs").glob("*.json"):
+        text = f.read_text()
+        todo += [a or b for a, b in re.findall(r"\$\s*import\s+([\w.]+)|\$\s*from\s+([\w.]+)\s+import", text)]
+        todo += [t.rsplit(".", 1)[0] for t in re.findall(r'"_target_":\s*"([\w.]+)"', text) if "." in t]
+    seen: set[str] = set()
+    while todo:
+        mod = todo.pop()
+        if not mod or mod in seen:
+            continue
+        seen.add(mod)
+        top = mod.split(".")[0]
+        if top not in ("mfassl", "mfassl_medical"):
+            if top not in sys.stdlib_module_names and top != "scripts":
+                found.add(top)
+            continue
+        try:
+            spec = importlib.util.find_spec(mod)
+        except (ImportError, AttributeError, ValueError):
+            spec = None
+        if spec is None or not (spec.origin or "").endswith(".py"):
+            continue
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for node in ast.walk(ast.parse(Path(spec.origin).read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    dists = importlib.metadata.packages_distributions()
+    return {d.lower() for t in found for d in dists.get(t, [t])} - {"torch", "monai", "numpy"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_lists_every_imported_package(name):
+    listed = {k.lower() for k in _meta(name)["required_packages_version"]}
+    missing = _imported_distributions(name) - listed
+    assert not missing, f"{name}: imported but not in required_packages_version: {sorted(missing)}"

@@ -7,6 +7,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +39,12 @@ def test_metadata_is_what_monailabel_reads():
     key_pred, pred = next(iter(fmt["outputs"].items()))
     assert (key_image, key_pred) == ("image", "pred")
     assert image["num_channels"] == 4 and len(image["spatial_shape"]) == 3
-    labels = {int(k): v for k, v in pred["channel_def"].items()}
+    # pred is the network output (3 region channels); the written label map is described as label_map, whose
+    # names label_app serves to MONAI Label (it reads the first output's channel_def)
+    assert pred["num_channels"] == 3 and pred["dtype"] == "float32"
+    label_map = fmt["outputs"]["label_map"]
+    assert (label_map["num_channels"], label_map["dtype"]) == (1, "uint8")
+    labels = {int(k): v for k, v in label_map["channel_def"].items()}
     assert labels == LABEL_NAMES
 
 
@@ -49,11 +55,13 @@ def test_inference_keys_and_network_match_training():
     assert inf["network_def"] == train["network_def"]
     for key in ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size"):
         assert inf[key] == train[key], key
-    # MONAI Label's venv has no mfassl: inference.json must only import what it has
-    assert not any("mfassl" in s for s in json.dumps(inf).split('"') if s.startswith("$"))
+    # MONAI Label's venv has no mfassl: inference.json must only import what it has (torch, MONAI, scripts/)
+    assert "mfassl_medical" not in json.dumps(inf) and "import mfassl" not in json.dumps(inf)
+    assert inf["output_dir"] != train["output_dir"] and "predictions" in inf["output_dir"]
 
 
-def test_inference_label_map_equals_helper_and_inverts_region_conversion():
+def test_inference_label_map_equals_helper_and_inverts_region_conversion(monkeypatch):
+    monkeypatch.syspath_prepend(str(BUNDLE))  # as MONAI Label does while it parses the bundle (scripts/)
     parser = ConfigParser(load("inference.json"))
     parser["bundle_root"] = str(BUNDLE)
     post = parser.get_parsed_content("postprocessing", instantiate=True)
@@ -109,3 +117,86 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
     assert 0.0 <= float(rows["val_mean_dice"]) <= 1.0
     with open(root / "eval" / "dice_wt_raw.csv") as f:
         assert len(list(csv.reader(f))) == 2  # header + the one validation case
+
+
+def _run_inference(tmp_path, *args):
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
+           "--bundle_root", str(tmp_path / "bundle"), *args]
+    for k, v in TINY_NETWORK.items():
+        cmd += [f"--{k}", json.dumps(v)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+def test_inference_refuses_an_unset_dataset_dir(tmp_path):
+    """Before: exit 0 having written nothing (the default <bundle_root>/studies did not exist)."""
+    (tmp_path / "bundle").mkdir()
+    res = _run_inference(tmp_path)
+    assert res.returncode != 0
+    assert "dataset_dir is not set" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "bundle" / "predictions").exists()
+
+
+def test_inference_datalist_refuses_a_missing_or_empty_folder(tmp_path):
+    data, _ = _scripts()
+    with pytest.raises(FileNotFoundError, match="nope does not exist"):
+        data.inference_datalist(str(tmp_path / "nope"))
+    (tmp_path / "empty" / "labels").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="empty holds no case"):
+        data.inference_datalist(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="dataset_dir is not set"):
+        data.inference_datalist(None)
+
+
+def _scripts():
+    sys.path.insert(0, str(BUNDLE))
+    try:
+        from scripts import data, networks
+    finally:
+        sys.path.remove(str(BUNDLE))
+    return data, networks
+
+
+def test_inference_datalist_reads_brats_case_folders_and_4d_files(tmp_path):
+    data, _ = _scripts()
+    for case, names in {"BraTS2021_00001": ["BraTS2021_00001_%s.nii.gz" % m for m in ("flair", "t1", "t1ce", "t2", "seg")],
+                        "BraTS-GLI-00002-000": ["BraTS-GLI-00002-000-%s.nii.gz" % m for m in ("t1n", "t1c", "t2w", "t2f")]}.items():
+        (tmp_path / case).mkdir()
+        for n in names:
+            (tmp_path / case / n).write_bytes(b"")
+    (tmp_path / "BraTS2021_00003.nii.gz").write_bytes(b"")
+    (tmp_path / "labels").mkdir()
+    items = data.inference_datalist(str(tmp_path))
+    assert [i["case"] for i in items] == ["BraTS-GLI-00002-000", "BraTS2021_00001", "BraTS2021_00003"]
+    assert [Path(p).name for p in items[1]["image"]] == [
+        "BraTS2021_00001_t1.nii.gz", "BraTS2021_00001_t1ce.nii.gz", "BraTS2021_00001_t2.nii.gz",
+        "BraTS2021_00001_flair.nii.gz"]
+    assert [Path(p).name.split("-")[-1] for p in items[0]["image"]] == ["t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz",
+                                                                        "t2f.nii.gz"]
+    assert items[2]["image"] == str(tmp_path / "BraTS2021_00003.nii.gz")
+    (tmp_path / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").unlink()
+    with pytest.raises(ValueError, match=r"BraTS2021_00001 lacks the modality file\(s\) \['_t2'\]"):
+        data.inference_datalist(str(tmp_path))
+    fmt = data.CaseNameFormatter()
+    assert fmt({"filename_or_obj": "/d/BraTS2021_00001/BraTS2021_00001_t1.nii.gz"}, None)["subject"] == \
+        "/d/BraTS2021_00001/BraTS2021_00001.nii.gz"
+    assert fmt({"filename_or_obj": "/d/BraTS-GLI-00002-000-t1n.nii.gz"}, None)["subject"] == "/d/BraTS-GLI-00002-000.nii.gz"
+
+
+@pytest.mark.parametrize("spatial_dims,shape,kw", [(3, (1, 4, 64, 64, 64), {}), (3, (1, 4, 64, 96, 64), {"window_size": 7}),
+                                                    (2, (2, 4, 64, 96), {"downsample": "mergingv2"})])
+def test_scriptable_swinunetr_equals_monai_and_scripts(spatial_dims, shape, kw):
+    """Before: torch.jit.script(SwinUNETR) raised NotSupportedError inside torch (torch.utils.checkpoint)."""
+    from monai.networks.nets import SwinUNETR as Stock
+
+    _, networks = _scripts()
+    args = dict(in_channels=4, out_channels=3, feature_size=12, depths=(1, 2, 1, 1), num_heads=(1, 2, 3, 4),
+                window_size=kw.pop("window_size", 4), spatial_dims=spatial_dims, **kw)
+    torch.manual_seed(0)
+    stock, ours = Stock(**args).eval(), networks.SwinUNETR(**args).eval()
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    scripted = torch.jit.script(ours)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = stock(x)
+        torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scripted(x), ref, rtol=1e-5, atol=1e-5)
