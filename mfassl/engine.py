@@ -2,12 +2,15 @@
 
 :func:`create_trainer` returns an ignite ``Engine`` whose step runs one :class:`~mfassl.method.MFASSL`
 update: lr = warm-up + cosine (peak ``base_lr * batch / 256``), teacher momentum on a cosine to 1,
-gradient clipping, optional AMP on GPU. Handlers: a progress bar, TensorBoard scalars (each loss, the
-gate mean, ``r_t``, ``w(t)``, lr, momentum), and an ignite ``Checkpoint`` written atomically
-(temporary file + rename, so a crash never corrupts the last good checkpoint) holding the model,
-optimizer, AMP scaler and trainer state (epoch, iteration and RNG states: ignite's
-``DeterministicEngine`` makes a resumed run draw the same data and augmentations as an
-uninterrupted one). ``ignite.distributed`` runs the same code in one process or under
+gradient clipping, optional AMP on GPU. Handlers, each an object with ``attach(engine)`` (the bundles list
+them in JSON; without a list the defaults below are attached): :class:`ProgressHandler` (a progress bar),
+:class:`TensorBoardHandler` (each loss, the gate mean, ``r_t``, ``w(t)``, lr, momentum) and
+:class:`~mfassl.checkpoints.CheckpointSaver` (full checkpoints written atomically, the newest ``n_saved``
+kept) holding the model, optimizer, AMP scaler, trainer state (epoch, iteration and RNG states: ignite's
+``DeterministicEngine`` makes a resumed run draw the same data and augmentations as an uninterrupted one)
+and the run settings. A resume compares the run-defining settings (batch size, steps per epoch, the
+schedule, objective, mirror, the network) with the checkpoint's and refuses a different run unless
+``resume_force`` is set. ``ignite.distributed`` runs the same code in one process or under
 ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU).
 
 Example::
@@ -21,10 +24,12 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
-import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +39,17 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.engine.deterministic import DeterministicEngine
-from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
+from ignite.handlers import ProgressBar
 
+from mfassl.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CheckpointSaver,
+    EncoderLoadError,
+    describe_encoder,
+    find_last_checkpoint,
+    load_checkpoint,
+)
+from mfassl.options import as_bool, as_float, as_int
 from mfassl.schedules import cosine_momentum, scaled_lr, warmup_cosine
 
 __all__ = [
@@ -44,17 +58,20 @@ __all__ = [
     "default_prepare_batch",
     "find_last_checkpoint",
     "load_checkpoint",
+    "run_settings",
     "CHECKPOINT_PREFIX",
+    "CheckpointSaver",
+    "ProgressHandler",
+    "ResumeError",
+    "TensorBoardHandler",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint"
-
-
 def create_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.04,
                      betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; biases, norms and scalars get no weight decay."""
+    lr, weight_decay = as_float(lr, "lr", low=0.0), as_float(weight_decay, "weight_decay", low=0.0)
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
@@ -82,30 +99,6 @@ def default_prepare_batch(batch: Any, device: torch.device | str) -> tuple[torch
     if axes is not None:
         axes = torch.as_tensor(axes).to(device, non_blocking=True).float()
     return images, axes
-
-
-_STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)\.pt$")
-
-
-def find_last_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest iteration in ``directory`` (None if there is none)."""
-    d = Path(directory)
-    if not d.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a clear error names a missing or corrupt file."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist.")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise RuntimeError(f"checkpoint {p} cannot be read ({type(err).__name__}: {err}); "
-                           "it may be truncated or not a checkpoint.") from err
 
 
 def _rng_to_tensors(states: list[Any]) -> dict[str, torch.Tensor]:
@@ -161,20 +154,180 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+class ResumeError(ValueError):
+    """A checkpoint cannot continue this run: another network, or run-defining settings that differ."""
+
+
+class _Settings:
+    """The run settings as a checkpoint entry (``state_dict`` only; a resume compares them, never loads them)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:  # pragma: no cover - never restored
+        pass
+
+
+def _model_hash(state: Mapping[str, Any]) -> str:
+    text = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items() if isinstance(v, torch.Tensor))
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def run_settings(method: nn.Module, *, batch_size: int, steps_per_epoch: int, max_epochs: int,
+                 warmup_epochs: float, base_lr: float, min_lr: float,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run-defining settings a checkpoint records and a resume must match.
+
+    ``batch_size``, ``steps_per_epoch``, ``max_epochs`` (the planned schedule), ``warmup_epochs``, ``base_lr``,
+    ``min_lr``; from the method: ``objective``, ``mirror``, ``beta``, ``lambda_eq``, ``lambda_mid``, ``t_sym``,
+    ``t_mfa``, ``t_gate``; ``network`` (the encoder's :func:`~mfassl.checkpoints.describe_encoder` as JSON) and
+    ``model_hash`` (keys and shapes of the whole method); then ``extra`` (caller-defined keys).
+    """
+    core = _unwrap(method)
+    s: dict[str, Any] = {"batch_size": int(batch_size), "steps_per_epoch": int(steps_per_epoch),
+                         "max_epochs": int(max_epochs), "warmup_epochs": float(warmup_epochs),
+                         "base_lr": float(base_lr), "min_lr": float(min_lr)}
+    objective = getattr(core, "objective", None)
+    if isinstance(objective, nn.Module):
+        s["objective"] = str(getattr(objective, "name", type(objective).__name__))
+    if hasattr(core, "mirror"):
+        s["mirror"] = bool(core.mirror)
+    for key in ("beta", "lambda_eq", "lambda_mid"):
+        if isinstance(getattr(core, key, None), (int, float)):
+            s[key] = float(getattr(core, key))
+    schedule = getattr(core, "schedule", None)
+    for key in ("t_sym", "t_mfa", "t_gate"):
+        if isinstance(getattr(schedule, key, None), (int, float)):
+            s[key] = float(getattr(schedule, key))
+    backbone = getattr(core, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        try:
+            s["network"] = json.dumps(describe_encoder(backbone), sort_keys=True)
+        except EncoderLoadError:
+            pass
+    s["model_hash"] = _model_hash(core.state_dict())
+    for k, v in (extra or {}).items():
+        s[str(k)] = v if isinstance(v, (bool, int, float, str)) or v is None else json.dumps(v, sort_keys=True,
+                                                                                             default=str)
+    return s
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def _setting_diffs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, checkpoint value, current value)`` for each run-defining setting that differs."""
+    diffs: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(old) | set(new)):
+        if key == "model_hash":
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "network" and isinstance(a, str) and isinstance(b, str) and a != b:
+            try:
+                da, db = json.loads(a), json.loads(b)
+                ca, cb = {"backbone": da.get("backbone"), **da.get("config", {})}, \
+                    {"backbone": db.get("backbone"), **db.get("config", {})}
+                diffs += [(f"network.{k}", ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb))
+                          if not _same(ca.get(k), cb.get(k))]
+                continue
+            except (ValueError, AttributeError):
+                pass
+        if not _same(a, b):
+            diffs.append((key, a, b))
+    return diffs
+
+
+def _check_resume(path: Path, ckpt: Mapping[str, Any], settings: Mapping[str, Any], core: nn.Module,
+                  force: bool) -> None:
+    """Refuse a checkpoint of another network, or (unless ``force``) of a run with other settings."""
+    model_state = ckpt.get("model")
+    if not isinstance(model_state, Mapping):
+        raise ResumeError(f"cannot resume from {path}: it holds no 'model' entry (keys {sorted(ckpt)[:6]}); "
+                          "is it a training checkpoint of mfassl.engine?")
+    old = ckpt.get("run")
+    diffs = _setting_diffs(old, settings) if isinstance(old, Mapping) else []
+    cur = core.state_dict()
+    missing = [k for k in cur if k not in model_state]
+    unexpected = [k for k in model_state if k not in cur]
+    shapes = [f"{k} {tuple(model_state[k].shape)} vs {tuple(cur[k].shape)}" for k in cur
+              if isinstance(model_state.get(k), torch.Tensor) and tuple(model_state[k].shape) != tuple(cur[k].shape)]
+    if missing or unexpected or shapes:
+        net = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs
+                        if k.startswith("network") or k == "objective") or "not recorded"
+        raise ResumeError(
+            f"cannot resume from {path}: it was written by another network (settings: {net}). "
+            f"{len(missing)} keys of this network are not in the checkpoint (e.g. {missing[:3]}), "
+            f"{len(unexpected)} checkpoint keys are not in this network (e.g. {unexpected[:3]}), "
+            f"{len(shapes)} have another shape, checkpoint vs now (e.g. {shapes[:3]}). Build the network the "
+            "checkpoint was trained with, or train into another output_dir.")
+    if not isinstance(old, Mapping):
+        logger.warning("%s records no run settings (an older checkpoint): the resume is not checked against them.",
+                       path)
+        return
+    if diffs:
+        text = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in diffs)
+        if not force:
+            raise ResumeError(f"refusing to resume from {path}: run-defining settings differ from the checkpoint's "
+                              f"({text}). Restore them, or set resume_force: true (--resume_force true) to go on "
+                              "from the checkpoint with the new settings.")
+        logger.warning("resuming from %s with changed settings (resume_force): %s", path, text)
+
+
+def _resolve_resume(resume_from: Any, dirs: Sequence[Path]) -> Path | None:
+    if resume_from in (None, ""):
+        return None
+    if str(resume_from) == "auto":
+        for d in dirs:
+            found = find_last_checkpoint(d)
+            if found is not None:
+                return found
+        logger.info("resume_from auto: no checkpoint in %s; starting a new run.", ", ".join(map(str, dirs)) or "-")
+        return None
+    path = Path(resume_from)
+    if path.is_dir():
+        found = find_last_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"no {CHECKPOINT_PREFIX}_<iteration>.pt in {path} to resume from.")
+        return found
+    return path
+
+
+def _strict_run(run: Callable[..., Any]) -> Callable[..., Any]:
+    """``trainer.run`` whose ``max_epochs``/``max_iters``/``epoch_length`` may be numeric strings (a bundle's
+    ``--epochs "10"``); anything else that is not a positive integer is refused naming the option."""
+
+    def strict_run(data: Any = None, max_epochs: Any = None, max_iters: Any = None, epoch_length: Any = None) -> Any:
+        return run(data, max_epochs=as_int(max_epochs, "epochs", low=1, allow_none=True),
+                   max_iters=as_int(max_iters, "max_iters", low=1, allow_none=True),
+                   epoch_length=as_int(epoch_length, "epoch_length", low=1, allow_none=True))
+
+    return strict_run
+
+
 def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int, *,
                    base_lr: float = 5e-4, batch_size: int = 256, warmup_epochs: float = 10.0, min_lr: float = 1e-6,
                    momentum_start: float | None = None, momentum_end: float = 1.0, clip_grad: float | None = 3.0,
                    amp: bool = False, device: str | torch.device | None = None, output_dir: str | os.PathLike | None = None,
                    checkpoint_every: int = 1, n_saved: int = 2, tensorboard: bool = True, progress: bool = True,
                    prepare_batch: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor | None]] = default_prepare_batch,
-                   resume_from: str | os.PathLike | None = None, deterministic: bool = True) -> Engine:
+                   resume_from: str | os.PathLike | None = None, deterministic: bool = True,
+                   handlers: Sequence[Any] | None = None, resume_force: bool | str = False,
+                   run_config: Mapping[str, Any] | None = None) -> Engine:
     """Build the ignite trainer of an :class:`~mfassl.method.MFASSL` run.
 
     Args:
         method: the MFASSL module (wrapped for DDP here when several processes run).
         optimizer: from :func:`create_optimizer`.
         steps_per_epoch: iterations per epoch (fractional epochs drive the schedules).
-        max_epochs: planned epochs (sets the cosine schedules).
+        max_epochs: planned epochs (sets the cosine schedules); ``trainer.run`` may not go past them.
         base_lr: peak lr at batch 256 (5e-4); the peak is ``base_lr * batch_size / 256``.
         batch_size: the global batch size (all processes).
         warmup_epochs: linear lr warm-up.
@@ -184,24 +337,44 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         clip_grad: max gradient norm, None to disable.
         amp: mixed precision (used on CUDA only).
         device: default ``idist.device()``.
-        output_dir: checkpoints (``checkpoints/``) and TensorBoard logs (``tb/``); None disables both.
-        checkpoint_every: epochs between checkpoints (the last epoch is always saved).
-        n_saved: checkpoints kept.
-        tensorboard: write TensorBoard scalars (rank 0).
-        progress: show a progress bar (rank 0).
+        output_dir: where the default handlers write checkpoints (``checkpoints/``) and TensorBoard logs
+            (``tb/``), and where ``resume_from="auto"`` looks; None disables both defaults.
+        checkpoint_every: epochs between checkpoints of the default saver (the last epoch is always saved).
+        n_saved: full checkpoints the default saver keeps (existing ones count).
+        tensorboard: attach the default TensorBoard handler (rank 0).
+        progress: attach the default progress bar (rank 0).
         prepare_batch: ``(batch, device) -> (images, axes or None)``.
-        resume_from: a checkpoint file, a directory (its latest checkpoint), or ``"auto"`` (the latest in
-            ``output_dir/checkpoints`` if any).
+        resume_from: a checkpoint file, a directory (its latest checkpoint), or ``"auto"`` (the latest in the
+            checkpoint folder of a :class:`~mfassl.checkpoints.CheckpointSaver` or ``output_dir/checkpoints``;
+            a new run when there is none).
         deterministic: use ignite's ``DeterministicEngine`` (reproducible data order on resume).
+        handlers: objects with ``attach(engine)`` to attach instead of the defaults (a bundle's
+            ``train#handlers``: :class:`ProgressHandler`, :class:`TensorBoardHandler`,
+            :class:`~mfassl.checkpoints.CheckpointSaver`, the run history, or MONAI/ignite handlers).
+        resume_force: resume even when the run-defining settings differ from the checkpoint's (a network
+            whose keys or shapes differ is always refused). Also ``"true"``/``"false"``.
+        run_config: extra run-defining settings to record and compare (JSON-able values).
 
     Returns:
         The trainer; ``trainer.state.output`` is the step's dict of floats. ``trainer.run(loader, max_epochs)``.
+
+    Raises:
+        ResumeError: the checkpoint holds another network, or other settings without ``resume_force``.
     """
+    force = as_bool(resume_force, "resume_force")
     device = torch.device(device) if device is not None else idist.device()
     core = _unwrap(method).to(device)
     model = idist.auto_model(core, find_unused_parameters=True) if idist.get_world_size() > 1 else core
-    use_amp = bool(amp) and device.type == "cuda"
+    use_amp = as_bool(amp, "amp") and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bundle values may arrive as command-line strings ("10", "1e-3"): parse them strictly (mfassl.options)
+    steps_per_epoch = as_int(steps_per_epoch, "steps_per_epoch", low=0)
+    max_epochs, batch_size = as_int(max_epochs, "max_epochs", low=1), as_int(batch_size, "batch_size", low=1)
+    checkpoint_every = as_int(checkpoint_every, "checkpoint_every", low=1)
+    n_saved, deterministic = as_int(n_saved, "n_saved", low=1), as_bool(deterministic, "deterministic")
+    base_lr, min_lr = as_float(base_lr, "base_lr", low=0.0), as_float(min_lr, "min_lr", low=0.0)
+    warmup_epochs = as_float(warmup_epochs, "warmup_epochs", low=0.0)
+    clip_grad = as_float(clip_grad, "clip_grad", low=0.0, allow_none=True)
     total_steps = max(1, steps_per_epoch * max_epochs)
     warmup_steps = warmup_epochs * steps_per_epoch
     peak_lr = scaled_lr(base_lr, batch_size)
@@ -240,69 +413,128 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
 
     trainer: Engine = DeterministicEngine(train_step) if deterministic else Engine(train_step)
     trainer.logger = logging.getLogger("mfassl.trainer")
-    rank0 = idist.get_rank() == 0
+    trainer.run = _strict_run(trainer.run)  # type: ignore[method-assign]
     if idist.get_world_size() > 1:
         # every rank finishes its last collective before any of them goes on to tear the group down
         trainer.add_event_handler(Events.COMPLETED, lambda _: idist.barrier())
 
-    if progress and rank0:
-        ProgressBar(persist=False, bar_format=None).attach(
-            trainer, output_transform=lambda out: {k: out[k] for k in ("loss", "gate_mean") if k in out})
-
-    to_save: dict[str, Any] = {"model": core, "optimizer": optimizer, "trainer": _TrainerState(trainer)}
+    settings = run_settings(core, batch_size=batch_size, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs,
+                            warmup_epochs=warmup_epochs, base_lr=base_lr, min_lr=min_lr, extra=run_config)
+    to_save: dict[str, Any] = {"model": core, "optimizer": optimizer, "trainer": _TrainerState(trainer),
+                               "run": _Settings(settings)}
     if use_amp:
         to_save["scaler"] = scaler
+    trainer.checkpoint_objects = to_save  # what a CheckpointSaver writes
+    trainer.run_settings = settings
+
+    if handlers is None:
+        handlers = []
+        if as_bool(progress, "progress"):
+            handlers.append(ProgressHandler())
+        if output_dir is not None:
+            handlers.append(CheckpointSaver(Path(output_dir) / "checkpoints", n_saved=n_saved, every=checkpoint_every))
+            if as_bool(tensorboard, "tensorboard"):
+                handlers.append(TensorBoardHandler(Path(output_dir) / "tb"))
+    handlers = list(handlers)
+    for i, h in enumerate(handlers):
+        if not callable(getattr(h, "attach", None)):
+            raise TypeError(f"handlers[{i}] ({type(h).__name__}) has no attach(engine) method.")
+
+    dirs = [h.save_dir for h in handlers if isinstance(h, CheckpointSaver)]
     if output_dir is not None:
-        out_dir = Path(output_dir)
-        ckpt_dir = out_dir / "checkpoints"
-        saver = DiskSaver(str(ckpt_dir), atomic=True, require_empty=False, create_dir=True)
-        checkpoint = Checkpoint(to_save, saver, filename_prefix="", n_saved=n_saved,
-                                global_step_transform=lambda e, _: e.state.iteration, include_self=False)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED(every=checkpoint_every) | Events.COMPLETED, _SaveOnce(checkpoint))
-        trainer.state.checkpoint_dir = str(ckpt_dir)
-        if tensorboard and rank0:
-            _attach_tensorboard(trainer, out_dir / "tb")
-        if resume_from == "auto":
-            resume_from = find_last_checkpoint(ckpt_dir)
-    if resume_from not in (None, "auto"):
-        path = Path(resume_from)
-        if path.is_dir():
-            found = find_last_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"no checkpoint_<iteration>.pt in {path} to resume from.")
-            path = found
-        state = load_checkpoint(path, map_location=device)
-        Checkpoint.load_objects(to_load=to_save, checkpoint=state)
+        dirs.append(Path(output_dir) / "checkpoints")
+    path = _resolve_resume(resume_from, dirs)
+    if path is not None:
+        ckpt = load_checkpoint(path, map_location=device)
+        _check_resume(path, ckpt, settings, core, force)
+        try:
+            for key in ("model", "optimizer", "trainer", "scaler"):
+                if key not in to_save:
+                    continue
+                if key not in ckpt:
+                    if key == "scaler":
+                        logger.warning("%s holds no AMP scaler state: the scaler starts afresh.", path)
+                        continue
+                    raise KeyError(f"no '{key}' entry")
+                to_save[key].load_state_dict(ckpt[key])
+        except Exception as err:
+            raise ResumeError(f"cannot resume from {path}: {type(err).__name__}: {err}") from err
+        if force and int(trainer.state.epoch_length or steps_per_epoch) != steps_per_epoch:
+            trainer.state.epoch_length = steps_per_epoch
+            trainer.state.epoch = trainer.state.iteration // steps_per_epoch
         logger.info("resumed from %s at epoch %d, iteration %d", path, trainer.state.epoch, trainer.state.iteration)
         trainer.state.resumed_from = str(path)
+
+    for h in handlers:
+        h.attach(trainer)
+
+    @trainer.on(Events.STARTED)
+    def _within_schedule(engine: Engine) -> None:
+        if engine.state.max_epochs is not None and engine.state.max_epochs > max_epochs:
+            raise ValueError(f"trainer.run(max_epochs={engine.state.max_epochs}) goes past the {max_epochs} epochs the "
+                             "lr and momentum schedules plan (create_trainer max_epochs; a bundle's schedule_epochs): "
+                             f"set it to at least {engine.state.max_epochs}.")
+
     return trainer
 
 
-class _SaveOnce:
-    """Calls a ``Checkpoint`` at most once per iteration (EPOCH_COMPLETED and COMPLETED can coincide)."""
+class ProgressHandler:
+    """A progress bar (rank 0) showing the step's ``keys``.
 
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.checkpoint = checkpoint
-        self.last = -1
+    Args:
+        keys: outputs shown (``loss``, ``gate_mean``).
+        enabled: False (or ``"false"``) attaches nothing.
+    """
 
-    def __call__(self, engine: Engine) -> None:
-        if engine.state.iteration != self.last:
-            self.last = engine.state.iteration
-            self.checkpoint(engine)
+    def __init__(self, keys: Sequence[str] = ("loss", "gate_mean"), enabled: bool | str = True) -> None:
+        self.keys = tuple(keys)
+        self.enabled = as_bool(enabled, "progress")
+
+    def attach(self, engine: Engine) -> "ProgressHandler":
+        if self.enabled and idist.get_rank() == 0:
+            ProgressBar(persist=False, bar_format=None).attach(
+                engine, output_transform=lambda out: {k: out[k] for k in self.keys if k in (out or {})})
+        return self
 
 
-def _attach_tensorboard(trainer: Engine, log_dir: Path) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+class TensorBoardHandler:
+    """Every finite scalar of the step's output as ``train/<name>`` at its iteration (rank 0).
 
-    writer = SummaryWriter(log_dir=str(log_dir))
+    A resumed run purges the events after the checkpoint's iteration, so the curves hold each step once.
 
-    def write(engine: Engine) -> None:
-        out = engine.state.output or {}
-        for k, v in out.items():
+    Args:
+        log_dir: the TensorBoard folder (``<output_dir>/tb``).
+        enabled: False (or ``"false"``) attaches nothing.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, enabled: bool | str = True) -> None:
+        self.log_dir = Path(log_dir)
+        self.enabled = as_bool(enabled, "tensorboard")
+        self.writer: Any = None
+
+    def attach(self, engine: Engine) -> "TensorBoardHandler":
+        if not self.enabled or idist.get_rank() != 0:
+            return self
+        engine.add_event_handler(Events.STARTED, self._open)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._write)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.writer is not None and self.writer.flush())
+        engine.add_event_handler(Events.COMPLETED, self._close)
+        engine.state.tensorboard_dir = str(self.log_dir)
+        return self
+
+    def _open(self, engine: Engine) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        it = int(engine.state.iteration)
+        self._close(engine)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=it + 1 if it > 0 else None)
+
+    def _write(self, engine: Engine) -> None:
+        for k, v in (engine.state.output or {}).items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                writer.add_scalar(f"train/{k}", v, engine.state.iteration)
+                self.writer.add_scalar(f"train/{k}", v, engine.state.iteration)
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, write)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: writer.flush())
-    trainer.add_event_handler(Events.COMPLETED, lambda _: writer.close())
-    trainer.state.tensorboard_dir = str(log_dir)
+    def _close(self, engine: Engine) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

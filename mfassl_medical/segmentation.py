@@ -20,12 +20,16 @@ import logging
 import math
 import os
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
+from mfassl.checkpoints import ENCODER_PREFIXES as _CORE_PREFIXES
+from mfassl.checkpoints import EncoderFileNotFoundError, EncoderLoadError, EncoderLoadReport, read_encoder_file
+from mfassl.checkpoints import extract_encoder_state as _extract_encoder_state
+from mfassl.checkpoints import load_encoder as _load_encoder
 
 __all__ = [
     "ENCODER_PREFIXES",
@@ -42,88 +46,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ENCODER_PREFIXES: tuple[str, ...] = (
-    "objective.backbone.swinViT.",  # an MFASSL checkpoint's "model" (mfassl.engine)
-    "backbone.swinViT.",            # an objective's state dict
-    "swinViT.",                     # an MFASwin or SwinUNETR state dict
-    "module.swinViT.",              # DDP-wrapped
-)
-"""Prefixes tried, in order, to find the Swin encoder in a state dict."""
+ENCODER_PREFIXES: tuple[str, ...] = tuple(p + "swinViT." for p in _CORE_PREFIXES)
+"""Prefixes tried to find the Swin encoder in a state dict: :data:`mfassl.checkpoints.ENCODER_PREFIXES` with
+``swinViT.`` appended (an MFASSL checkpoint's ``objective.backbone.swinViT.`` first)."""
 
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "necrotic_core", 2: "edema", 4: "enhancing_tumor"}
 """Values of the label map the bundle's inference writes (BraTS 2021 labels)."""
 
 
-class EncoderLoadError(RuntimeError):
-    """The pretrained encoder cannot be loaded: unreadable file or keys/shapes that do not match."""
-
-
-@dataclass
-class EncoderLoadReport:
-    """What :func:`load_pretrained_encoder` did.
-
-    Attributes:
-        source: the checkpoint file (or ``"<state dict>"``).
-        prefix: the key prefix the encoder was found under.
-        loaded: encoder keys copied into the network.
-        missing: encoder keys of the network absent from the checkpoint (left as initialised).
-        unexpected: encoder keys of the checkpoint the network does not have.
-        mismatched: ``(key, network shape, checkpoint shape)`` for keys present in both with other shapes.
-        ignored: number of checkpoint keys outside the encoder (heads, teacher, MFA, decoder...).
-    """
-
-    source: str
-    prefix: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-    ignored: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when every encoder key matched (strict loading succeeds)."""
-        return not (self.missing or self.unexpected or self.mismatched)
-
-    def summary(self, max_keys: int = 8) -> str:
-        """A few lines for the log: counts, then the first offending keys."""
-
-        def head(keys: Sequence[Any]) -> str:
-            shown = ", ".join(str(k) for k in keys[:max_keys])
-            return shown + (f", ... (+{len(keys) - max_keys})" if len(keys) > max_keys else "")
-
-        lines = [f"encoder weights from {self.source} (prefix {self.prefix!r}): {len(self.loaded)} loaded, "
-                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                 f"{len(self.mismatched)} shape mismatches, {self.ignored} non-encoder keys ignored"]
-        if self.missing:
-            lines.append(f"  missing: {head(self.missing)}")
-        if self.unexpected:
-            lines.append(f"  unexpected: {head(self.unexpected)}")
-        if self.mismatched:
-            lines.append("  shape mismatches (network vs checkpoint): "
-                         + head([f"{k} {tuple(a)} vs {tuple(b)}" for k, a, b in self.mismatched]))
-        return "\n".join(lines)
-
-
 def _read_state(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    """The state dict inside a checkpoint file or mapping, and a name for the report."""
-    if isinstance(checkpoint, Mapping):
-        ckpt, source = checkpoint, "<state dict>"
-    else:
-        from mfassl.engine import load_checkpoint  # weights_only=True, names a missing or corrupt file
-
-        source = str(checkpoint)
-        try:
-            ckpt = load_checkpoint(checkpoint)
-        except (FileNotFoundError, RuntimeError) as err:
-            raise EncoderLoadError(f"cannot read the pretraining checkpoint {source}: {err}") from err
-        if not isinstance(ckpt, Mapping):
-            raise EncoderLoadError(f"pretraining checkpoint {source} holds a {type(ckpt).__name__}, not a state dict.")
-    for key in ("model", "state_dict", "network"):
-        inner = ckpt.get(key)
-        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner, source
-    return ckpt, source
+    """The state dict inside a checkpoint file or mapping, and a name for the report
+    (:func:`mfassl.checkpoints.read_encoder_file`)."""
+    src = read_encoder_file(checkpoint)
+    return src.state, src.source
 
 
 def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None) -> tuple[dict[str, torch.Tensor], str, int]:
@@ -139,64 +74,46 @@ def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None) -
     Raises:
         EncoderLoadError: no key starts with the prefix.
     """
-    keys = [k for k in state if isinstance(state[k], torch.Tensor)]
-    candidates = [prefix] if prefix is not None else list(ENCODER_PREFIXES)
-    for p in candidates:
-        enc = {k[len(p):]: state[k] for k in keys if k.startswith(p)}
-        if enc:
-            return enc, p, len(keys) - len(enc)
-    sample = ", ".join(keys[:5]) or "no tensors"
-    raise EncoderLoadError(f"no Swin encoder weights under {candidates} in the checkpoint (first keys: {sample}); "
-                           "is it a checkpoint of an MFASSL run with the mfa_swin backbone?")
+    return _extract_encoder_state(state, prefix, part=None if prefix is not None else "swinViT")
 
 
 def load_pretrained_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
                             strict: bool = True, prefix: str | None = None) -> EncoderLoadReport:
-    """Copy MFASSL-pretrained Swin encoder weights into ``network.swinViT`` (a ``SwinUNETR``).
+    """Copy MFASSL-pretrained Swin encoder weights into ``network.swinViT`` (a ``SwinUNETR``), through
+    :func:`mfassl.checkpoints.load_encoder` with ``part="swinViT"``.
 
     Args:
         network: a module with a ``swinViT`` attribute (``SwinUNETR``, ``MFASwin``).
-        checkpoint: a checkpoint file (``checkpoint_<iter>.pt`` of :func:`mfassl.engine.create_trainer`, whose
-            ``"model"`` is the MFASSL state dict) or a state dict.
+        checkpoint: a training checkpoint (``checkpoint_<iter>.pt``, whose ``"model"`` is the MFASSL state dict),
+            an encoder file (``models/model.pt`` of the pretraining bundle) or a state dict.
         strict: raise unless every encoder key of the network is in the checkpoint with the same shape and
             the checkpoint's encoder has no extra key. False loads the matching keys and reports the rest.
         prefix: the encoder prefix in the checkpoint (default: found among :data:`ENCODER_PREFIXES`).
 
     Returns:
-        :class:`EncoderLoadReport` (also logged at INFO, and kept as ``network.encoder_load_report``).
+        :class:`EncoderLoadReport` (also logged, and kept as ``network.encoder_load_report``).
 
     Raises:
         EncoderLoadError: the file cannot be read (the message names it), holds no Swin encoder, or
             (``strict``) keys or shapes differ; nothing is copied in that case.
     """
-    encoder = getattr(network, "swinViT", None)
-    if not isinstance(encoder, nn.Module):
-        raise EncoderLoadError(f"{type(network).__name__} has no swinViT encoder to load into.")
-    state, source = _read_state(checkpoint)
-    enc, used_prefix, ignored = extract_encoder_state(state, prefix)
-    target = encoder.state_dict()
-    report = EncoderLoadReport(source=source, prefix=used_prefix, ignored=ignored)
-    report.missing = [k for k in target if k not in enc]
-    report.unexpected = [k for k in enc if k not in target]
-    report.mismatched = [(k, tuple(target[k].shape), tuple(enc[k].shape)) for k in target
-                         if k in enc and tuple(target[k].shape) != tuple(enc[k].shape)]
-    if strict and not report.ok:
-        raise EncoderLoadError("the pretrained encoder does not match the segmentation network's swinViT "
-                               "(check feature_size, depths, num_heads, window_size, patch_size, use_v2 against "
-                               "the pretraining backbone):\n" + report.summary())
-    bad = {k for k, _, _ in report.mismatched}
-    load = {k: v for k, v in enc.items() if k in target and k not in bad}
-    encoder.load_state_dict(load, strict=False)
-    report.loaded = sorted(load)
-    network.encoder_load_report = report  # type: ignore[attr-defined]
-    logger.info("%s", report.summary())
-    return report
+    try:
+        return _load_encoder(network, checkpoint, strict=strict, prefix=prefix, part="swinViT")
+    except EncoderFileNotFoundError:
+        raise
+    except EncoderLoadError as err:
+        raise EncoderLoadError(f"{err}\n(the pretrained encoder must match the segmentation network's swinViT: "
+                               "check feature_size, depths, num_heads, window_size, patch_size, use_v2 against "
+                               "the pretraining backbone)") from err
 
 
 def init_from_pretrained(network: nn.Module, checkpoint: str | os.PathLike | None = None, strict: bool = True,
                          prefix: str | None = None) -> nn.Module:
     """Bundle helper: ``network`` with its encoder loaded from ``checkpoint``; None or ``""`` keeps the random
     initialisation and says so in the log (no silent fallback)."""
+    from mfassl.options import as_bool
+
+    strict = as_bool(strict, "strict_encoder")
     if checkpoint in (None, ""):
         logger.warning("no pretrained_checkpoint given: the SwinUNETR encoder starts from random weights.")
         return network
@@ -219,8 +136,11 @@ def brats_datalists(dataset_dir: str | os.PathLike | None = None, val_fraction: 
         ``{"train": [...], "val": [...], "all": [...]}``; each dict has ``image`` (4 paths, t1/t1ce/t2/flair),
         ``label`` (seg path) and ``case``. Cases without ``seg`` are left out.
     """
+    from mfassl.options import as_float, as_int
     from mfassl_medical.data import find_brats_cases
 
+    val_fraction = as_float(val_fraction, "val_fraction", low=0.0, high=1.0)
+    seed, max_cases = as_int(seed, "seed"), as_int(max_cases, "max_cases", low=0, allow_none=True)
     if dataset_dir in (None, ""):
         from mfassl_medical.demo_data import build_demo_data
 

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader, TensorDataset
 
-from mfassl.engine import create_optimizer, create_trainer, find_last_checkpoint, load_checkpoint
+from mfassl.engine import ResumeError, create_optimizer, create_trainer, find_last_checkpoint, load_checkpoint
 
 from helpers import tiny_method
 
@@ -112,3 +113,114 @@ def test_prepare_batch_reads_the_axis_keys():
         images, axes = default_prepare_batch(batch, "cpu")
         assert torch.equal(images, img) and torch.equal(axes, row)
     assert default_prepare_batch(img, "cpu")[1] is None
+
+
+def _ckpts(d):
+    return sorted(p.name for p in Path(d).glob("checkpoint_*.pt"))
+
+
+def test_failed_save_keeps_the_last_good_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def disk_full_on_the_second_save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full_on_the_second_save)
+    with pytest.raises(OSError, match="No space left"):
+        _run(tmp_path, 2, max_epochs=2, n_saved=1)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["checkpoint_4.pt"]  # nothing removed, no temp file
+    assert load_checkpoint(tmp_path / "checkpoints" / "checkpoint_4.pt")["trainer"]["iteration"] == 4
+
+
+def test_n_saved_prunes_checkpoints_already_on_disk_when_resuming(tmp_path):
+    _run(tmp_path, 3, n_saved=3)
+    assert _ckpts(tmp_path / "checkpoints") == ["checkpoint_12.pt", "checkpoint_4.pt", "checkpoint_8.pt"]
+    _run(tmp_path, 4, resume="auto", n_saved=2)
+    assert _ckpts(tmp_path / "checkpoints") == ["checkpoint_12.pt", "checkpoint_16.pt"]
+
+
+def _trainer(out_dir, batch_size=4, max_epochs=4, resume="auto", method=None, **kw):
+    method = method or tiny_method("dino")
+    loader = DataLoader(DATA, batch_size=batch_size, shuffle=True)
+    trainer = create_trainer(method, create_optimizer(method), len(loader), max_epochs, batch_size=batch_size,
+                             warmup_epochs=1, output_dir=out_dir, progress=False, tensorboard=False,
+                             resume_from=resume, **kw)
+    return trainer, loader
+
+
+def test_checkpoint_records_the_run_settings(two_epochs):
+    run = load_checkpoint(two_epochs / "checkpoints" / "checkpoint_8.pt")["run"]
+    assert run["batch_size"] == 4 and run["steps_per_epoch"] == 4 and run["max_epochs"] == 4
+    assert run["objective"] == "dino" and run["mirror"] is True
+    assert json.loads(run["network"])["config"]["embed_dim"] == 32
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """A run dir holding checkpoint_8.pt of a 2-epoch run (4 planned); resume attempts below do not write."""
+    out = tmp_path_factory.mktemp("two_epochs")
+    _run(out, 2)
+    return out
+
+
+@pytest.mark.parametrize("change, key", [
+    (dict(batch_size=8), "batch_size: 4 in the checkpoint, 8 now"),
+    (dict(max_epochs=6), "max_epochs: 4 in the checkpoint, 6 now"),
+    (dict(warmup_epochs=2.0), "warmup_epochs: 1.0 in the checkpoint, 2.0 now"),
+])
+def test_resume_with_other_settings_is_refused_unless_forced(two_epochs, change, key):
+    tmp_path = two_epochs
+    with pytest.raises(ResumeError, match=r"checkpoint_8\.pt.*" + re.escape(key)) as info:
+        if "warmup_epochs" in change:
+            method = tiny_method("dino")
+            loader = DataLoader(DATA, batch_size=4, shuffle=True)
+            create_trainer(method, create_optimizer(method), len(loader), 4, batch_size=4, output_dir=tmp_path,
+                           progress=False, resume_from="auto", **change)
+        else:
+            _trainer(tmp_path, **change)
+    assert "resume_force" in str(info.value)
+    trainer, loader = _trainer(tmp_path, resume_force="true", **{k: v for k, v in change.items() if k != "warmup_epochs"})
+    assert trainer.state.iteration == 8
+
+
+def test_resume_with_another_network_names_checkpoint_and_keys(two_epochs):
+    from mfassl.backbones import MFAViT
+    from mfassl.method import MFASSL
+
+    from helpers import OBJECTIVE_KWARGS
+
+    torch.manual_seed(0)
+    wide = MFAViT(2, img_size=32, patch_size=8, in_chans=1, embed_dim=48, depth=3, num_heads=4)
+    method = MFASSL(wide, "dino", OBJECTIVE_KWARGS["dino"], views=dict(global_size=32, local_size=16, n_local=2))
+    for force in ("false", "true"):  # a network that does not fit is refused even when forced
+        with pytest.raises(ResumeError, match=r"(?s)checkpoint_8\.pt: it was written by another network.*"
+                                              r"network\.embed_dim: 32 in the checkpoint, 48 now.*cls_token"):
+            _trainer(two_epochs, method=method, resume_force=force)
+
+
+def test_a_run_past_the_planned_schedule_is_refused(tmp_path):
+    trainer, loader = _trainer(tmp_path, max_epochs=1, resume=None)
+    with pytest.raises(ValueError, match="goes past the 1 epochs"):
+        trainer.run(loader, max_epochs=2)
+
+
+def test_handlers_from_a_list_replace_the_defaults(tmp_path):
+    from mfassl.checkpoints import CheckpointSaver
+    from mfassl.engine import TensorBoardHandler
+
+    method = tiny_method("dino")
+    loader = DataLoader(DATA, batch_size=4, shuffle=True)
+    saver = CheckpointSaver(tmp_path / "ck", n_saved="1")
+    trainer = create_trainer(method, create_optimizer(method), len(loader), 2, batch_size=4, output_dir=None,
+                             handlers=[saver, TensorBoardHandler(tmp_path / "tb", enabled="false")])
+    trainer.run(loader, max_epochs=2)
+    assert _ckpts(tmp_path / "ck") == ["checkpoint_8.pt"] and not (tmp_path / "tb").exists()
+    with pytest.raises(TypeError, match=r"handlers\[0\]"):
+        create_trainer(method, create_optimizer(method), len(loader), 2, handlers=[object()])
+    with pytest.raises(ValueError, match="n_saved"):
+        CheckpointSaver(tmp_path, n_saved=0)

@@ -141,3 +141,19 @@ def test_3d_checkpoint_into_3d_unetr_forward():
     init_from_pretrained(net, {"model": method.state_dict()})
     with torch.no_grad():
         assert net(torch.rand(1, 4, 64, 64, 64)).shape == (1, 3, 64, 64, 64)
+
+
+def test_the_pretraining_encoder_file_loads_through_the_core_reader(tmp_path):
+    """models/model.pt of the pretraining bundle (mfassl.checkpoints.save_encoder) feeds SwinUNETR strictly."""
+    import mfassl.checkpoints as core
+
+    method = swin_method(seed=2)
+    path = core.save_encoder(method, tmp_path / "models" / "model.pt")
+    net = unetr()
+    report = load_pretrained_encoder(net, path)
+    assert isinstance(report, core.EncoderLoadReport) and report.ok and report.prefix == "swinViT."
+    assert report.ignored > 0  # the MFA block and the mask token are not SwinUNETR's
+    for k, v in method.backbone.swinViT.state_dict().items():
+        torch.testing.assert_close(net.swinViT.state_dict()[k], v, msg=k)
+    with pytest.raises(core.EncoderLoadError, match="feature_size"):
+        load_pretrained_encoder(unetr(feature_size=24), path)

@@ -1,0 +1,108 @@
+"""``python -m mfassl export-encoder``: stock timm / MONAI networks load the file strictly and give our features,
+checked in a process that never imports mfassl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mfassl.__main__ import main
+from mfassl.backbones import MFASwin, MFAViT
+from mfassl.checkpoints import save_encoder
+
+STOCK_CHECK = r"""
+import json, sys
+import torch
+meta = json.load(open(sys.argv[1]))
+state = torch.load(sys.argv[2], weights_only=True)
+x, want = torch.load(sys.argv[3], weights_only=True)
+if meta["target"] == "timm":
+    from timm.models.vision_transformer import VisionTransformer
+    net = VisionTransformer(**meta["kwargs"]).eval()
+    net.load_state_dict(state, strict=True)
+    got = net(x)
+elif meta["target"] == "monai":
+    from monai.networks.nets import ViT
+    net = ViT(**meta["kwargs"]).eval()
+    net.load_state_dict(state, strict=True)
+    got = net(x)[0]
+else:
+    from monai.networks.nets import SwinUNETR
+    net = SwinUNETR(**meta["kwargs"]).eval()
+    net.swinViT.load_state_dict(state, strict=True)
+    got = net.swinViT(x)[-1].flatten(2).mean(-1)
+assert not any(m == "mfassl" or m.startswith("mfassl") for m in sys.modules), "mfassl was imported"
+print(json.dumps({"max_abs_diff": float((got - want).abs().max()), "shape": list(got.shape)}))
+"""
+
+CASES = {
+    "timm": (lambda: MFAViT(2, img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=4),
+             (2, 1, 32, 32)),
+    "monai": (lambda: MFAViT(3, img_size=16, patch_size=8, in_chans=4, embed_dim=32, depth=2, num_heads=4),
+              (2, 4, 16, 16, 16)),
+    "swinunetr": (lambda: MFASwin(3, in_chans=4, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                                  window_size=4), (1, 4, 64, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("to", sorted(CASES))
+def test_stock_network_loads_strictly_and_gives_our_features(tmp_path, capsys, to):
+    build, shape = CASES[to]
+    torch.manual_seed(0)
+    encoder = build().eval()
+    model = save_encoder(encoder, tmp_path / "models" / "model.pt")
+    out = tmp_path / f"{to}.pt"
+    assert main(["export-encoder", str(model), "--to", to, "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert printed == meta and meta["target"] == to and meta["verified_max_abs_diff"] <= 1e-5
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = encoder(x)
+    torch.save((x, want), tmp_path / "io.pt")
+    proc = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(out.with_suffix(".json")), str(out),
+                           str(tmp_path / "io.pt")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["shape"] == list(want.shape) and res["max_abs_diff"] <= 1e-5
+
+
+def test_export_from_a_training_checkpoint(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mfassl.engine import create_optimizer, create_trainer
+
+    from helpers import tiny_method
+
+    method = tiny_method("mocov3")
+    loader = DataLoader(TensorDataset(torch.rand(4, 1, 40, 40, generator=torch.Generator().manual_seed(0))),
+                        batch_size=4)
+    trainer = create_trainer(method, create_optimizer(method), 1, 1, batch_size=4, output_dir=tmp_path,
+                             progress=False, tensorboard=False)
+    trainer.run(loader, max_epochs=1)
+    meta_path = tmp_path / "vit.json"
+    assert main(["export-encoder", str(tmp_path / "checkpoints" / "checkpoint_1.pt"), "--to", "timm", "--out",
+                 str(tmp_path / "vit.pt")]) == 0
+    meta = json.loads(meta_path.read_text())
+    assert meta["kwargs"]["embed_dim"] == 32 and meta["verified_max_abs_diff"] <= 1e-5
+
+
+def test_clear_errors(tmp_path, capsys):
+    torch.manual_seed(0)
+    swin = CASES["swinunetr"][0]()
+    model = save_encoder(swin, tmp_path / "model.pt")
+    assert main(["export-encoder", str(model), "--to", "timm", "--out", str(tmp_path / "x.pt")]) == 1
+    assert "holds a 3D MFASwin; --to timm does not fit it" in capsys.readouterr().err
+    vit = CASES["timm"][0]()
+    torch.save(vit.state_dict(), tmp_path / "bare.pt")  # no sidecar, nothing records the network
+    assert main(["export-encoder", str(tmp_path / "bare.pt"), "--to", "timm", "--out", str(tmp_path / "y.pt")]) == 1
+    assert "does not say which network it holds" in capsys.readouterr().err
+    config = json.dumps({"backbone": "mfa_vit", "config": dict(spatial_dims=2, img_size=32, patch_size=8, in_chans=1,
+                                                               embed_dim=32, depth=2, num_heads=4)})
+    assert main(["export-encoder", str(tmp_path / "bare.pt"), "--to", "timm", "--out", str(tmp_path / "y.pt"),
+                 "--config", config]) == 0
+    assert not (tmp_path / "x.pt").exists() and (tmp_path / "y.pt").is_file()
