@@ -2,6 +2,7 @@
 
 Commands:
     axis       symmetry axis of face images from their landmarks (JSON lines, optional PNG)
+    landmarks  landmarks for a whole image folder (parallel, resumable JSON lines)
     demo       build the synthetic demo faces (300W layout) from package-shipped photos
     pretrain   MFASSL pretraining on face crops (the shared ignite engine)
     benchmark  landmark benchmark: a head on a (frozen or fine-tuned) encoder, NME / FR / AUC
@@ -15,6 +16,7 @@ import sys
 
 COMMANDS = {
     "axis": ("mfassl_faces.cli_axis", "symmetry axis of face images from their landmarks"),
+    "landmarks": ("mfassl_faces.cli_landmarks", "landmarks for a whole image folder (parallel, resumable)"),
     "demo": ("mfassl_faces.cli_tasks", "build the synthetic demo faces"),
     "pretrain": ("mfassl_faces.cli_tasks", "MFASSL pretraining on face crops"),
     "benchmark": ("mfassl_faces.cli_tasks", "landmark benchmark (NME, FR@0.1, AUC@0.1)"),

@@ -1,11 +1,18 @@
-"""``python -m mfassl_faces axis IMAGE [IMAGE ...] --landmarks dlib|fan|FILE --json [--png OUT] [--all-faces]``.
+"""``python -m mfassl_faces axis IMAGE [IMAGE ...] --landmarks dlib|fan|file|FILE|DIR --json [--png OUT]``.
 
-One JSON object per line and face: ``{"path", "normal", "offset", "confidence", "fallback",
-"landmarks", "seconds"}`` in pixel coordinates (x = column, y = row): the axis is the line
-``normal . (x, y) = offset`` with ``normal`` pointing to the image right. ``--all-faces`` prints
-one line per face (with a ``face`` index), otherwise the largest face only. A bad file (missing,
-corrupt, wrong landmark count) gives an error on stderr naming it; the other files are still
-processed and the exit status is 1. Images with no face are skipped, counted and reported.
+One JSON object per line and face: ``{"path", "normal", "offset", "confidence", "fallback", "landmarks",
+"seconds", "face", "n_faces", "chosen_by", "box"}`` in pixel coordinates (x = column, y = row): the
+axis is the line ``normal . (x, y) = offset`` with ``normal`` pointing to the image right. ``face`` is
+the face's rank in the source's answer (0 = largest), ``n_faces`` how many were found and
+``chosen_by`` how this one was taken: ``largest`` (the default), ``index`` (``--face-index K``),
+``box`` (``--box x0,y0,x1,y1``: the face overlapping that box most) or ``all`` (``--all-faces``: one
+line per face). The output is strict JSON (a non-finite number is written ``null``).
+
+Every input gets an answer or a one-line ``error: <file>: ...`` on stderr, and the rest go on: a
+missing, corrupt, too small (e.g. 1 x 4000) image, a wrong landmark count, a face index out of range.
+The exit status is then 1; images with no face are skipped, counted and reported. Options are checked
+before any file is read (an unknown source, ``--min-confidence`` outside [0, 1], ``--png FILE.png``
+with several images give exit status 2).
 """
 
 from __future__ import annotations
@@ -13,98 +20,204 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 
-from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
+from mfassl_faces.cli_options import box_arg, float_arg, int_arg
 from mfassl_faces.errors import FaceDataError
-from mfassl_faces.io import read_image
-from mfassl_faces.sources import LANDMARK_SOURCES, create_source
 
 logger = logging.getLogger("mfassl_faces.axis")
+
+SOURCE_NAMES = ("dlib", "fan", "file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mfassl_faces axis",
                                 description="Symmetry axis of face images from their landmarks.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--landmarks", default="dlib",
-                   help="landmark source: 'dlib', 'fan', 'file' (a .pts beside each image), or a landmark "
-                        "FILE / a folder of <image stem>.pts files (default: dlib)")
+    p.add_argument("--landmarks", "--source", dest="landmarks", default="dlib",
+                   help="landmark source: 'dlib', 'fan', 'file' (a .pts beside each image), or an existing "
+                        "landmark FILE / folder of <image stem>.pts files (default: dlib)")
     p.add_argument("--json", action="store_true", help="one JSON object per line (the default output)")
     p.add_argument("--png", metavar="OUT", help="draw landmarks and axis: a .png file (one image) or a folder")
-    p.add_argument("--all-faces", action="store_true", help="report every face, not only the largest")
+    choose = p.add_mutually_exclusive_group()
+    choose.add_argument("--all-faces", action="store_true", help="report every face, not only the largest")
+    choose.add_argument("--face-index", type=int_arg("--face-index", low=0), metavar="K",
+                        help="report the K-th face, largest first (0 = the largest)")
+    choose.add_argument("--box", type=box_arg("--box"), metavar="X0,Y0,X1,Y1",
+                        help="report the face overlapping this pixel box most")
     p.add_argument("--fan-weights", metavar="DIR", help="folder with s3fd-619a316812.pth and 2DFAN4-11f355bf06.pth.tar")
-    p.add_argument("--min-confidence", type=float, default=0.2, help="below this the image centre is used (0.2)")
+    p.add_argument("--min-confidence", type=float_arg("--min-confidence", 0.0, 1.0), default=0.2,
+                   help="in [0, 1]; below this the image centre is used (0.2)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
+def check_source_spec(spec: str) -> str:
+    """``spec`` lower-cased if it names a source, as given if it is an existing path; else ``ValueError``."""
+    if spec.lower() in SOURCE_NAMES:
+        return spec.lower()
+    if Path(spec).exists():
+        return spec
+    raise ValueError(f"unknown landmark source {spec!r}: use one of {', '.join(SOURCE_NAMES)}, or an existing "
+                     "landmark file or folder.")
+
+
 def _source(spec: str, fan_weights: str | None):
-    if spec.lower() == "fan":
+    from mfassl_faces.sources import create_source
+
+    if spec == "fan":
         return create_source("fan", weights_dir=fan_weights)
-    if spec.lower() == "file":
-        return create_source("file")
-    if spec.lower() in LANDMARK_SOURCES:
+    if spec in SOURCE_NAMES:
         return create_source(spec)
     return create_source("file", path=spec)
 
 
-def _png_path(out: str, image: Path, many: bool) -> Path:
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, numpy types made plain."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def dumps(record: dict) -> str:
+    """One strict JSON line (``allow_nan=False``: NaN and infinity are written as null first)."""
+    return json.dumps(strict_json(record), allow_nan=False)
+
+
+def overlay_names(images: Sequence[Path]) -> dict[Path, str]:
+    """A distinct overlay file name for every distinct input.
+
+    ``<stem>_axis.png`` when the stem is unique; otherwise as many parent folders as needed are put in
+    front (``siteA/scan.png`` and ``siteB/scan.png`` give ``siteA__scan_axis.png`` and
+    ``siteB__scan_axis.png``), and the suffix too where only it differs (``scan_png``, ``scan_jpg``).
+    The same file given twice keeps one name.
+    """
+    paths = list(dict.fromkeys(Path(p).resolve() for p in images))
+    depth = max((len(p.parents) for p in paths), default=0)
+
+    def name(p: Path, level: int) -> str:
+        if level > depth:  # the folders are all the same: the suffix tells them apart
+            return "__".join([q.name for q in reversed(p.parents) if q.name] + [p.name.replace(".", "_")])
+        folders = [q.name for q in list(p.parents)[:level] if q.name][::-1]
+        return "__".join(folders + [p.stem])
+
+    out: dict[Path, str] = {}
+    for p in paths:
+        level = 0
+        while level <= depth and any(q != p and name(q, level) == name(p, level) for q in paths):
+            level += 1
+        out[p] = name(p, level) + "_axis.png"
+    return {Path(img): out[Path(img).resolve()] for img in images}
+
+
+def check_png(out: str | None, n_images: int) -> None:
+    """Refuse ``--png`` values that cannot hold the overlays (before any image is read)."""
+    if out is None:
+        return
     o = Path(out)
-    if many or o.is_dir() or o.suffix.lower() != ".png":
-        return o / f"{image.stem}_axis.png"
-    return o
+    as_file = o.suffix.lower() == ".png" and not o.is_dir()
+    if as_file and n_images > 1:
+        raise ValueError(f"--png {out} names one .png file but {n_images} images were given; give a folder.")
+    if not as_file and o.exists() and not o.is_dir():
+        raise ValueError(f"--png {out} is an existing file, not a folder; give a folder or a new .png file.")
+
+
+def png_path(out: str, image: Path, names: dict[Path, str]) -> Path:
+    o = Path(out)
+    if o.suffix.lower() == ".png" and not o.is_dir():
+        return o
+    return o / names[image]
+
+
+def _answer(image_path: Path, source, args: argparse.Namespace, names: dict[Path, str]) -> str:
+    """Process one image: print its JSON lines, return ``ok`` or ``noface`` (errors raise)."""
+    from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
+    from mfassl_faces.io import read_image
+    from mfassl_faces.sources import choose_faces
+
+    t0 = time.perf_counter()
+    image = read_image(image_path)
+    faces = source(image, image_path)
+    if not faces:
+        return "noface"
+    try:
+        chosen = choose_faces(faces, index=args.face_index, box=args.box, all_faces=args.all_faces)
+    except LookupError as err:
+        raise FaceDataError(str(err), image_path) from err
+    lines, drawn = [], []
+    for k, face, how in chosen:
+        axis = axis_from_landmarks(face.landmarks, face.schema, image.shape, min_confidence=args.min_confidence)
+        normal, offset = axis_to_pixel(axis)
+        rec = {"path": str(image_path), "normal": [round(float(v), 6) for v in normal],
+               "offset": round(float(offset), 4), "confidence": round(float(axis.confidence), 4),
+               "fallback": bool(axis.fallback), "landmarks": np.round(face.landmarks, 2).tolist(),
+               "seconds": round(time.perf_counter() - t0, 3), "face": k, "n_faces": len(faces), "chosen_by": how,
+               "box": None if face.box is None else [round(float(v), 2) for v in face.box]}
+        lines.append(dumps(rec))
+        drawn.append(strict_json(rec))
+    if args.png:
+        from mfassl_faces.draw import draw_faces
+
+        out = png_path(args.png, image_path, names)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        draw_faces(image, drawn, out)
+    for line in lines:
+        print(line, flush=True)
+    return "ok"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
+    images = [Path(p) for p in args.images]
+    try:
+        args.landmarks = check_source_spec(args.landmarks)
+        check_png(args.png, len(set(p.resolve() for p in images)))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         source = _source(args.landmarks, args.fan_weights)
-    except (FileNotFoundError, ImportError, FaceDataError) as err:
+    except (FileNotFoundError, ImportError, FaceDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    names = overlay_names(images)
     n_bad = n_noface = n_ok = 0
-    many = len(args.images) > 1
-    for image_path in map(Path, args.images):
-        t0 = time.perf_counter()
+    for image_path in images:
         try:
-            image = read_image(image_path)
-            faces = source(image, image_path)
+            status = _answer(image_path, source, args, names)
         except FaceDataError as err:
             print(f"error: {err}", file=sys.stderr)
             n_bad += 1
             continue
-        if not faces:
+        except Exception as err:  # one bad file costs one file: name it and go on
+            logger.debug("traceback for %s", image_path, exc_info=True)
+            reason = " ".join(str(err).split()) or "no message"
+            print(f"error: {image_path}: {type(err).__name__}: {reason}", file=sys.stderr)
+            n_bad += 1
+            continue
+        if status == "noface":
             print(f"warning: {image_path}: no face found; skipped.", file=sys.stderr)
             n_noface += 1
-            continue
-        chosen = faces if args.all_faces else faces[:1]
-        drawn = []
-        for k, face in enumerate(chosen):
-            axis = axis_from_landmarks(face.landmarks, face.schema, image.shape, min_confidence=args.min_confidence)
-            normal, offset = axis_to_pixel(axis)
-            rec = {"path": str(image_path), "normal": [round(float(v), 6) for v in normal],
-                   "offset": round(offset, 4), "confidence": round(float(axis.confidence), 4),
-                   "fallback": bool(axis.fallback),
-                   "landmarks": np.round(face.landmarks, 2).tolist(),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            if args.all_faces:
-                rec["face"] = k
-            print(json.dumps(rec), flush=True)
-            drawn.append(rec)
-        n_ok += 1
-        if args.png:
-            out = _png_path(args.png, image_path, many)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            from mfassl_faces.draw import draw_faces
-
-            draw_faces(image, drawn, out)
+        else:
+            n_ok += 1
     if n_noface or n_bad:
         print(f"summary: {n_ok} processed, {n_noface} without a face (skipped), {n_bad} unreadable.", file=sys.stderr)
     return 1 if n_bad else 0

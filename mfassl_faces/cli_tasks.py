@@ -7,8 +7,13 @@
 - ``benchmark``: the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`).
 - ``probe``: the CelebA-HQ attribute probe (:func:`mfassl_faces.benchmark.run_attribute_probe`).
 
-Landmark data: ``--data DIR`` (a 300W-layout folder; default the demo set, built if missing) or
-``--wflw-train FILE --wflw-test FILE --wflw-images DIR``.
+Landmark data: ``--data DIR`` (a 300W-layout folder; default the demo set, built if missing),
+``--wflw-train FILE --wflw-test FILE --wflw-images DIR``, or ``--images DIR`` (any image folder, e.g.
+CelebA's ``img_align_celeba``) whose landmarks come from the dataset's annotations where they exist
+(``--celeba-landmarks list_landmarks_align_celeba.txt``, ``.pts`` beside an image), then from
+``--landmarks-file FILE`` (the output of ``python -m mfassl_faces landmarks``), and only for the images
+still without from the detector ``--landmark-source`` (default dlib), whose answers are added to that
+file (default ``OUT/landmarks.jsonl``) so they are computed once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mfassl_faces.cli_options import float_arg, int_arg
 
 logger = logging.getLogger("mfassl_faces.cli")
 
@@ -47,7 +54,17 @@ def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--wflw-train", help="WFLW list_98pt_rect_attr_train.txt")
     g.add_argument("--wflw-test", help="WFLW list_98pt_rect_attr_test.txt")
     g.add_argument("--wflw-images", help="WFLW_images folder")
-    g.add_argument("--test-fraction", type=float, default=0.25, help="test share of a --data folder (0.25)")
+    g.add_argument("--test-fraction", type=float_arg("--test-fraction", 0.01, 0.99), default=0.25,
+                   help="test share of a --data or --images folder, in [0.01, 0.99] (0.25)")
+    g.add_argument("--images", help="image folder; landmarks from annotations, --landmarks-file, then the detector")
+    g.add_argument("--celeba-landmarks", help="CelebA list_landmarks_align_celeba.txt for the --images folder")
+    g.add_argument("--landmarks-file", help="landmarks JSON lines (python -m mfassl_faces landmarks); detector "
+                                            "answers are added to it (default OUT/landmarks.jsonl)")
+    g.add_argument("--landmark-source", default="dlib", choices=("dlib", "fan", "none"),
+                   help="detector for --images without landmarks; 'none' leaves them out (dlib)")
+    g.add_argument("--landmark-workers", type=int_arg("--landmark-workers", low=0, high=256), default=1,
+                   help="detector processes (1)")
+    g.add_argument("--fan-weights", help="FAN weights folder (--landmark-source fan)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -79,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--lr", type=float, default=5e-4, help="peak lr at batch 256")
     pt.add_argument("--warmup-epochs", type=float, default=1.0)
     pt.add_argument("--resume", default=None, help="'auto', a checkpoint file or a folder")
+    pt.add_argument("--resume-force", action="store_true",
+                    help="resume even when the run settings (batch size, epochs, objective...) differ from the checkpoint's")
     pt.add_argument("--no-progress", action="store_true")
     pt.add_argument("--t-sym", type=float, default=10.0)
     pt.add_argument("--t-mfa", type=float, default=12.0)
@@ -128,40 +147,64 @@ def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_backbone(args: argparse.Namespace):
-    """The encoder: from ``--checkpoint`` (its saved config wins) or freshly initialised."""
+    """The encoder: from ``--checkpoint`` (the network it records wins over the size options) or freshly
+    initialised. Reading and strict loading go through :mod:`mfassl.checkpoints` (a ``backbone.pt``, an engine
+    ``checkpoint_<N>.pt`` or a bundle's ``models/model.pt``); a file that does not fit raises
+    :class:`~mfassl.checkpoints.EncoderLoadError` naming it and the keys."""
     from mfassl.backbones import create_backbone
-    from mfassl.engine import load_checkpoint
+    from mfassl.checkpoints import EncoderLoadError, load_encoder, read_encoder_file
 
     name, config = args.backbone, _backbone_config(args)
-    state = None
+    source = None
     if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
-        if "backbone_state" in ck:
-            name = ck.get("backbone_name", name)
-            config = json.loads(ck["backbone_config"]) if isinstance(ck.get("backbone_config"), str) else config
-            state = ck["backbone_state"]
-        elif "model" in ck:  # an engine checkpoint of the whole method
-            prefix = "objective.backbone."
-            state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
-        else:
-            raise RuntimeError(f"{args.checkpoint}: neither a backbone.pt nor an engine checkpoint.")
+        source = read_encoder_file(args.checkpoint)
+        if source.description is not None:
+            name, config = source.description["backbone"], dict(source.description["config"])
     backbone = create_backbone(name, **config)
-    if state is not None:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        if missing:
-            raise RuntimeError(f"{args.checkpoint}: {len(missing)} encoder weights missing (first: {missing[0]}); "
-                               "check --size/--embed-dim/--depth against the pretraining run.")
+    if source is not None:
+        try:
+            load_encoder(backbone, source)
+        except EncoderLoadError as err:
+            raise EncoderLoadError(f"{err}\n(check --backbone/--size/--patch-size/--embed-dim/--depth/--num-heads "
+                                   "against the pretraining run)") from err
         logger.info("encoder loaded from %s", args.checkpoint)
     else:
         logger.warning("no --checkpoint: the encoder is randomly initialised.")
     return backbone, name, config
 
 
-def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0):
+def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pretrain"):
+    """``(records, counts)`` for ``--images``: annotations first, the landmarks file next, the detector last."""
+    from mfassl_faces.readers import collect_landmark_records, read_celeba_landmarks
+
+    table = read_celeba_landmarks(args.celeba_landmarks) if args.celeba_landmarks else None
+    cache = Path(args.landmarks_file) if args.landmarks_file else _out(args, default_out) / "landmarks.jsonl"
+    source = None if args.landmark_source == "none" else args.landmark_source
+    kwargs = {"weights_dir": args.fan_weights} if source == "fan" else {}
+    records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
+                                               workers=args.landmark_workers, progress=True)
+    logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)
+    return records, counts
+
+
+def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out: str = "faces_pretrain"):
     """``(train, test, schema)`` landmark datasets from the arguments."""
     from mfassl_faces.demo import build_demo_data
     from mfassl_faces.readers import LandmarkDataset, read_300w_folder, read_wflw_annotations
 
+    if getattr(args, "images", None):
+        records, _ = image_folder_records(args, default_out)
+        if len(records) < 2:
+            raise SystemExit(f"error: {args.images}: need at least 2 images with landmarks, found {len(records)}.")
+        schemas = sorted({r.schema for r in records})
+        gen = torch.Generator().manual_seed(args.seed)
+        order = torch.randperm(len(records), generator=gen).tolist()
+        n_test = max(1, int(round(len(records) * args.test_fraction)))
+        test = [records[i] for i in order[:n_test]]
+        train = [records[i] for i in order[n_test:]]
+        schema = schemas[0] if len(schemas) == 1 else "ibug68"
+        return (LandmarkDataset(train, schema, size=args.size, flip_prob=flip_prob),
+                LandmarkDataset(test, schema, size=args.size), schemas[0] if len(schemas) == 1 else None)
     if args.wflw_train or args.wflw_test:
         if not (args.wflw_train and args.wflw_test and args.wflw_images):
             raise SystemExit("error: WFLW needs --wflw-train, --wflw-test and --wflw-images.")
@@ -233,11 +276,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     trainer = create_trainer(method, create_optimizer(method, lr=args.lr), len(loader), args.epochs,
                              base_lr=args.lr, batch_size=args.batch_size * world, warmup_epochs=args.warmup_epochs,
                              device=_device(args.device), output_dir=out, progress=not args.no_progress,
-                             resume_from=args.resume)
+                             resume_from=args.resume, resume_force=args.resume_force)
     trainer.run(loader, max_epochs=args.epochs)
     if idist.get_rank() == 0:
-        torch.save({"backbone_name": name, "backbone_config": json.dumps(config),
-                    "backbone_state": method.backbone.state_dict()}, out / "backbone.pt")
+        from mfassl.checkpoints import atomic_save, encoder_state_dict
+
+        atomic_save({"backbone_name": name, "backbone_config": json.dumps(config),
+                     "backbone_state": encoder_state_dict(method.backbone)}, out / "backbone.pt")
         summary = {"output_dir": str(out), "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
                    "last_loss": (trainer.state.output or {}).get("loss"), "backbone": str(out / "backbone.pt")}
         print(json.dumps(summary))
@@ -248,7 +293,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from mfassl_faces.benchmark import run_landmark_benchmark
 
     torch.manual_seed(args.seed)
-    train, test, schema = landmark_sets(args, flip_prob=0.5)
+    train, test, schema = landmark_sets(args, flip_prob=0.5, default_out="faces_benchmark")
+    if schema is None:
+        raise SystemExit("error: the landmark benchmark needs one landmark layout; the --images folder mixes "
+                         "several (annotations and detector landmarks).")
     backbone, _, _ = build_backbone(args)
     res = run_landmark_benchmark(backbone, train, test, schema, args.size, head=args.head, finetune=args.finetune,
                                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_boot=args.n_boot,

@@ -13,6 +13,10 @@ Layouts (as distributed):
   4 box values ``x_min y_min x_max y_max``, 6 attribute flags (pose, expression, illumination,
   make-up, occlusion, blur) and the image path relative to ``WFLW_images/``.
 - 300W/iBUG: ``<name>.<png|jpg>`` beside ``<name>.pts``.
+- CelebA ``list_landmarks_align_celeba.txt`` (and ``list_landmarks_celeba.txt`` for the in-the-wild
+  images): line 1 the number of images, line 2 the ten column names ``lefteye_x lefteye_y righteye_x
+  righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y``, then ``<file>`` and
+  ten integers per line (pixel coordinates; "left" is the image-left, as in the 5-point schema).
 
 Every parse error raises :class:`~mfassl_faces.errors.FaceDataError` naming the file and line.
 """
@@ -48,6 +52,9 @@ __all__ = [
     "CelebAHQDataset",
     "read_wflw_annotations",
     "read_300w_folder",
+    "read_celeba_landmarks",
+    "collect_landmark_records",
+    "face_box",
     "LandmarkDataset",
     "crop_matrix",
 ]
@@ -227,14 +234,18 @@ class LandmarkRecord:
     Attributes:
         image: the image file.
         landmarks: ``(N, 2)`` pixel ``(x, y)``.
-        box: ``(x_min, y_min, x_max, y_max)`` face box, or None (the landmark extent is used).
+        box: ``(x_min, y_min, x_max, y_max)`` face box, or None (:func:`face_box` of the landmarks is used).
         attributes: named 0/1 flags (WFLW's six subsets), possibly empty.
+        schema: the landmarks' layout when it differs from the dataset's (None: the dataset's).
+        origin: where the landmarks come from: ``annotation``, ``landmarks_file`` or ``detector``.
     """
 
     image: Path
     landmarks: np.ndarray
     box: tuple[float, float, float, float] | None = None
     attributes: dict[str, int] = field(default_factory=dict)
+    schema: str | None = None
+    origin: str = "annotation"
 
 
 def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[LandmarkRecord]:
@@ -286,6 +297,154 @@ def read_300w_folder(folder: str | os.PathLike, schema: str | LandmarkSchema = "
     return out
 
 
+CELEBA_LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+                           "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
+
+
+def read_celeba_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """CelebA's ``list_landmarks_align_celeba.txt`` (or ``list_landmarks_celeba.txt``).
+
+    Returns:
+        ``{file: (5, 2) float64}`` pixel ``(x, y)`` in the 5-point order (image-left eye, image-right
+        eye, nose, image-left and image-right mouth corner).
+
+    Raises:
+        FaceDataError: naming the file and line for a wrong header, field count or a non-numeric value.
+    """
+    lines = _lines(path)
+    body = [(k, ln) for k, ln in enumerate(lines, start=1) if ln.strip()]
+    if len(body) < 2:
+        raise FaceDataError("a CelebA landmark file needs a count line and a column-names line.", path)
+    try:
+        count = int(body[0][1].split()[0])
+    except (ValueError, IndexError) as err:
+        raise FaceDataError(f"line {body[0][0]} must be the number of images, got {body[0][1]!r}.", path) from err
+    names = tuple(body[1][1].split())
+    if names != CELEBA_LANDMARK_COLUMNS:
+        raise FaceDataError(f"line {body[1][0]}: expected the columns {' '.join(CELEBA_LANDMARK_COLUMNS)}, "
+                            f"got {' '.join(names)!r}.", path)
+    out: dict[str, np.ndarray] = {}
+    for k, ln in body[2:]:
+        parts = ln.split()
+        if len(parts) != 11:
+            raise FaceDataError(f"line {k}: expected a file name and 10 coordinates, got {len(parts)} fields.", path)
+        try:
+            pts = np.array([float(v) for v in parts[1:]], dtype=np.float64).reshape(5, 2)
+        except ValueError as err:
+            raise FaceDataError(f"line {k}: non-numeric coordinate ({err}).", path) from err
+        if not np.all(np.isfinite(pts)):
+            raise FaceDataError(f"line {k}: non-finite coordinate.", path)
+        if parts[0] in out:
+            raise FaceDataError(f"line {k}: {parts[0]} is listed twice.", path)
+        out[parts[0]] = pts
+    if count != len(out):
+        logger.warning("%s: header says %d images, the file lists %d.", path, count, len(out))
+    return out
+
+
+def face_box(landmarks: np.ndarray, schema: str | LandmarkSchema) -> tuple[float, float, float, float]:
+    """A face box ``(x0, y0, x1, y1)`` from landmarks: their extent, or for the 5-point layout (eyes, nose,
+    mouth corners: an inner-face extent) a square of 2.2 times the larger of the inter-ocular and the
+    eye-to-mouth distance around their centre, so crops hold the whole face like the other layouts'."""
+    s = get_schema(schema)
+    pts = s.check(landmarks)
+    if s.n_points == 5:
+        eyes, mouth = pts[:2].mean(axis=0), pts[3:].mean(axis=0)
+        side = 2.2 * max(float(np.linalg.norm(pts[0] - pts[1])), float(np.linalg.norm(mouth - eyes)), 1.0)
+        cx, cy = (eyes + mouth) / 2.0
+        return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str, np.ndarray] | None = None,
+                             annotation_schema: str | LandmarkSchema | None = None,
+                             landmarks_file: str | os.PathLike | None = None, source: str | None = None,
+                             source_kwargs: dict[str, Any] | None = None, workers: int = 1,
+                             progress: bool = False) -> tuple[list[LandmarkRecord], dict[str, int]]:
+    """Landmarks for every image of a folder, from the best place that has them.
+
+    In order, for each image (relative path under ``image_dir``): the dataset's ``annotations`` (e.g.
+    :func:`read_celeba_landmarks`, keyed by file name or relative path), a ``.pts`` file beside the image,
+    the ``landmarks_file`` (JSON lines of ``python -m mfassl_faces landmarks``), and only for the images
+    still without, the detector ``source``; its answers are appended to ``landmarks_file`` (the cache), so
+    they are computed once, not per epoch or per run.
+
+    Args:
+        image_dir: the image folder (searched recursively).
+        annotations: ``{file: (N, 2)}`` landmark table of the dataset.
+        annotation_schema: the table's layout (default from the number of points).
+        landmarks_file: landmarks file to read and, with ``source``, to extend.
+        source: detector for images without landmarks (``dlib``, ``fan``); None leaves them out.
+        source_kwargs: its keyword arguments.
+        workers: detector processes.
+        progress: progress bar for the detector.
+
+    Returns:
+        ``(records, counts)``; ``counts`` has ``annotation``, ``pts``, ``landmarks_file``, ``detector``,
+        ``no_face``, ``errors`` and ``missing`` (images left without landmarks).
+    """
+    from mfassl_faces.landmark_cache import compute_landmarks, list_images, read_landmarks_file
+    from mfassl_faces.schemas import schema_for_count
+
+    root = Path(image_dir)
+    rels = list_images(root)
+    counts = dict.fromkeys(("annotation", "pts", "landmarks_file", "detector", "no_face", "errors", "missing"), 0)
+    records: list[LandmarkRecord] = []
+    pending: list[Path] = []
+    table = annotations or {}
+    for rel in rels:
+        key = rel.as_posix()
+        pts = table.get(key, table.get(rel.name))
+        if pts is not None:
+            s = get_schema(annotation_schema) if annotation_schema is not None else schema_for_count(len(pts))
+            records.append(LandmarkRecord(root / rel, np.asarray(pts, dtype=np.float64), schema=s.name,
+                                          origin="annotation"))
+            counts["annotation"] += 1
+            continue
+        beside = (root / rel).with_suffix(".pts")
+        if beside.is_file():
+            pts = read_pts(beside)
+            try:
+                s = schema_for_count(pts.shape[0])
+            except ValueError as err:
+                raise FaceDataError(str(err), beside) from err
+            records.append(LandmarkRecord(root / rel, pts, schema=s.name, origin="annotation"))
+            counts["pts"] += 1
+            continue
+        pending.append(rel)
+    cached = read_landmarks_file(landmarks_file) if landmarks_file is not None and Path(landmarks_file).is_file() else {}
+    if source is not None and pending:
+        if landmarks_file is None:
+            raise ValueError("a detector source needs a landmarks_file to cache its answers in.")
+        missing = [r for r in pending if cached.get(r.as_posix(), {}).get("status") not in ("ok", "no_face")]
+        if missing:
+            summary = compute_landmarks(root, landmarks_file, source, source_kwargs, workers=workers,
+                                        progress=progress, files=missing)
+            for path, reason in summary["failed"]:
+                logger.warning("%s: no landmarks (%s).", root / path, reason)
+            cached = read_landmarks_file(landmarks_file)
+        fresh = {r.as_posix() for r in missing}
+    else:
+        fresh = set()
+    for rel in pending:
+        rec = cached.get(rel.as_posix())
+        if rec is None:
+            counts["missing"] += 1
+            continue
+        if rec["status"] != "ok":
+            counts["no_face" if rec["status"] == "no_face" else "errors"] += 1
+            continue
+        box = rec.get("box")
+        records.append(LandmarkRecord(root / rel, np.asarray(rec["landmarks"], dtype=np.float64),
+                                      None if box is None else tuple(float(v) for v in box),
+                                      schema=rec.get("schema"), origin="landmarks_file"))
+        counts["detector" if rel.as_posix() in fresh else "landmarks_file"] += 1
+    logger.info("landmarks for %d of %d images in %s: %s", len(records), len(rels), root, counts)
+    return records, counts
+
+
 def crop_matrix(box: Sequence[float], size: int, margin: float = 0.25) -> np.ndarray:
     """``(2, 3)`` pixel map from the image to a ``size x size`` square crop around ``box`` (enlarged by ``margin``)."""
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -300,7 +459,7 @@ class LandmarkDataset(Dataset):
 
     Args:
         records: from :func:`read_wflw_annotations` or :func:`read_300w_folder`.
-        schema: the records' layout.
+        schema: the records' layout (a record with its own ``schema`` keeps it; pretraining only reads the axis).
         size: crop side in pixels.
         margin: box enlargement around the face.
         flip_prob: probability of a horizontal flip (landmarks permuted by the mirror map).
@@ -330,22 +489,26 @@ class LandmarkDataset(Dataset):
 
         rec = self.records[i]
         img = read_image(rec.image)
-        pts = self.schema.check(rec.landmarks, str(rec.image))
-        box = rec.box if rec.box is not None else (*pts.min(axis=0), *pts.max(axis=0))
+        schema = get_schema(rec.schema) if rec.schema is not None else self.schema
+        try:
+            pts = schema.check(rec.landmarks, str(rec.image))
+        except ValueError as err:
+            raise FaceDataError(str(err), rec.image) from err
+        box = rec.box if rec.box is not None else face_box(pts, schema)
         m = crop_matrix(box, self.size, self.margin)
         crop = cv2.warpAffine(img, m, (self.size, self.size), flags=cv2.INTER_AREA if m[0, 0] < 1 else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
         lm = pts @ m[:, :2].T + m[:, 2]
         if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
             crop = crop[:, ::-1].copy()
-            lm = flip_landmarks(lm, self.schema, self.size)
-        axis = axis_from_landmarks(lm, self.schema, crop.shape)
+            lm = flip_landmarks(lm, schema, self.size)
+        axis = axis_from_landmarks(lm, schema, crop.shape)
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float() / 255.0,
             "landmarks": torch.from_numpy(lm.astype(np.float32)),
             "axis": torch.from_numpy(axis.as_array()),
             "axis_fallback": bool(axis.fallback),
-            "iod": float(self.schema.inter_ocular(lm)),
+            "iod": float(schema.inter_ocular(lm)),
             "attributes": torch.tensor([float(rec.attributes.get(k, 0)) for k in self.attribute_names]),
             "path": str(rec.image),
         }

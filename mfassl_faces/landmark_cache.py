@@ -1,0 +1,240 @@
+"""Landmarks for a whole image folder, computed once, in parallel, resumably, as JSON lines.
+
+``python -m mfassl_faces landmarks DATASET_DIR --source dlib --workers N --out FILE`` runs
+:func:`compute_landmarks`. ``FILE`` holds one strict-JSON object per image, its ``path`` relative to
+``DATASET_DIR`` (POSIX separators), and a ``status``:
+
+- ``ok``: the largest face: ``schema``, ``landmarks`` (``(N, 2)`` pixel ``(x, y)``), ``box``
+  ``[x0, y0, x1, y1]``, ``score``, ``n_faces``, ``face`` (0), ``width``, ``height``, ``source``, and
+  the face axis as the ``axis`` command writes it (``normal``, ``offset``, ``confidence``, ``fallback``);
+- ``no_face``: the source found none;
+- ``error``: the image could not be used; ``error`` says why.
+
+A rerun appends only what is missing: images with an ``ok`` or ``no_face`` line are skipped, images
+whose last line is an ``error`` are tried again (a later line for the same path supersedes an
+earlier one). A line cut off by an interrupted run is ignored and the file is repaired before
+appending. :func:`read_landmarks_file` reads the file back (last line per path) and
+:func:`landmark_records` turns its ``ok`` lines into :class:`~mfassl_faces.readers.LandmarkRecord`
+objects for the readers and the face pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mfassl_faces.errors import FaceDataError
+
+__all__ = ["IMAGE_SUFFIXES", "list_images", "read_landmarks_file", "landmark_records", "compute_landmarks",
+           "landmark_record"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(dataset_dir: str | os.PathLike) -> list[Path]:
+    """Every image file under ``dataset_dir`` (recursively, by suffix), sorted, as paths relative to it.
+
+    Raises:
+        FaceDataError: the folder does not exist.
+    """
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FaceDataError("dataset folder does not exist.", root)
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _repair(path: Path) -> None:
+    """Cut a last line that an interrupted run left without its newline."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        logger.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run.", path,
+                       len(data) - cut)
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+
+
+def read_landmarks_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``{path: record}`` from a landmarks file (the last line per path wins).
+
+    Malformed lines are skipped with a warning naming the file and line number; a record without a
+    ``path`` or a ``status`` raises.
+
+    Raises:
+        FaceDataError: the file is missing, or a line is valid JSON but not a landmark record.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FaceDataError("landmarks file does not exist.", p)
+    out: dict[str, dict[str, Any]] = {}
+    with open(p, encoding="utf-8") as fh:
+        for k, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                logger.warning("%s: line %d is not JSON (an interrupted write?); skipped.", p, k)
+                continue
+            if not isinstance(rec, dict) or "path" not in rec or rec.get("status") not in ("ok", "no_face", "error"):
+                raise FaceDataError(f"line {k}: not a landmark record (needs 'path' and 'status' ok/no_face/error).", p)
+            if rec["status"] == "ok":
+                pts = np.asarray(rec.get("landmarks"), dtype=np.float64)
+                if pts.ndim != 2 or pts.shape[1] != 2:
+                    raise FaceDataError(f"line {k}: 'landmarks' must be N rows of (x, y), got shape {pts.shape}.", p)
+            out[str(rec["path"])] = rec
+    return out
+
+
+def landmark_records(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list:
+    """The ``ok`` lines of a landmarks file as :class:`~mfassl_faces.readers.LandmarkRecord` objects.
+
+    Args:
+        path: the landmarks file.
+        root: the dataset folder the paths are relative to (default: the file's folder).
+    """
+    from mfassl_faces.readers import LandmarkRecord
+
+    base = Path(root) if root is not None else Path(path).parent
+    recs = []
+    for rel, rec in read_landmarks_file(path).items():
+        if rec["status"] != "ok":
+            continue
+        box = rec.get("box")
+        recs.append(LandmarkRecord(base / rel, np.asarray(rec["landmarks"], dtype=np.float64),
+                                   None if box is None else tuple(float(v) for v in box),
+                                   schema=rec.get("schema"), origin="landmarks_file"))
+    return recs
+
+
+# ---------------------------------------------------------------------------------------------- compute
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(source: str, source_kwargs: dict[str, Any]) -> None:
+    from mfassl_faces.sources import create_source
+
+    _WORKER["name"] = source
+    _WORKER["source"] = create_source(source, **source_kwargs)
+
+
+def landmark_record(image_path: str | os.PathLike, rel: str, source, source_name: str) -> dict[str, Any]:
+    """The landmarks-file line of one image (never raises: errors become an ``error`` line)."""
+    from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
+    from mfassl_faces.io import read_image
+
+    t0 = time.perf_counter()
+    try:
+        image = read_image(image_path)
+        faces = source(image, image_path)
+        if not faces:
+            return {"path": rel, "status": "no_face", "source": source_name,
+                    "seconds": round(time.perf_counter() - t0, 3)}
+        face = faces[0]
+        axis = axis_from_landmarks(face.landmarks, face.schema, image.shape)
+        normal, offset = axis_to_pixel(axis)
+        return {"path": rel, "status": "ok", "source": source_name, "schema": face.schema,
+                "landmarks": np.round(face.landmarks, 3).tolist(),
+                "box": None if face.box is None else [round(float(v), 3) for v in face.box],
+                "score": None if face.score is None else round(float(face.score), 4),
+                "n_faces": len(faces), "face": 0, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                "normal": [round(float(v), 6) for v in normal], "offset": round(float(offset), 4),
+                "confidence": round(float(axis.confidence), 4), "fallback": bool(axis.fallback),
+                "seconds": round(time.perf_counter() - t0, 3)}
+    except Exception as err:  # one bad file costs one line
+        reason = err.reason if isinstance(err, FaceDataError) else f"{type(err).__name__}: {err}"
+        return {"path": rel, "status": "error", "source": source_name, "error": " ".join(str(reason).split())}
+
+
+def _work(job: tuple[str, str]) -> dict[str, Any]:
+    image_path, rel = job
+    return landmark_record(image_path, rel, _WORKER["source"], _WORKER["name"])
+
+
+def _dumps(rec: dict[str, Any]) -> str:
+    from mfassl_faces.cli_axis import dumps
+
+    return dumps(rec)
+
+
+def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, source: str = "dlib",
+                      source_kwargs: dict[str, Any] | None = None, workers: int = 1, progress: bool = False,
+                      files: Sequence[str | os.PathLike] | None = None) -> dict[str, Any]:
+    """Landmarks of every image under ``dataset_dir`` appended to ``out`` (see the module docstring).
+
+    Args:
+        dataset_dir: the image folder (searched recursively).
+        out: the landmarks file (JSON lines); created, or resumed when it exists.
+        source: landmark source name (:data:`~mfassl_faces.sources.LANDMARK_SOURCES`).
+        source_kwargs: keyword arguments of the source (e.g. ``weights_dir`` for ``fan``).
+        workers: processes (each builds its own source); 0 or 1 runs in this process.
+        progress: show a progress bar on stderr.
+        files: only these images (relative to ``dataset_dir``); default every image.
+
+    Returns:
+        ``{"images", "skipped", "done", "ok", "no_face", "errors", "failed": [(path, reason), ...], "out"}``
+        where ``skipped`` counts images already answered by an earlier run.
+    """
+    root = Path(dataset_dir)
+    out_path = Path(out)
+    rels = [Path(f) for f in files] if files is not None else list_images(root)
+    out_resolved = out_path.resolve()
+    rels = [r for r in rels if (root / r).resolve() != out_resolved]
+    done: dict[str, dict[str, Any]] = {}
+    if out_path.is_file():
+        _repair(out_path)
+        done = read_landmarks_file(out_path)
+    todo = [r.as_posix() for r in rels if done.get(r.as_posix(), {}).get("status") not in ("ok", "no_face")]
+    summary: dict[str, Any] = {"images": len(rels), "skipped": len(rels) - len(todo), "done": 0, "ok": 0,
+                               "no_face": 0, "errors": 0, "failed": [], "out": str(out_path)}
+    if not todo:
+        return summary
+    kwargs = dict(source_kwargs or {})
+    jobs = [(str(root / r), r) for r in todo]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="landmarks", unit="img", file=sys.stderr)
+    with open(out_path, "a", encoding="utf-8") as fh:
+        for rec in _run(jobs, source, kwargs, workers):
+            fh.write(_dumps(rec) + "\n")
+            fh.flush()
+            summary["done"] += 1
+            key = {"ok": "ok", "no_face": "no_face", "error": "errors"}[rec["status"]]
+            summary[key] += 1
+            if rec["status"] == "error":
+                summary["failed"].append((rec["path"], rec["error"]))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return summary
+
+
+def _run(jobs: list[tuple[str, str]], source: str, kwargs: dict[str, Any], workers: int) -> Iterable[dict[str, Any]]:
+    if workers <= 1 or len(jobs) == 1:
+        _init_worker(source, kwargs)
+        yield from (_work(j) for j in jobs)
+        return
+    if "fork" in mp.get_all_start_methods():
+        # build the source once here; the forked workers share it (the dlib model is read once, not N times)
+        _init_worker(source, kwargs)
+        pool = mp.get_context("fork").Pool(min(workers, len(jobs)))
+    else:
+        pool = mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker,
+                                            initargs=(source, kwargs))
+    with pool:
+        yield from pool.imap_unordered(_work, jobs, chunksize=1)
+
