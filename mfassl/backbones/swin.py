@@ -3,6 +3,11 @@
 The encoder is held as ``self.swinViT``, the attribute name MONAI's ``SwinUNETR`` uses, so a pretrained
 MFA-Swin state dict loads into a ``SwinUNETR`` encoder with matching keys. Swin cannot drop tokens:
 masked-image objectives replace hidden patches by a learned mask token (``token_masking = "replace"``).
+
+``torch.jit.script`` compiles the plain encoder forward: the MONAI Swin modules of ``swinViT`` get their
+scriptable subclasses (:func:`mfassl.backbones.swin_script.make_swin_scriptable`: same parameters, same state
+dict, same outputs), and the code below is typed for TorchScript. That is what ``ckpt_export`` of the BraTS
+bundle's ``swin.json`` variant runs, without ``--use_trace``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 from monai.utils import ensure_tuple_rep
 
 from mfassl.backbones.base import MFABackbone
+from mfassl.backbones.swin_script import make_swin_scriptable
 from mfassl.mfa import MirrorFusionAttention
 
 __all__ = ["MFASwin"]
@@ -64,6 +70,7 @@ class MFASwin(MFABackbone):
             in_chans=in_chans, embed_dim=embed_dim, window_size=ensure_tuple_rep(window_size, spatial_dims),
             patch_size=ensure_tuple_rep(patch_size, spatial_dims), depths=depths, num_heads=num_heads,
             drop_path_rate=drop_path_rate, spatial_dims=spatial_dims, use_v2=use_v2)
+        make_swin_scriptable(self.swinViT)
         self.use_v2 = use_v2
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -79,37 +86,38 @@ class MFASwin(MFABackbone):
 
     def _stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Run stage ``i`` (1..4) on a channel-first map."""
-        vit = self.swinViT
-        if self.use_v2:
-            x = getattr(vit, f"layers{i}c")[0](x.contiguous())
-        return getattr(vit, f"layers{i}")[0](x.contiguous())
+        return self.swinViT.stage(i, x)
 
-    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+    def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         h = self.swinViT.patch_embed(x)  # (B, C, *g)
         if token_mask is not None:
-            grid = h.shape[2:]
-            if token_mask.shape != (h.shape[0], int(torch.tensor(list(grid)).prod())):
-                raise ValueError(f"token_mask must be (B, N) over the {tuple(grid)} patch grid, got {tuple(token_mask.shape)}.")
-            m = token_mask.view(h.shape[0], 1, *grid).to(h.dtype)
-            tok = self.mask_token.view(1, -1, *([1] * self.spatial_dims)).to(h.dtype)
+            grid = [h.shape[2 + i] for i in range(self.spatial_dims)]
+            n = 1
+            for g in grid:
+                n *= g
+            if token_mask.dim() != 2 or token_mask.shape[0] != h.shape[0] or token_mask.shape[1] != n:
+                raise ValueError(f"token_mask must be (B, N) over the {grid} patch grid, got {list(token_mask.shape)}.")
+            m = token_mask.view([h.shape[0], 1] + grid).to(h.dtype)
+            tok = self.mask_token.view([1, -1] + [1] * self.spatial_dims).to(h.dtype)
             h = h * (1 - m) + tok * m
-        return self.swinViT.pos_drop(h), {}
+        ctx: dict[str, torch.Tensor] = {}
+        return self.swinViT.pos_drop(h), ctx
 
-    def _pre(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         for i in range(1, self.mfa_stage + 1):
             h = self._stage(i, h)
         return h
 
-    def _post(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         for i in range(self.mfa_stage + 1, 5):
             h = self._stage(i, h)
         h = self.swinViT.proj_out(h, normalize=True)
         return h.flatten(2).transpose(1, 2)
 
-    def _split(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _split(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return h.flatten(2).transpose(1, 2)
 
-    def _merge(self, h: torch.Tensor, tokens: torch.Tensor, ctx: dict) -> torch.Tensor:
+    def _merge(self, h: torch.Tensor, tokens: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return tokens.transpose(1, 2).reshape(h.shape)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

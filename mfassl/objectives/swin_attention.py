@@ -13,7 +13,8 @@ two statistics taken from the probabilities as they go by:
   ``(B, H, *grid)`` map, for both the noisy probabilities (what the teacher used) and the clean ones.
 
 On leaving the context the modules get their own forward back; the module tree and state dict never
-change, so a teacher wrapped by a probe stays an exact EMA copy of the student.
+change, so a teacher wrapped by a probe stays an exact EMA copy of the student. The patch is an instance
+attribute, so it works on the scriptable Swin subclasses :class:`~mfassl.backbones.MFASwin` uses as on MONAI's own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention, get_window_size, window_reverse
+
+from mfassl.backbones.swin_script import ScriptableWindowAttention
 
 __all__ = ["SwinAttentionProbe", "window_attention_forward", "attention_entropy", "windows_to_grid",
            "resample_score_map"]
@@ -100,6 +103,9 @@ def window_attention_forward(attn: WindowAttention, x: torch.Tensor, mask: torch
                              observe=None) -> torch.Tensor:
     """MONAI ``WindowAttention.forward`` (non-flash path) with logit noise and an observer.
 
+    The logits and the output projection are :class:`~mfassl.backbones.swin_script.ScriptableWindowAttention`'s
+    (``logits`` and ``mix``), so the probe and the scripted encoder share one attention computation.
+
     Args:
         attn: the MONAI module (its weights are used as they are).
         x: ``(B * nW, n, C)`` window tokens.
@@ -112,16 +118,7 @@ def window_attention_forward(attn: WindowAttention, x: torch.Tensor, mask: torch
     Returns:
         ``(B * nW, n, C)``, as the module's forward.
     """
-    b, n, c = x.shape
-    h = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    bias = attn.relative_position_bias_table[attn.relative_position_index.clone()[:n, :n].reshape(-1)]
-    bias = bias.reshape(n, n, -1).permute(2, 0, 1).contiguous()
-    logits = (q * attn.scale) @ k.transpose(-2, -1) + bias.unsqueeze(0)
-    if mask is not None:
-        nw = mask.shape[0]
-        logits = (logits.view(b // nw, nw, h, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, h, n, n)
+    logits, v = ScriptableWindowAttention.logits(attn, x, mask)  # works on any MONAI WindowAttention
     clean = None
     if noise_std > 0:
         noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
@@ -131,8 +128,7 @@ def window_attention_forward(attn: WindowAttention, x: torch.Tensor, mask: torch
     probs = logits.softmax(-1)
     if observe is not None:
         observe(probs, probs if clean is None else clean)
-    out = (attn.attn_drop(probs).to(v.dtype) @ v).transpose(1, 2).reshape(b, n, c)
-    return attn.proj_drop(attn.proj(out))
+    return ScriptableWindowAttention.mix(attn, probs, v)
 
 
 class SwinAttentionProbe:

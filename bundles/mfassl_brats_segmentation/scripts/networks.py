@@ -7,7 +7,9 @@ patch merging, the ``swinViT`` encoder) a subclass whose ``forward`` computes th
 code. Parameters, buffers and their names do not change, so weights of a stock ``monai.networks.nets.SwinUNETR``
 load key for key and the outputs agree to float precision (tested, 2D and 3D, with padding and shifted windows).
 
-Only torch and MONAI are imported: MONAI Label's venv loads this file through the bundle folder.
+Only torch and MONAI are imported: MONAI Label's venv loads this file through the bundle folder. That is why the core's
+``mfassl/backbones/swin_script.py`` (the same subclasses for the MFA-Swin encoder) is not imported here: this bundle is
+self-contained and runs where ``mfassl`` is not installed. ``tests/core/test_swin_script.py`` checks both agree.
 """
 
 from __future__ import annotations
