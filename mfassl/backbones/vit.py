@@ -8,7 +8,7 @@ interpolated.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import timm
 import torch
@@ -55,6 +55,28 @@ class MFAViT(MFABackbone):
 
     # constants for TorchScript: the 2D/3D branches and the block slices are resolved when scripting
     __constants__ = ["is_2d", "mfa_layer", "num_prefix_tokens"]
+    # Python-side shortcuts to the encoder's parts; not registered twice, so every tensor has one state-dict key
+    __jit_unused_properties__ = ["blocks", "norm"]
+
+    @property
+    def blocks(self) -> nn.ModuleList | nn.Sequential:
+        """The encoder's transformer blocks (``encoder.blocks``)."""
+        return self.encoder.blocks
+
+    @property
+    def norm(self) -> nn.Module:
+        """The encoder's final norm (``encoder.norm``)."""
+        return self.encoder.norm
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # files written while ``blocks``/``norm`` were registered aliases hold each tensor twice: keep the
+        # ``encoder.`` copy (or rename the alias when only it is there)
+        for alias in ("blocks.", "norm."):
+            for key in [k for k in state_dict if k.startswith(prefix + alias)]:
+                canonical = prefix + "encoder." + key[len(prefix):]
+                value = state_dict.pop(key)
+                state_dict.setdefault(canonical, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def __init__(self, spatial_dims: int = 2, img_size: int | Sequence[int] = 224, patch_size: int = 16,
                  in_chans: int = 1, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
@@ -79,7 +101,6 @@ class MFAViT(MFABackbone):
             num_heads = enc.blocks[0].attn.num_heads
             patch_size = int(enc.patch_embed.patch_size[0])
             self.num_prefix_tokens = enc.num_prefix_tokens
-            self.blocks, self.norm = enc.blocks, enc.norm
         else:
             if timm_name is not None:
                 raise ValueError("timm_name applies to spatial_dims=2 only.")
@@ -90,7 +111,6 @@ class MFAViT(MFABackbone):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             self.num_prefix_tokens = 1
-            self.blocks, self.norm = self.encoder.blocks, self.encoder.norm
             self._pos_grid = [int(s) // patch_size for s in ensure_tuple_rep(img_size, 3)]
         self.embed_dim = self.mfa_dim = embed_dim
         self.depth = depth
@@ -132,16 +152,16 @@ class MFAViT(MFABackbone):
         return h, {}
 
     def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-        for i, blk in enumerate(self.blocks):  # enumerate, not a slice: TorchScript unrolls it
+        for i, blk in enumerate(self.encoder.blocks):  # enumerate, not a slice: TorchScript unrolls it
             if i < self.mfa_layer:
                 h = blk(h)
         return h
 
     def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.encoder.blocks):
             if i >= self.mfa_layer:
                 h = blk(h)
-        return self.norm(h)
+        return self.encoder.norm(h)
 
     def _split(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return h[:, self.num_prefix_tokens:]
