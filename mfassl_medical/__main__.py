@@ -2,6 +2,7 @@
 
 Commands:
     axis   estimate the symmetry axis (2D midline / 3D mid-sagittal plane) of image files
+    axes   estimate every image's axis of a CheXpert or BraTS folder once (parallel, resumable)
     demo   build the demo data and run the main job (what ``make demo`` runs)
 """
 
@@ -12,6 +13,7 @@ import sys
 
 COMMANDS = {
     "axis": ("mfassl_medical.cli_axis", "estimate the symmetry axis of image files"),
+    "axes": ("mfassl_medical.axes_cli", "estimate every image's axis of a data set once (parallel, resumable)"),
     "demo": ("mfassl_medical.demo", "build the demo data and run the main job"),
 }
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from mfassl import evaluation as ev
+from mfassl.options import as_bool, as_float, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 
 __all__ = [
@@ -83,6 +84,9 @@ def chexpert_eval_data(dataset_dir: str | None = None, labels: Sequence[str] | N
     from mfassl_medical.data import read_chexpert
     from mfassl_medical.pretraining import demo_paths
 
+    frontal_only, seed = as_bool(frontal_only, "frontal_only"), as_int(seed, "seed")
+    max_train = as_int(max_train, "max_train", low=0, allow_none=True)
+    max_test = as_int(max_test, "max_test", low=0, allow_none=True)
     root = Path(dataset_dir) if dataset_dir else demo_paths().chexpert
     names = tuple(labels) if labels else (_DEMO_CHEXPERT_LABELS if not dataset_dir else CHEXPERT_COMPETITION_LABELS)
     out: dict[str, Any] = {"label_names": list(names), "lateral": [False] * len(names)}
@@ -114,13 +118,32 @@ def brats_eval_data(dataset_dir: str | None = None, test_fraction: float = 0.25,
             "label_names": list(LESION_LABELS), "lateral": [False, True]}
 
 
-def _stack(dataset: Sequence[dict[str, Any]], desc: str) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
-    """Images ``(N, C, *S)``, labels ``(N, L)`` and the items (for figures) of a preprocessed dataset."""
+def _stack(dataset: Sequence[dict[str, Any]], desc: str, bad: list[dict[str, str]] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Images ``(N, C, *S)``, labels ``(N, L)`` and the items (for figures) of a preprocessed dataset.
+
+    An item that cannot be read (a :class:`~mfassl_medical.errors.MedicalDataError` in its chain) is left out,
+    logged and appended to ``bad`` as ``{"source", "reason"}``; other errors propagate.
+    """
     from tqdm.auto import tqdm
+
+    from mfassl_medical.data.safe import _item_source, find_medical_error
 
     images, labels, items = [], [], []
     for i in tqdm(range(len(dataset)), desc=desc, leave=False):
-        item = dataset[i]
+        try:
+            item = dataset[i]
+        except Exception as e:
+            err = find_medical_error(e)
+            if err is None:
+                raise
+            data = getattr(dataset, "data", None)
+            src = (_item_source(data[i]) if data is not None and i < len(data) else None) or \
+                getattr(err, "path", None) or f"{desc} item {i}"
+            logger.warning("%s: skipping %s: %s", desc, src, getattr(err, "reason", err))
+            if bad is not None:
+                bad.append({"source": str(src), "reason": str(getattr(err, "reason", err))})
+            continue
         images.append(torch.as_tensor(item["image"]).float())
         labels.append(torch.as_tensor(item["labels"]).float().reshape(-1))
         items.append(item)
@@ -171,12 +194,18 @@ class SymmetryEvaluator:
         self.modes = list(modes)
         self.split_dim = int(split_dim)
         self.device = torch.device(device)
-        self.knn = dict(k=int(knn_k), temperature=float(knn_temperature))
-        self.linear = dict(epochs=int(linear_epochs), lr=float(linear_lr))
-        self.finetune = dict(epochs=int(finetune_epochs), lr=float(finetune_lr), batch_size=int(finetune_batch_size),
-                             freeze=bool(finetune_freeze))
-        self.n_bootstrap, self.alpha = int(n_bootstrap), float(alpha)
-        self.shift_batch, self.seed, self.bundle = int(shift_batch), int(seed), bundle
+        self.knn = dict(k=as_int(knn_k, "knn_k", low=1),
+                        temperature=as_float(knn_temperature, "knn_temperature", low=1e-12))
+        self.linear = dict(epochs=as_int(linear_epochs, "linear_epochs", low=0),
+                           lr=as_float(linear_lr, "linear_lr", low=0.0))
+        self.finetune = dict(epochs=as_int(finetune_epochs, "finetune_epochs", low=0),
+                             lr=as_float(finetune_lr, "finetune_lr", low=0.0),
+                             batch_size=as_int(finetune_batch_size, "finetune_batch_size", low=1),
+                             freeze=as_bool(finetune_freeze, "finetune_freeze"))
+        self.n_bootstrap = as_int(n_bootstrap, "n_bootstrap", low=0)
+        self.alpha = as_float(alpha, "alpha", low=0.0, high=1.0)
+        self.shift_batch, self.seed = as_int(shift_batch, "shift_batch", low=0), as_int(seed, "seed")
+        self.bundle = bundle
 
     # -- pieces -------------------------------------------------------------------------------------------------
     def mirror_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -210,8 +239,10 @@ class SymmetryEvaluator:
         torch.manual_seed(self.seed)
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
-        x_tr, y_tr, _ = _stack(self.train_dataset, "train images")
-        x_te, y_te, items = _stack(self.test_dataset, "test images")
+        bad_train: list[dict[str, str]] = []
+        bad_test: list[dict[str, str]] = []
+        x_tr, y_tr, _ = _stack(self.train_dataset, "train images", bad_train)
+        x_te, y_te, items = _stack(self.test_dataset, "test images", bad_test)
         x_te_flip = self.mirror_image(x_te)
         report: dict[str, Any] = {
             "bundle": self.bundle, "label_names": self.label_names, "lateral": self.lateral,
@@ -219,6 +250,7 @@ class SymmetryEvaluator:
                                                                               "alpha": self.alpha},
             "positives_test": {n: int(np.nansum(y_te[:, i].numpy())) for i, n in enumerate(self.label_names)},
             "readouts": {}, "figures": {},
+            "bad_samples": {"train": bad_train, "test": bad_test},
         }
         need_features = any(m in self.modes for m in ("knn", "linear"))
         if need_features:

@@ -9,7 +9,9 @@ For a folder or a list of images (or the demo data), each image goes through the
   mirror pair about the estimated axis (how much each token took from its mirror token);
 - ``index.csv``: one row per image, in the arrays' order: the source file(s), the axis confidence and whether
   the axis fell back to the image centre;
-- ``gate_maps.png``: the gate maps of the first images over their left halves.
+- ``gate_maps.png``: the gate maps of the first images over their left halves;
+- ``bad_images.csv``: the images that could not be read (source, reason), when there are any: they are
+  skipped, logged and listed (also under ``"bad"`` in ``inference.json``), and every good image is written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mfassl.options import as_bool, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 
 __all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
@@ -109,9 +112,31 @@ class EmbeddingExporter:
         self.output_dir = Path(output_dir)
         self.device = torch.device(device)
         self.split_dim = int(split_dim)
-        self.save_gates = bool(save_gates)
-        self.batch_size = max(1, int(batch_size))
-        self.figure_items = int(figure_items)
+        self.save_gates = as_bool(save_gates, "save_gates")
+        self.batch_size = as_int(batch_size, "batch_size", low=1)
+        self.figure_items = as_int(figure_items, "figure_items", low=0)
+
+    def _read(self, index: int) -> Any:
+        """Item ``index`` of the dataset, or None for an image that cannot be used (recorded in ``self.bad``
+        with its source and the reason, and logged)."""
+        from mfassl_medical.data.safe import find_medical_error
+
+        try:
+            return self.dataset[index]
+        except Exception as e:
+            bad = find_medical_error(e)
+            if bad is None:
+                raise
+            data = getattr(self.dataset, "data", None)
+            try:
+                src = _source_text(data[index]) if data is not None else None
+            except Exception:  # a dataset without a data list
+                src = None
+            src = src or getattr(bad, "path", None) or f"item {index}"
+            reason = getattr(bad, "reason", str(bad))
+            logger.warning("skipping image %s: %s", src, reason)
+            self.bad.append({"source": str(src), "reason": str(reason)})
+            return None
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...], Any]:
@@ -138,8 +163,12 @@ class EmbeddingExporter:
         feats, gates, rows, shown_x, shown_g = [], [], [], [], []
         grid: tuple[int, ...] = ()
         n = len(self.dataset)
+        self.bad: list[dict[str, str]] = []
         for start in tqdm(range(0, n, self.batch_size), desc="embedding", leave=False):
-            items = [self.dataset[i] for i in range(start, min(n, start + self.batch_size))]
+            items = [it for it in (self._read(i) for i in range(start, min(n, start + self.batch_size)))
+                     if it is not None]
+            if not items:
+                continue
             items = [it[0] if isinstance(it, list) else it for it in items]
             x = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
             f, g, grid, pair = self.embed(x)
@@ -153,7 +182,19 @@ class EmbeddingExporter:
                 rows.append({"row": len(rows), "source": _source_text(it),
                              "axis_confidence": float(it.get("axis_confidence", float("nan"))),
                              "axis_fallback": bool(it.get("axis_fallback", False))})
-        out: dict[str, Any] = {"n": len(rows)}
+        out: dict[str, Any] = {"n": len(rows), "bad": list(self.bad), "n_bad": len(self.bad)}
+        if self.bad:
+            with open(self.output_dir / "bad_images.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["source", "reason"])
+                writer.writeheader()
+                writer.writerows(self.bad)
+            out["bad_images"] = str(self.output_dir / "bad_images.csv")
+        if not rows:
+            (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
+            from mfassl_medical.errors import MedicalDataError
+
+            raise MedicalDataError(f"none of the {n} images could be read; see {self.output_dir / 'bad_images.csv'}: "
+                                   + "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
         emb = torch.cat(feats).numpy().astype(np.float32)
         np.save(self.output_dir / "embeddings.npy", emb)
         out["embeddings"] = str(self.output_dir / "embeddings.npy")
@@ -174,4 +215,7 @@ class EmbeddingExporter:
         (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
         print(f"embedded {out['n']} images ({out['embedding_dim']}-d) -> {out['embeddings']}"
               + (f"; gate maps {tuple(grid)} -> {out['gates']}, figure {out['gate_maps_png']}" if gates else ""))
+        if self.bad:
+            print(f"skipped {len(self.bad)} image(s) that cannot be read (listed in {out['bad_images']}): "
+                  + "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
         return out

@@ -20,6 +20,10 @@ Data-dictionary keys written by :class:`EstimateSymmetryAxisd` for an image key 
 - ``axis_fallback`` (bool) and ``axis_confidence`` (float): True / the confidence of the estimate
   (with several keys: any fallback / the lowest confidence).
 
+A precomputed world axis (``python -m mfassl_medical axes``, the bundles' ``axes_file``) in
+``image_axis_precomputed`` (a record ``{"normal", "offset", "confidence", "fallback"}``) is used instead of
+estimating; the key is consumed and ``image_axis_info["method"]`` is ``"precomputed"``.
+
 Index coordinates are continuous array indices in the order of the spatial dims (see
 :mod:`mfassl.geometry`); a MONAI-loaded 2D PNG is ``(C, W, H)``, so its left-right dim is 0.
 """
@@ -46,6 +50,7 @@ __all__ = [
     "image_affine",
     "lr_split_dim",
     "axis_from_row",
+    "precomputed_axis",
     "EstimateSymmetryAxis",
     "EstimateSymmetryAxisd",
     "EstimateSymmetryAxisD",
@@ -102,6 +107,49 @@ def _as_index_axis(axis: Any, img: Any, space: str) -> SymmetryHyperplane:
     return axis
 
 
+def precomputed_axis(value: Any) -> SymmetryHyperplane:
+    """A world-frame axis from a precomputed value: an axes-file record / ``to_dict()`` dict
+    (``normal``, ``offset``, optional ``confidence`` and ``fallback``), a ``[n, d]`` row, or an axis.
+
+    Raises:
+        MedicalDataError: for a record that holds an error or no usable axis.
+    """
+    if isinstance(value, SymmetryHyperplane):
+        return value
+    if isinstance(value, Mapping):
+        if "error" in value or "normal" not in value or "offset" not in value:
+            raise MedicalDataError(f"no axis in the precomputed record ({value.get('error', 'no normal/offset')})",
+                                   value.get("path"))
+        n = np.asarray(value["normal"], dtype=np.float64).reshape(-1)
+        return hyperplane_class(n.size)(normal=n, offset=float(value["offset"]),
+                                        confidence=float(value.get("confidence", 1.0)),
+                                        fallback=bool(value.get("fallback", False)))
+    return axis_from_row(value)
+
+
+def _axes_table(axes: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``{path: record}`` of an axes file (or a mapping), indexed by each record's ``path``, its ``files``
+    and the real paths of both."""
+    import os
+
+    if isinstance(axes, Mapping):
+        records: dict[str, Any] = dict(axes)
+    else:
+        from mfassl_medical.axes_cli import read_axes_file
+
+        records = read_axes_file(axes)
+    table: dict[str, Any] = {}
+    for key, rec in records.items():
+        names = [key]
+        if isinstance(rec, Mapping):
+            names += [rec.get("path")] + list(rec.get("files") or [])
+        for name in names:
+            if name:
+                table[str(name)] = rec
+                table[os.path.realpath(str(name))] = rec
+    return table
+
+
 def _default_estimator() -> Callable[..., SymmetryHyperplane]:
     from mfassl_medical.axis import estimate_axis  # imported late: the estimator module is optional here
 
@@ -125,20 +173,54 @@ class EstimateSymmetryAxis(Transform):
         split_dim: left-right spatial dim used for the centre fallback (None: from the affine,
             see :func:`lr_split_dim`).
         estimator: a callable with ``estimate_axis``'s signature (tests, custom estimators).
+        axes: precomputed axes: the path of an axes file (``python -m mfassl_medical axes``) or a mapping
+            ``{image path: record or world row}``; an image whose source file (``filename_or_obj``) is in it
+            is not estimated, its world axis is mapped through the image's current affine. Others are
+            estimated as usual.
         kwargs: further estimator arguments.
 
-    Input ``(C, H, W)`` or ``(C, X, Y, Z)``; output a :class:`~mfassl.geometry.SymmetryAxis2D` /
-    :class:`~mfassl.geometry.SymmetryPlane3D` in index coordinates whose ``info`` holds ``"world"``
-    (the world-frame axis), ``"method"`` and, after an error, ``"error"``.
+    Call with ``img`` and optionally ``axis``, a precomputed world-frame axis (record, ``[n, d]`` row or
+    geometry axis) that skips the estimator. Input ``(C, H, W)`` or ``(C, X, Y, Z)``; output a
+    :class:`~mfassl.geometry.SymmetryAxis2D` / :class:`~mfassl.geometry.SymmetryPlane3D` in index
+    coordinates whose ``info`` holds ``"world"`` (the world-frame axis), ``"method"`` (``"precomputed"``
+    for a given axis) and, after an error, ``"error"``.
     """
 
     def __init__(self, method: str = "auto", min_confidence: float | None = None, split_dim: int | None = None,
-                 estimator: Callable[..., SymmetryHyperplane] | None = None, **kwargs: Any) -> None:
+                 estimator: Callable[..., SymmetryHyperplane] | None = None,
+                 axes: str | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         self.method = method
         self.min_confidence = min_confidence
         self.split_dim = split_dim
         self.estimator = estimator
+        self.axes = axes
+        self._table: dict[str, Any] | None = None
         self.kwargs = kwargs
+
+    def lookup(self, img: Any) -> Any:
+        """The precomputed record of ``img``'s source file in :attr:`axes`, or None."""
+        if self.axes is None:
+            return None
+        if self._table is None:
+            self._table = _axes_table(self.axes)
+        src = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+        names = list(src) if isinstance(src, (list, tuple)) else [src]
+        import os
+
+        for name in names:
+            if name:
+                for cand in (str(name), os.path.realpath(str(name))):
+                    if cand in self._table:
+                        return self._table[cand]
+        return None
+
+    def _precomputed(self, img: Any, dims: int, affine: np.ndarray, value: Any, src: str) -> SymmetryHyperplane:
+        world = precomputed_axis(value)
+        if world.dims != dims:
+            raise MedicalDataError(f"precomputed axis has {world.dims} dims, the image {dims} spatial dims "
+                                   f"(shape {tuple(img.shape)})", src or None)
+        index = world.to_index(affine)
+        return index.replace(info={"world": world, "method": "precomputed"})
 
     def _fallback(self, img: Any, dims: int, affine: np.ndarray, reason: str) -> SymmetryHyperplane:
         k = self.split_dim if self.split_dim is not None else lr_split_dim(img, dims)
@@ -146,13 +228,18 @@ class EstimateSymmetryAxis(Transform):
         world = idx.to_world(affine)
         return idx.replace(info={"world": world, "method": "centre", "error": reason})
 
-    def __call__(self, img: Any) -> SymmetryHyperplane:
+    def __call__(self, img: Any, axis: Any = None) -> SymmetryHyperplane:
         dims = img.ndim - 1
         src = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
+        src = ";".join(map(str, src)) if isinstance(src, (list, tuple)) else str(src or "")
         if dims not in (2, 3):  # bad input, not a bad estimate: say so (SkipBadSamples can skip it)
             raise MedicalDataError(f"expected a channel-first 2D or 3D image, got shape {tuple(img.shape)}",
                                    src or None)
         affine = image_affine(img, dims)
+        if axis is None:
+            axis = self.lookup(img)
+        if axis is not None:
+            return self._precomputed(img, dims, affine, axis, src)
         kwargs = dict(self.kwargs)
         if self.min_confidence is not None:
             kwargs["min_confidence"] = self.min_confidence
@@ -182,7 +269,10 @@ class EstimateSymmetryAxisd(MapTransform):
             written beside it (world row and the axis dict).
         fallback_key: key of the fallback flag (``"axis_fallback"``).
         confidence_key: key of the confidence (``"axis_confidence"``).
-        method, min_confidence, split_dim, estimator, kwargs: see :class:`EstimateSymmetryAxis`.
+        method, min_confidence, split_dim, estimator, axes, kwargs: see :class:`EstimateSymmetryAxis`.
+        precomputed_key: the data-dict key of a precomputed world axis per image key (default
+            ``"{key}_axis_precomputed"``; the bundles' data lists write it from ``axes_file``): when present
+            the estimator is not run and the axis is mapped through the image's current affine.
         allow_missing_keys: do not raise when a key is absent.
 
     Writes float32 ``(D+1,)`` rows and Python scalars only, so the output pickles and collates.
@@ -191,19 +281,23 @@ class EstimateSymmetryAxisd(MapTransform):
     def __init__(self, keys: KeysCollection, axis_keys: KeysCollection | None = None, method: str = "auto",
                  min_confidence: float | None = None, split_dim: int | None = None,
                  estimator: Callable[..., SymmetryHyperplane] | None = None, fallback_key: str = "axis_fallback",
-                 confidence_key: str = "axis_confidence", allow_missing_keys: bool = False, **kwargs: Any) -> None:
+                 confidence_key: str = "axis_confidence", allow_missing_keys: bool = False,
+                 axes: str | Mapping[str, Any] | None = None, precomputed_key: KeysCollection | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(keys, allow_missing_keys)
         self.axis_keys = tuple(f"{k}_axis" for k in self.keys) if axis_keys is None else \
             ensure_tuple_rep(axis_keys, len(self.keys))
-        self.estimator = EstimateSymmetryAxis(method, min_confidence, split_dim, estimator, **kwargs)
+        self.precomputed_keys = tuple(f"{k}_axis_precomputed" for k in self.keys) if precomputed_key is None \
+            else ensure_tuple_rep(precomputed_key, len(self.keys))
+        self.estimator = EstimateSymmetryAxis(method, min_confidence, split_dim, estimator, axes=axes, **kwargs)
         self.fallback_key = fallback_key
         self.confidence_key = confidence_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         fallbacks, confs = [], []
-        for key, akey in self.key_iterator(d, self.axis_keys):
-            ax = self.estimator(d[key])
+        for key, akey, pkey in self.key_iterator(d, self.axis_keys, self.precomputed_keys):
+            ax = self.estimator(d[key], d.pop(pkey, None))
             world = ax.info.get("world", ax)
             d[akey] = ax.as_array()
             d[f"{akey}_world"] = world.as_array()

@@ -1,0 +1,292 @@
+"""``python -m mfassl_medical axes DATASET_DIR --kind chexpert|brats --workers N --out FILE``: every image's
+symmetry axis, once, in parallel, resumable.
+
+The images of a CheXpert folder (``train.csv``/``valid.csv``) or the cases of a BraTS folder are read exactly
+as the pretraining bundles read them (:class:`~mfassl_medical.data.safe.SafeLoadImage`; a BraTS case is its 4
+modalities stacked as channels) and their axis estimated with :func:`mfassl_medical.axis.estimate_axis` in
+the world frame of the file's affine, in a pool of ``--workers`` processes. The output is JSON lines, one
+object per image, with the fields of ``python -m mfassl_medical axis --json`` and three more::
+
+    {"path", "dims", "normal", "offset", "confidence", "fallback", "seconds", "load_seconds",
+     "key", "kind", "files"}
+
+``key`` is the image path relative to ``DATASET_DIR`` (CheXpert) or the case folder name (BraTS): what the
+bundles' ``axes_file`` option matches on, so the file stays valid when the data set is mounted elsewhere.
+``files`` lists the modality files of a BraTS case. A file that cannot be read gives
+``{"path", "key", "kind", "error"}``. Results are appended and flushed one by one, so a run that is stopped
+loses nothing; a rerun estimates only what is missing (images without a line, or whose line is an error) and
+the newest line of a key wins. The summary (stderr) counts the images done before, estimated now and
+failed, and lists the failures; the exit code is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+__all__ = ["main", "list_images", "estimate_one", "read_axes_file", "axes_key", "AXIS_FIELDS"]
+
+logger = logging.getLogger(__name__)
+
+#: The fields of ``python -m mfassl_medical axis --json`` every good record carries.
+AXIS_FIELDS: tuple[str, ...] = ("path", "dims", "normal", "offset", "confidence", "fallback", "seconds",
+                                "load_seconds")
+KINDS = ("chexpert", "brats")
+
+
+def axes_key(dataset_dir: str | os.PathLike, image: str | os.PathLike | Sequence[str], kind: str) -> str:
+    """The key an image has in an axes file: its path relative to ``dataset_dir`` (CheXpert; POSIX
+    separators) or the name of its case folder (BraTS, ``image`` = the modality files)."""
+    if kind == "brats":
+        first = image if isinstance(image, (str, os.PathLike)) else image[0]
+        return Path(first).parent.name
+    root = Path(dataset_dir).expanduser().resolve()
+    p = Path(image).expanduser().resolve()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def list_images(dataset_dir: str | os.PathLike, kind: str, split: str = "all",
+                frontal_only: bool = True) -> list[dict[str, Any]]:
+    """The images of a data set as ``{"key", "path", "files"}`` in a stable order.
+
+    Args:
+        dataset_dir: a CheXpert folder (``train.csv``, ``valid.csv``) or a BraTS root (one folder per case).
+        kind: ``"chexpert"`` or ``"brats"``.
+        split: CheXpert ``"train"``, ``"valid"`` or ``"all"`` (both).
+        frontal_only: CheXpert frontal views only (what the pretraining bundle reads).
+    """
+    root = Path(dataset_dir).expanduser()
+    if kind == "brats":
+        from mfassl_medical.data import find_brats_cases
+
+        cases = find_brats_cases(root, require_seg=False, on_incomplete="skip")
+        return [{"key": axes_key(root, c["image"], kind), "path": str(Path(c["image"][0]).parent),
+                 "files": [str(f) for f in c["image"]]} for c in cases]
+    if kind != "chexpert":
+        raise ValueError(f"--kind must be one of {KINDS}, got {kind!r}.")
+    from mfassl_medical.data import read_chexpert
+
+    splits = ("train", "valid") if split == "all" else (split,)
+    out, seen = [], set()
+    for s in splits:
+        if split == "all" and not (root / f"{s}.csv").is_file():
+            continue
+        for r in read_chexpert(root, split=s, frontal_only=frontal_only):
+            key = axes_key(root, r["image"], kind)
+            if key not in seen:
+                seen.add(key)
+                out.append({"key": key, "path": str(r["image"]), "files": [str(r["image"])]})
+    return out
+
+
+def estimate_one(item: dict[str, Any], kind: str, method: str = "auto",
+                 min_confidence: float | None = None) -> dict[str, Any]:
+    """Load one image (or BraTS case) as the bundles do and estimate its world-frame axis.
+
+    Returns the JSON record (see the module docstring); errors become ``{"error": ...}`` records, never
+    exceptions.
+    """
+    import numpy as np
+
+    from mfassl_medical.axis import DEFAULT_MIN_CONFIDENCE, estimate_axis
+    from mfassl_medical.data.safe import SafeLoadImage
+
+    base = {"key": item["key"], "kind": kind, "path": item["path"]}
+    try:
+        t0 = time.perf_counter()
+        files = item["files"]
+        img = SafeLoadImage()(files[0] if kind == "chexpert" else files)
+        affine = np.asarray(img.affine.detach().cpu(), dtype=np.float64)
+        data = np.asarray(img.as_tensor().detach().cpu(), dtype=np.float32)
+        load_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        conf = DEFAULT_MIN_CONFIDENCE if min_confidence is None else float(min_confidence)
+        axis = estimate_axis(data, affine, method=method, min_confidence=conf, channel_first=True)
+        est_s = time.perf_counter() - t1
+    except Exception as e:  # one bad file costs one record
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {**base, "error": f"{type(e).__name__}: {msg}"}
+    rec = {"path": item["path"], "dims": int(axis.dims), "normal": [float(v) for v in axis.normal],
+           "offset": float(axis.offset), "confidence": float(axis.confidence), "fallback": bool(axis.fallback),
+           "seconds": round(est_s, 6), "load_seconds": round(load_s, 6), "key": item["key"], "kind": kind}
+    if kind == "brats":
+        rec["files"] = list(item["files"])
+    return rec
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger("mfassl_medical").setLevel(logging.ERROR)
+
+
+def _estimate_task(args: tuple[dict[str, Any], str, str, float | None]) -> dict[str, Any]:
+    return estimate_one(*args)
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s line %d is not JSON (a write cut short?); ignored", path, n)
+                continue
+            if isinstance(rec, dict) and "key" in rec:
+                yield n, rec
+
+
+def read_axes_file(path: str | os.PathLike, errors: bool = False) -> dict[str, dict[str, Any]]:
+    """The records of an axes file by ``key`` (the newest line of a key wins).
+
+    Args:
+        path: the JSON-lines file ``python -m mfassl_medical axes`` wrote.
+        errors: also return error records (default: only records with an axis).
+
+    Raises:
+        FileNotFoundError: naming ``path`` when it does not exist.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"axes file {p} does not exist; write it with python -m mfassl_medical axes.")
+    table: dict[str, dict[str, Any]] = {}
+    for _, rec in _read_lines(p):
+        if "error" in rec:
+            if errors or rec["key"] not in table or "error" in table[rec["key"]]:
+                table[rec["key"]] = rec
+            continue
+        ok = all(k in rec for k in ("normal", "offset")) and all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in [*rec["normal"], rec["offset"]])
+        if ok:  # only what the readers use: memory stays small for 224k lines
+            table[rec["key"]] = {k: rec[k] for k in ("key", "path", "files", "dims", "normal", "offset", "confidence",
+                                                     "fallback") if k in rec}
+    return table if errors else {k: v for k, v in table.items() if "error" not in v}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mfassl_medical axes",
+                                description="Estimate the symmetry axis of every image of a CheXpert or BraTS "
+                                            "folder once, in parallel, resumable; JSON lines for the bundles' "
+                                            "axes_file option.")
+    p.add_argument("dataset_dir", metavar="DATASET_DIR", help="CheXpert folder (train.csv) or BraTS root")
+    p.add_argument("--kind", required=True, choices=KINDS, help="data set layout")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSON-lines file (appended to; resumable)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes (default min(8, CPUs)); 0 or 1 = this process")
+    p.add_argument("--split", default="all", choices=("train", "valid", "all"), help="CheXpert split(s)")
+    p.add_argument("--all-views", action="store_true", help="CheXpert: lateral views too")
+    p.add_argument("--method", default="auto", help="estimator name: auto, midline, msp, centre")
+    p.add_argument("--min-confidence", type=float, default=None, help="fall back to the centre below this")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _summarise(out: Path, total: int, before: int, new: int, failed: list[dict[str, Any]]) -> str:
+    lines = [f"axes: {total} images in the data set, {before} already in {out}, {new} estimated now, "
+             f"{len(failed)} failed"]
+    for rec in failed[:50]:
+        lines.append(f"error: {rec['path']}: {rec['error']}")
+    if len(failed) > 50:
+        lines.append(f"... and {len(failed) - 50} more (lines with \"error\" in {out})")
+    return "\n".join(lines)
+
+
+def run_axes(dataset_dir: str, kind: str, out: str, workers: int = 1, split: str = "all", frontal_only: bool = True,
+             method: str = "auto", min_confidence: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Estimate what ``out`` lacks; returns ``{"total", "before", "new", "failed": [records]}``."""
+    from tqdm.auto import tqdm
+
+    if min_confidence is not None and not (math.isfinite(min_confidence) and 0.0 <= min_confidence <= 1.0):
+        raise ValueError(f"--min-confidence must be in [0, 1], got {min_confidence}.")
+    from mfassl_medical.axis import AXIS_ESTIMATORS
+
+    if str(method).lower() not in AXIS_ESTIMATORS:
+        raise ValueError(f"--method {method!r} is not one of {AXIS_ESTIMATORS.names()}.")
+    items = list_images(dataset_dir, kind, split=split, frontal_only=frontal_only)
+    out_p = Path(out).expanduser()
+    done = read_axes_file(out_p) if out_p.is_file() else {}
+    todo = [it for it in items if it["key"] not in done]
+    before = len(items) - len(todo)
+    out_p.parent.mkdir(parents=True, exist_ok=True)
+    if out_p.is_file() and out_p.stat().st_size > 0:
+        with open(out_p, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    else:
+        torn = False
+    failed: list[dict[str, Any]] = []
+    new = 0
+    tasks = [(it, kind, method, min_confidence) for it in todo]
+    bar = tqdm(total=len(tasks), desc=f"axes ({kind})", unit="img", disable=not progress or not tasks,
+               file=sys.stderr)
+
+    def results() -> Iterable[dict[str, Any]]:
+        if workers <= 1 or len(tasks) <= 1:
+            for t in tasks:
+                yield _estimate_task(t)
+            return
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
+            pending: set = set()
+            queue = iter(tasks)
+            for t in queue:  # a bounded window of submitted tasks: memory does not grow with the data set
+                pending.add(pool.submit(_estimate_task, t))
+                if len(pending) >= 4 * workers:
+                    break
+            while pending:
+                finished = next(as_completed(pending))
+                pending.discard(finished)
+                nxt = next(queue, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_estimate_task, nxt))
+                yield finished.result()
+
+    with open(out_p, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+        for rec in results():
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            if "error" in rec:
+                failed.append(rec)
+            else:
+                new += 1
+            bar.update(1)
+    bar.close()
+    return {"total": len(items), "before": before, "new": new, "failed": failed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; 0 when every image has an axis, 1 when some failed, 2 for a bad command line."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if args.workers < 0:
+        print(f"error: --workers must be >= 0, got {args.workers}", file=sys.stderr)
+        return 2
+    try:
+        res = run_axes(args.dataset_dir, args.kind, args.out, workers=args.workers, split=args.split,
+                       frontal_only=not args.all_views, method=args.method, min_confidence=args.min_confidence,
+                       progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_summarise(Path(args.out), res["total"], res["before"], res["new"], res["failed"]), file=sys.stderr)
+    return 1 if res["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Run by ``torchrun --nproc_per_node=2`` in test_dist_cache.py: two gloo ranks share one disk cache of the
+CheXpert bundle's preprocessing (tiny sizes), each through a DataLoader worker and then directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from monai.bundle import ConfigParser
+from torch.utils.data import DataLoader, DistributedSampler
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "bundles"))
+from bundle_utils import TINY  # noqa: E402
+
+
+def main(data_dir: str, out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    bundle = ROOT / "bundles" / "mfassl_chexpert_pretrain"
+    p = ConfigParser()
+    p.read_config(str(bundle / "configs" / "train.json"))
+    p.update({"bundle_root": str(bundle), **TINY["mfassl_chexpert_pretrain"], "max_images": None,
+              "dataset_dir": data_dir, "output_dir": str(Path(out_dir) / "run")})
+    ds = p.get_parsed_content("train#dataset")
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=0)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, num_workers=1)
+    seen = sum(int(b["image"].shape[0]) for b in loader)
+    dist.barrier()
+    # every rank now reads every item: all of them must come from the cache the two ranks wrote
+    sums = [float(torch.as_tensor(ds[i]["image"]).double().sum()) for i in range(len(ds))]
+    result = {"rank": rank, "world": world, "seen": seen, "sums": sums, "computed": ds.dataset.computed,
+              "loaded": ds.dataset.loaded, "cache_dir": str(ds.dataset.cache_dir),
+              "bad": ds.summary()["bad_samples"]}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter teardown, as dist_worker.py does
