@@ -118,6 +118,29 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
     with open(root / "eval" / "dice_wt_raw.csv") as f:
         assert len(list(csv.reader(f))) == 2  # header + the one validation case
 
+    # inference.json on the BraTS case layout (four modality files per case), with the model just trained
+    from mfassl_medical.pretraining import demo_paths
+
+    case = sorted(p for p in demo_paths().brats.iterdir() if p.is_dir())[0]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / case.name).symlink_to(case, target_is_directory=True)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
+           "--bundle_root", str(root), "--dataset_dir", str(studies)]
+    for k, v in TINY_NETWORK.items():
+        cmd += [f"--{k}", json.dumps(v)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    written = sorted((root / "predictions").rglob("*.nii.gz"))
+    assert [p.name for p in written] == [f"{case.name}_seg.nii.gz"]
+    import nibabel as nib
+
+    seg = nib.load(str(written[0]))
+    image = nib.load(str(sorted(case.glob("*.nii.gz"))[0]))
+    assert seg.shape[:3] == image.shape[:3]  # back on the case's own grid
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 4}
+    assert not (root / "eval" / f"{case.name}_seg.nii.gz").exists()
+
 
 def _run_inference(tmp_path, *args):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
