@@ -16,6 +16,11 @@ from mfassl.objectives.heads import DINOHead
 __all__ = ["DINOLoss", "DINO"]
 
 
+def _stack(out: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """``(V, B, K)`` from a stacked tensor (as is) or a sequence of ``(B, K)`` tensors."""
+    return out if isinstance(out, torch.Tensor) else torch.stack(list(out))
+
+
 class DINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher and the student, over view pairs ``i != j``.
 
@@ -35,30 +40,30 @@ class DINOLoss(nn.Module):
         self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def forward(self, teacher_out: Sequence[torch.Tensor], student_out: Sequence[torch.Tensor],
-                update_center: bool = True) -> torch.Tensor:
+    def forward(self, teacher_out: Sequence[torch.Tensor] | torch.Tensor,
+                student_out: Sequence[torch.Tensor] | torch.Tensor, update_center: bool = True) -> torch.Tensor:
         """Loss over all (teacher view ``i``, student view ``j``) pairs with ``i != j``.
 
         Args:
-            teacher_out: per global view ``(B, out_dim)`` teacher logits.
-            student_out: per view ``(B, out_dim)`` student logits; the first ``len(teacher_out)``
-                views are the same global views the teacher saw.
+            teacher_out: per global view ``(B, out_dim)`` teacher logits, or all of them stacked ``(T, B, out_dim)``.
+            student_out: per view ``(B, out_dim)`` student logits, or stacked ``(S, B, out_dim)``; the first
+                ``T`` views are the same global views the teacher saw.
             update_center: update the centre with the teacher outputs afterwards.
+
+        All pairs are reduced in one product: the ``(T, S)`` matrix of cross-entropies summed over the batch
+        is ``q.reshape(T, -1) @ log_p.reshape(S, -1).T``, then the diagonal ``i == j`` is left out.
         """
         if len(teacher_out) < 1 or len(student_out) < 2:
             raise ValueError("DINOLoss needs at least one teacher view and two student views.")
-        t_probs = [F.softmax((t - self.center) / self.teacher_temp, dim=-1).detach() for t in teacher_out]
-        s_logp = [F.log_softmax(s / self.student_temp, dim=-1) for s in student_out]
-        total, terms = 0.0, 0
-        for i, q in enumerate(t_probs):
-            for j, lp in enumerate(s_logp):
-                if i == j:
-                    continue
-                total = total + (-(q * lp).sum(-1)).mean()
-                terms += 1
+        t_out, s_out = _stack(teacher_out), _stack(student_out)
+        n_t, n_s, b = t_out.shape[0], s_out.shape[0], s_out.shape[1]
+        q = F.softmax((t_out - self.center) / self.teacher_temp, dim=-1).detach()
+        log_p = F.log_softmax(s_out / self.student_temp, dim=-1)
+        ce = -(q.reshape(n_t, -1) @ log_p.reshape(n_s, -1).t())  # (T, S), each summed over the batch
+        loss = (ce.sum() - ce.diagonal().sum()) / (b * (n_t * n_s - min(n_t, n_s)))
         if update_center:
-            self.update_center(torch.cat(list(teacher_out)))
-        return total / terms
+            self.update_center(t_out.reshape(-1, t_out.shape[-1]))
+        return loss
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
@@ -101,13 +106,13 @@ class DINO(BaseObjective):
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher[0]), (self.head, self.teacher[1])]
 
-    def _embed(self, backbone: MFABackbone, head: nn.Module, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        out: list[torch.Tensor | None] = [None] * len(views)
+    def _embed(self, backbone: MFABackbone, head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(V, B, out_dim)`` logits of ``V`` views: the backbone once per view shape, the head once for all."""
+        feats: list[torch.Tensor | None] = [None] * len(views)
         for idx, batch in group_by_shape(views):
-            logits = head(backbone(batch)).chunk(len(idx))
-            for i, lg in zip(idx, logits):
-                out[i] = lg
-        return out  # type: ignore[return-value]
+            for i, f in zip(idx, backbone(batch).chunk(len(idx))):
+                feats[i] = f
+        return head(torch.cat(feats)).unflatten(0, (len(views), -1))  # type: ignore[arg-type]
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_views(views)
@@ -121,11 +126,9 @@ class DINO(BaseObjective):
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:
         paired = self.backbone.forward_paired(x_l, x_r, ramp=ramp, use_mfa=use_mfa, key_mask=key_mask)
-        s_l = self.head(self.backbone.pool(paired.out_l))
-        s_r = self.head(self.backbone.pool(paired.out_r))
+        student = self.head(self.backbone.pool(torch.cat([paired.out_l, paired.out_r]))).unflatten(0, (2, -1))
         with torch.no_grad():
             t = self.teacher[0].forward_paired(x_l, x_r, ramp=ramp, use_mfa=use_mfa, key_mask=key_mask)
-            t_l = self.teacher[1](self.teacher[0].pool(t.out_l))
-            t_r = self.teacher[1](self.teacher[0].pool(t.out_r))
-        loss = self.pair_loss_fn([t_l, t_r], [s_l, s_r])
+            teacher = self.teacher[1](self.teacher[0].pool(torch.cat([t.out_l, t.out_r]))).unflatten(0, (2, -1))
+        loss = self.pair_loss_fn(teacher, student)
         return PairResult({"loss": loss}, paired, None)
