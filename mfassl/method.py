@@ -10,19 +10,44 @@ the same objective on the same standard views (with the random flip), no mirror 
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone, create_backbone
 from mfassl.losses import ReflectionConsistencyLoss, TokenAlignmentLoss
 from mfassl.objectives import BaseObjective, create_objective
+from mfassl.options import as_bool, as_float
 from mfassl.pairing import default_split_dim, mirror_pair, pair_key_mask
 from mfassl.schedules import ScheduleState, SymmetrySchedule
 from mfassl.views import MultiCropViews
 
-__all__ = ["MFASSL"]
+__all__ = ["MFASSL", "FlipHead"]
+
+logger = logging.getLogger(__name__)
+
+
+class FlipHead(nn.Module):
+    """Predicts whether a view was flipped from its pooled feature: ``(B, C)`` -> ``(B,)`` logits.
+
+    Linear -> BatchNorm -> ReLU -> Linear, the small predictor of E-SSL (the batch norm also rescales the
+    small feature differences of an encoder at initialisation).
+
+    Args:
+        dim: feature width ``C``.
+        hidden: hidden width (default ``C``).
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or dim
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
 
 
 class MFASSL(nn.Module):
@@ -46,6 +71,10 @@ class MFASSL(nn.Module):
         views: arguments of :class:`~mfassl.views.MultiCropViews` (sizes, scales, ``n_local``, flip...);
             ``n_global``/``n_local`` default to the objective's needs.
         backbone_kwargs: arguments when ``backbone`` is a name.
+        flip_prediction: weight of an E-SSL-style equivariant loss (0 = off, the published method): a small
+            head predicts from each global view's pooled feature ``(B, embed_dim)`` whether the view was
+            flipped (binary cross-entropy); needs ``views["flip_prob"] > 0``. With ``mirror=False`` this is the
+            equivariant baseline. The outputs then carry ``flip_loss`` and ``flip_acc``.
 
     Example::
 
@@ -61,7 +90,7 @@ class MFASSL(nn.Module):
                  lambda_eq: float = 0.5, lambda_mid: float = 1.0, t_sym: float = 10.0, t_mfa: float = 12.0,
                  t_gate: float = 10.0, mirror_size: int | Sequence[int] | None = None, axis_jitter: float = 0.03,
                  split_dim: int | None = None, views: dict[str, Any] | None = None,
-                 backbone_kwargs: dict[str, Any] | None = None) -> None:
+                 backbone_kwargs: dict[str, Any] | None = None, flip_prediction: float = 0.0) -> None:
         super().__init__()
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, **(backbone_kwargs or {}))
@@ -70,10 +99,12 @@ class MFASSL(nn.Module):
         elif objective.backbone is not backbone:
             raise ValueError("the objective must be built on the same backbone instance.")
         self.objective = objective
-        self.mirror = bool(mirror)
-        self.beta, self.lambda_eq, self.lambda_mid = float(beta), float(lambda_eq), float(lambda_mid)
-        self.schedule = SymmetrySchedule(t_sym, t_mfa, t_gate)
-        self.axis_jitter = float(axis_jitter)
+        self.mirror = as_bool(mirror, "mirror")  # "false" from a command line is the baseline, not bool("false")
+        self.beta, self.lambda_eq, self.lambda_mid = (
+            as_float(v, k, low=0.0) for k, v in (("beta", beta), ("lambda_eq", lambda_eq), ("lambda_mid", lambda_mid)))
+        self.schedule = SymmetrySchedule(*(as_float(v, k, low=0.0, allow_inf=True) for k, v in
+                                           (("t_sym", t_sym), ("t_mfa", t_mfa), ("t_gate", t_gate))))
+        self.axis_jitter = as_float(axis_jitter, "axis_jitter", low=0.0)
         dims = backbone.spatial_dims
         self.split_dim = default_split_dim(dims) if split_dim is None else int(split_dim)
         view_args = {"n_global": objective.views.n_global, "n_local": objective.views.n_local,
@@ -82,6 +113,12 @@ class MFASSL(nn.Module):
         self.mirror_size = tuple(self.views.global_size) if mirror_size is None else mirror_size
         self.eq_loss = ReflectionConsistencyLoss()
         self.mid_loss = TokenAlignmentLoss()
+        self.flip_prediction = as_float(flip_prediction, "flip_prediction", low=0.0)
+        # built only when used, so that the default draws no extra random numbers and has no extra parameters
+        self.flip_head = FlipHead(backbone.embed_dim) if self.flip_prediction > 0 else None
+        if self.flip_head is not None and self.views.flip_prob in (0.0, 1.0):
+            logger.warning("flip_prediction=%s with flip_prob=%s: every view has the same flip label, the flip head "
+                           "has nothing to learn.", self.flip_prediction, self.views.flip_prob)
 
     @property
     def backbone(self) -> MFABackbone:
@@ -112,13 +149,21 @@ class MFASSL(nn.Module):
 
         Returns:
             dict with ``loss`` (the total, with gradient) and detached parts: ``base``, ``mirror``,
-            ``l_eq``, ``l_mid``, ``gate_mean``, ``w``, ``ramp``, ``mfa_on`` and the objective's extras.
+            ``l_eq``, ``l_mid``, ``gate_mean``, ``w``, ``ramp``, ``mfa_on``, the objective's extras and, with
+            ``flip_prediction > 0``, ``flip_loss`` and ``flip_acc``.
         """
         views = self.views(images)  # drawn first: the baseline and MFASSL see the same views
         base = self.objective(views)
         total = base["loss"]
         zero = total.detach() * 0.0
         out: dict[str, torch.Tensor] = {f"base_{k}" if k != "loss" else "base": v.detach() for k, v in base.items()}
+        if self.flip_head is not None:
+            n_global = self.views.n_global
+            flipped = torch.cat(self.views.last_flips[:n_global]).to(total.device)
+            logits = self.flip_head(self.backbone(torch.cat(views[:n_global])))
+            flip_loss = F.binary_cross_entropy_with_logits(logits, flipped.float())
+            total = total + self.flip_prediction * flip_loss
+            out.update(flip_loss=flip_loss.detach(), flip_acc=((logits > 0) == flipped).float().mean())
         state = self.schedule(epoch)
         if self.mirror:
             bb = self.backbone

@@ -70,7 +70,9 @@ class MultiCropViews:
         local_size: spatial size of the small crops, 96 published.
         global_scale: area share range of the large crops.
         local_scale: area share range of the small crops.
-        flip_prob: random flip along the left-right dimension (the baseline's flip augmentation).
+        flip_prob: probability of a random flip along the left-right dimension (the baseline's flip
+            augmentation; 0 = no flip). After each call, :attr:`last_flips` holds one ``(B,)`` bool tensor
+            per view (global first), True where that view was flipped.
         flip_dim: the left-right spatial dimension (default: columns in 2D, x in 3D).
         brightness: multiplicative intensity jitter ``1 +- brightness``.
         contrast: contrast jitter ``1 +- contrast`` about the view mean.
@@ -89,7 +91,11 @@ class MultiCropViews:
         self.global_size = self._size(global_size)
         self.local_size = self._size(local_size)
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        flip_prob = float(flip_prob)  # bundle values may arrive as strings ("0.5")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}.")
         self.flip_prob = flip_prob
+        self.last_flips: list[torch.Tensor] = []
         self.flip_dim = default_split_dim(spatial_dims) if flip_dim is None else flip_dim
         self.brightness, self.contrast, self.noise_std = brightness, contrast, noise_std
 
@@ -114,6 +120,7 @@ class MultiCropViews:
         for _ in range(count):
             m = random_crop_matrices(images.shape[0], images.shape[2:], size, scale, flip_prob=self.flip_prob,
                                      flip_dim=self.flip_dim, device=images.device)
+            self.last_flips.append(m[:, self.flip_dim, self.flip_dim] < 0)  # a flip negates the step
             out.append(self._jitter(warp(images, m, size)))
         return out
 
@@ -121,5 +128,6 @@ class MultiCropViews:
         """``(B, C, *S)`` images -> list of ``n_global + n_local`` views, global first."""
         if images.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected (B, C, *S) with {self.spatial_dims} spatial dims, got {tuple(images.shape)}.")
+        self.last_flips = []
         return (self._crops(images, self.n_global, self.global_size, self.global_scale)
                 + self._crops(images, self.n_local, self.local_size, self.local_scale))

@@ -18,11 +18,17 @@ MFA-Swin of this project (2D and 3D). One step on an image batch ``x`` ``(B, C, 
    repeated onto the patch grid and hidden patches become the backbone's mask token (SimMIM-style).
 4. **Student** encodes the masked image; a linear head predicts the pixels of each final-stage cell, and
    the reconstruction loss (normalised pixels, MSE) is taken over the hidden mask cells.
-5. **Co-distillation**: a predictor MLP maps the student's final tokens to the teacher's; the patch term
-   is ``1 - cos`` per final token weighted by the share of hidden cells under it, the global term is
-   ``1 - cos`` of the token means.
+5. **Co-distillation** (three terms, the seed's ``lambda_AITD = lambda_GITD = lambda_AMPD = 0.1``): a
+   predictor MLP maps the student's final tokens ``p`` to the teacher's ``t``;
 
-``loss = lambda_rec * rec + lambda_patch * distill_patch + lambda_global * distill_global``.
+   - ``ampd`` (attention-guided masked patch distillation): ``1 - cos(p_i, t_i)`` per final token, weighted
+     by the share of hidden cells under it;
+   - ``gitd`` (global image token distillation): ``1 - cos`` of the token means (Swin has no CLS token);
+   - ``aitd`` (attentive image token distillation): ``1 - cos`` of the attention-pooled tokens
+     ``sum_i w_i p_i`` and ``sum_i w_i t_i``, ``w = softmax_i`` of the teacher's score on the final-token grid.
+
+``loss = lambda_rec * rec + lambda_aitd * aitd + lambda_gitd * gitd + lambda_ampd * ampd``; the student
+gets stochastic depth ``drop_path`` (0.1, linear over the blocks as in Swin), the teacher none.
 
 :meth:`DAGMaN.extra_state` reports the teacher's attention entropy per stage and head (clean
 probabilities, before the noise) and ``mask_overlap``: the share of the chosen hidden cells that are
@@ -43,7 +49,7 @@ from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify
 from mfassl.objectives.mae import reconstruction_loss, upsample_token_mask
 from mfassl.objectives.swin_attention import SwinAttentionProbe, resample_score_map
 
-__all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "unpatchify"]
+__all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "set_drop_path", "unpatchify"]
 
 
 def _prod(xs: Sequence[int]) -> int:
@@ -83,6 +89,27 @@ def mask_overlap(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return (mask & top).sum().float() / mask.sum().clamp(min=1).float()
 
 
+def set_drop_path(backbone: nn.Module, rate: float) -> int:
+    """Stochastic depth on every MONAI ``SwinTransformerBlock`` of ``backbone``, linear from 0 to ``rate``.
+
+    Block ``k`` of ``n`` (in module order, i.e. stage by stage) drops its residual branches with probability
+    ``rate * k / (n - 1)``, the schedule MONAI's ``SwinTransformer`` uses for ``drop_path_rate``. ``rate = 0``
+    removes stochastic depth. DropPath has no parameters, so the state dict does not change.
+
+    Returns:
+        The number of blocks set.
+    """
+    from monai.networks.layers import DropPath
+    from monai.networks.nets.swin_unetr import SwinTransformerBlock
+
+    blocks = [m for m in backbone.modules() if isinstance(m, SwinTransformerBlock)]
+    n = len(blocks)
+    for k, block in enumerate(blocks):
+        p = rate * k / max(n - 1, 1)
+        block.drop_path = DropPath(p) if p > 0.0 else nn.Identity()
+    return n
+
+
 def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
     """Inverse of :func:`~mfassl.objectives.base.patchify`: ``(B, N, prod(p) * C)`` -> ``(B, C, *(g * p))``."""
     b, d = patches.shape[0], len(grid)
@@ -106,10 +133,13 @@ class DAGMaN(BaseObjective):
             mean teacher token).
         score_stages: stages (1..4) whose attention makes the score.
         predictor_hidden: hidden width of the co-distillation predictor (default: twice the token width).
-        lambda_rec: weight of the pixel reconstruction.
-        lambda_patch: weight of the masked-token distillation.
-        lambda_global: weight of the global distillation.
+        lambda_rec: weight of the pixel reconstruction (1.0).
+        lambda_aitd: weight of the attentive (attention-pooled) image token distillation (0.1).
+        lambda_gitd: weight of the global (mean) image token distillation (0.1).
+        lambda_ampd: weight of the masked patch token distillation (0.1).
         norm_pix_loss: normalise each target mask cell.
+        drop_path: stochastic depth of the student's Swin blocks, the maximum of a linear schedule over the
+            blocks (0.1); the teacher copy never drops paths. None keeps the backbone's own setting.
 
     Example::
 
@@ -124,8 +154,9 @@ class DAGMaN(BaseObjective):
 
     def __init__(self, backbone: MFABackbone, mask_ratio: float = 0.6, mask_stage: int = 2, guided: bool = True,
                  noise_std: float = 0.1, score_source: str = "attention", score_stages: Sequence[int] = (3, 4),
-                 predictor_hidden: int | None = None, lambda_rec: float = 1.0, lambda_patch: float = 1.0,
-                 lambda_global: float = 1.0, norm_pix_loss: bool = True) -> None:
+                 predictor_hidden: int | None = None, lambda_rec: float = 1.0, lambda_aitd: float = 0.1,
+                 lambda_gitd: float = 0.1, lambda_ampd: float = 0.1, norm_pix_loss: bool = True,
+                 drop_path: float | None = 0.1) -> None:
         super().__init__(backbone)
         if not isinstance(backbone, MFASwin):
             raise ValueError(f"DAGMaN needs an MFASwin backbone, got {type(backbone).__name__}.")
@@ -141,7 +172,10 @@ class DAGMaN(BaseObjective):
             raise ValueError(f"score_stages must be a non-empty subset of 1..4, got {score_stages}.")
         self.mask_ratio, self.guided, self.noise_std = float(mask_ratio), bool(guided), float(noise_std)
         self.score_source, self.score_stages = score_source, tuple(int(s) for s in score_stages)
-        self.lambda_rec, self.lambda_patch, self.lambda_global = lambda_rec, lambda_patch, lambda_global
+        self.lambda_rec = float(lambda_rec)
+        self.lambda_aitd, self.lambda_gitd, self.lambda_ampd = float(lambda_aitd), float(lambda_gitd), float(lambda_ampd)
+        if drop_path is not None and not 0.0 <= float(drop_path) < 1.0:
+            raise ValueError(f"drop_path must lie in [0, 1), got {drop_path}.")
         self.norm_pix_loss = norm_pix_loss
         self.mask_factor = (2 ** mask_stage,) * backbone.spatial_dims
         self.unit = tuple(p * f for p, f in zip(backbone.patch_size, self.mask_factor))
@@ -151,6 +185,9 @@ class DAGMaN(BaseObjective):
         hidden = predictor_hidden or 2 * dim
         self.predictor = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.teacher = self._make_teacher(backbone)
+        set_drop_path(self.teacher[0], 0.0)
+        if drop_path is not None:
+            set_drop_path(backbone, float(drop_path))
         self._stats: dict[str, float] = {}
 
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -217,26 +254,30 @@ class DAGMaN(BaseObjective):
         return attention_guided_mask(scores, self.mask_ratio)
 
     # ---------------------------------------------------------------- losses
-    def _losses(self, x: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
-        """Reconstruction and co-distillation for one view.
+    def _losses(self, x: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,
+                score: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruction and the three co-distillation terms for one view.
 
         Args:
             x: ``(B, C, *S)`` images.
             student: ``(B, N_out, C')`` final student tokens (masked input).
             teacher: ``(B, N_out, C')`` final teacher tokens (full input).
             mask: ``(B, N_mask)`` hidden cells.
+            score: ``(B, N_mask)`` the teacher's per-cell score that chose the mask.
         """
         mask_grid, out_grid = self._grids(x)
         pred = unpatchify(self.decoder(student), self.out_unit, out_grid, x.shape[1])
         rec = reconstruction_loss(patchify(pred, self.unit), patchify(x, self.unit), mask, self.norm_pix_loss)
         p = self.predictor(student)
         weight = resample_score_map(mask.float().view(-1, *mask_grid), out_grid).flatten(1)  # share hidden
-        cos = F.cosine_similarity(p, teacher.detach(), dim=-1)
-        patch = ((1 - cos) * weight).sum() / weight.sum().clamp(min=1e-6)
-        glob = (1 - F.cosine_similarity(p.mean(1), teacher.detach().mean(1), dim=-1)).mean()
-        total = self.lambda_rec * rec + self.lambda_patch * patch + self.lambda_global * glob
-        return {"loss": total, "rec": rec, "distill_patch": patch, "distill_global": glob}
+        t = teacher.detach()
+        cos = F.cosine_similarity(p, t, dim=-1)
+        ampd = ((1 - cos) * weight).sum() / weight.sum().clamp(min=1e-6)
+        gitd = (1 - F.cosine_similarity(p.mean(1), t.mean(1), dim=-1)).mean()
+        w = resample_score_map(score.detach().view(-1, *mask_grid), out_grid).flatten(1).softmax(1)  # (B, N_out)
+        aitd = (1 - F.cosine_similarity((w[..., None] * p).sum(1), (w[..., None] * t).sum(1), dim=-1)).mean()
+        total = self.lambda_rec * rec + self.lambda_aitd * aitd + self.lambda_gitd * gitd + self.lambda_ampd * ampd
+        return {"loss": total, "rec": rec, "aitd": aitd, "gitd": gitd, "ampd": ampd}
 
     def _record(self, probe: SwinAttentionProbe, mask: torch.Tensor, clean: torch.Tensor) -> None:
         stats: dict[str, float] = {"dagman/mask_overlap": float(mask_overlap(mask, clean))}
@@ -255,7 +296,7 @@ class DAGMaN(BaseObjective):
         mask = self.draw_mask(score)
         s_tokens = self.backbone.forward_features(x, token_mask=self.input_mask(mask, mask_grid))
         self._record(probe, mask, clean)
-        return self._losses(x, s_tokens, t_tokens, mask)
+        return self._losses(x, s_tokens, t_tokens, mask, score)
 
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:
@@ -270,8 +311,8 @@ class DAGMaN(BaseObjective):
         paired = self.backbone.forward_paired(x_l, x_r, ramp=ramp, use_mfa=use_mfa, key_mask=key_mask,
                                               token_mask=self.input_mask(mask, mask_grid))
         self._record(probe, mask, clean)
-        left = self._losses(x_l, paired.out_l, t.out_l, mask)
-        right = self._losses(x_r, paired.out_r, t.out_r, mask)
+        left = self._losses(x_l, paired.out_l, t.out_l, mask, score)
+        right = self._losses(x_r, paired.out_r, t.out_r, mask, score)
         losses = {k: 0.5 * (left[k] + right[k]) for k in left}
         return PairResult(losses, paired, None)
 

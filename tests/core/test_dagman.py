@@ -134,7 +134,36 @@ def test_loss_falls_on_a_fixed_batch(dims):
         obj.update_teacher(0.99)
         losses.append(float(out["loss"]))
     assert losses[-1] < 0.8 * losses[0]
-    assert set(out) == {"loss", "rec", "distill_patch", "distill_global"}
+    assert set(out) == {"loss", "rec", "aitd", "gitd", "ampd"}
+
+
+def test_seed_defaults_three_distillation_terms_and_student_drop_path():
+    """seeds/003: lambda_AITD = lambda_GITD = lambda_AMPD = 0.1 and drop-path 0.1 on the student only."""
+    from monai.networks.layers import DropPath
+    from monai.networks.nets.swin_unetr import SwinTransformerBlock
+
+    torch.manual_seed(0)
+    obj = DAGMaN(tiny_swin())
+    assert (obj.lambda_rec, obj.lambda_aitd, obj.lambda_gitd, obj.lambda_ampd) == (1.0, 0.1, 0.1, 0.1)
+    student = [b.drop_path for b in obj.backbone.modules() if isinstance(b, SwinTransformerBlock)]
+    teacher = [b.drop_path for b in obj.teacher[0].modules() if isinstance(b, SwinTransformerBlock)]
+    rates = [m.drop_prob if isinstance(m, DropPath) else 0.0 for m in student]
+    assert rates == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])  # linear over the 4 blocks
+    assert all(isinstance(m, torch.nn.Identity) for m in teacher)
+    assert obj.backbone.state_dict().keys() == obj.teacher[0].state_dict().keys()
+    out = obj([torch.randn(2, 1, 64, 64)])
+    total = out["rec"] + 0.1 * (out["aitd"] + out["gitd"] + out["ampd"])
+    assert float(out["loss"]) == pytest.approx(float(total), rel=1e-5)
+    assert all(0.0 <= float(out[k]) <= 2.0 for k in ("aitd", "gitd", "ampd"))
+    # AITD pools with the teacher's score: a one-hot score makes it the distillation of that one token
+    p, t = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    w = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    aitd = 1 - torch.nn.functional.cosine_similarity((w[..., None] * p).sum(1), (w[..., None] * t).sum(1))
+    assert float(aitd) == pytest.approx(float(1 - torch.nn.functional.cosine_similarity(p[:, 2], t[:, 2])))
+    with pytest.raises(ValueError, match="drop_path"):
+        DAGMaN(tiny_swin(), drop_path=1.5)
+    keep = DAGMaN(tiny_swin(), drop_path=None)  # the backbone's own setting (none here)
+    assert not any(isinstance(m, DropPath) for m in keep.backbone.modules())
 
 
 def test_runs_under_the_mirror_branch_with_one_shared_mask(monkeypatch):

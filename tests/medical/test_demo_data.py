@@ -122,3 +122,143 @@ def test_real_estimator_recovers_demo_ground_truth(demo):
     true2 = SymmetryAxis2D(normal=[tr["midline_normal_xy_0"], tr["midline_normal_xy_1"]], offset=tr["midline_offset_px"])
     est2 = SymmetryAxis2D(normal=d["image_axis"][:2], offset=float(d["image_axis"][2]))  # PNG index = (x, y)
     assert true2.angle_to(est2) < 2.0 and true2.distance_at(est2, (127.5, 127.5)) < 3.0
+
+
+# ---------------------------------------------------------------------- subjects that differ as patients do
+def test_brain_deformation_is_mirror_symmetric():
+    """The template's deformation keeps its symmetry: x displacement odd, y and z even about the centre plane."""
+    import torch
+
+    from mfassl_medical.demo_data import _symmetric_displacement
+
+    d = _symmetric_displacement(np.random.default_rng(0), (9, 7, 5), 3, 4.0, 2.0)  # (X, Y, Z, 3) voxels
+    assert d.shape == (9, 7, 5, 3)
+    assert torch.allclose(d[..., 0], -d.flip(0)[..., 0]) and torch.allclose(d[..., 1:], d.flip(0)[..., 1:])
+    assert float(d[4, ..., 0].abs().max()) == 0.0  # the mid-sagittal plane does not move
+    assert 0.2 < float(d.abs().max()) < 10.0  # 4 mm = 2 voxels of 2 mm per standard deviation of the noise
+
+
+def test_brain_subjects_and_tumours_differ():
+    import torch
+
+    from mfassl_medical.demo_data import _brats_case, _load_mni
+
+    data, aff = _load_mni()
+    tmpl = torch.from_numpy(data.copy())
+    rng = np.random.default_rng(3)
+    cases = {size: _brats_case(rng, tmpl, aff, "left", size) for size in ("small", "large")}
+    healthy = _brats_case(rng, tmpl, aff, "none")
+    vox = {s: int((c[1] > 0).sum()) for s, c in cases.items()}
+    assert 0 < vox["small"] < vox["large"]
+    for size, (arrays, seg, _, truth) in cases.items():
+        assert truth["size"] == size and truth["side"] == "left"
+        assert {0, 2, 4} <= set(np.unique(seg)) <= {0, 1, 2, 4}  # oedema and an enhancing rim (and a core)
+        assert truth["oedema_radius_mm"] > truth["lesion_radius_mm"] > 0
+        t1, t1ce = arrays[0].astype(float), arrays[1].astype(float)
+        ratio = t1ce / np.maximum(t1, 1.0)  # modality gains differ: compare the rim with the oedema of one case
+        assert ratio[seg == 4].mean() > 1.2 * ratio[seg == 2].mean()  # the rim enhances
+    assert healthy[3]["size"] == "none" and healthy[1].sum() == 0
+    # per-subject anatomy and contrast
+    truths = [c[3] for c in cases.values()] + [healthy[3]]
+    assert len({round(t["ventricle_factor"], 3) for t in truths}) == 3
+    assert len({round(t["contrast"]["t2"]["csf"], 3) for t in truths}) == 3
+
+
+def test_chest_subjects_and_findings_differ():
+    import torch
+
+    from mfassl_medical.demo_data import _base_midline, _cxr_image, _load_cxr, _patient_chest
+
+    base_np = _load_cxr()
+    base, mid = torch.from_numpy(base_np.copy()), _base_midline(base_np)
+    a, ta = _patient_chest(np.random.default_rng(1), base, mid, "PA")
+    b, tb = _patient_chest(np.random.default_rng(2), base, mid, "AP")
+    assert float((a - b).abs().mean()) > 0.03  # different patients before any pose or exposure change
+    assert ta["heart_scale"] != tb["heart_scale"] and ta["habitus_width"] != tb["habitus_width"]
+    rng = np.random.default_rng(4)
+    small = _cxr_image(rng, base, mid, "right", "small")[1]
+    large = _cxr_image(rng, base, mid, "right", "large")[1]
+    assert 0 < small["opacity_area_px"] < large["opacity_area_px"]
+    assert small["size"] == "small" and large["size"] == "large" and 0.3 <= small["opacity_density"] <= 0.8
+    none = _cxr_image(rng, base, mid, "none", "large", "AP")[1]
+    assert none["size"] == "none" and none["view"] == "AP" and none["opacity_area_px"] == 0.0
+
+
+def test_demo_tables_record_size_and_view(demo):
+    truth = pd.read_csv(demo.chexpert_truth)
+    assert set(truth["size"]) <= {"small", "large", "none"} and (truth["size"] == "none").eq(truth["side"] == "none").all()
+    rows = pd.concat([pd.read_csv(demo.chexpert / f"{s}.csv") for s in ("train", "valid")])
+    assert set(rows["AP/PA"]) <= {"AP", "PA"}
+    view = truth.set_index("path")["view"]
+    assert all(view[p] == v for p, v in zip(rows["Path"], rows["AP/PA"]))
+    brats = pd.read_csv(demo.brats_truth)
+    assert (brats["size"] == "none").eq(brats["side"] == "none").all()
+
+
+# ---------------------------------------------------------------------- folder policy: nothing the user owns is lost
+def _tree(root):
+    """{relative path: bytes} of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("via_env", [False, True], ids=["root", "MFASSL_DEMO_DIR"])
+def test_foreign_folder_is_refused_and_left_untouched(tmp_path, monkeypatch, via_env):
+    mine = tmp_path / "my_data"
+    (mine / "scans").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my annotations")
+    (mine / "scans" / "case1.nii.gz").write_bytes(b"\x1f\x8b user bytes")
+    before = _tree(mine)
+    if via_env:
+        monkeypatch.setenv("MFASSL_DEMO_DIR", str(mine))
+    with pytest.raises(FileExistsError) as err:
+        build_demo_data(None if via_env else mine, n_brats=0, n_chexpert=1, seed=0)
+    assert str(mine) in str(err.value) and "MFASSL_DEMO_DIR" in str(err.value)
+    assert _tree(mine) == before and sorted(p.name for p in mine.iterdir()) == ["notes.txt", "scans"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_data"]  # no temporary build left beside it
+
+
+@pytest.mark.parametrize("manifest", [
+    {"note": "another tool's manifest"},
+    {"generator": "mfassl_medical.demo_data.build_demo_data", "files": ["../outside.txt"]},
+    {"generator": "mfassl_medical.demo_data.build_demo_data", "files": ["/etc/hostname"]},
+], ids=["other-tool", "dotdot-entry", "absolute-entry"])
+def test_a_manifest_that_is_not_the_builders_is_not_trusted(tmp_path, manifest):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me")
+    root = tmp_path / "demo"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match=str(root)):
+        build_demo_data(root, n_brats=0, n_chexpert=1, seed=0)
+    assert outside.read_text() == "keep me" and json.loads((root / "manifest.json").read_text()) == manifest
+
+
+def test_rebuild_removes_only_what_the_manifest_lists(tmp_path):
+    root = tmp_path / "demo"
+    first = build_demo_data(root, n_brats=0, n_chexpert=3, seed=0)
+    old_files = set(json.loads(first.manifest.read_text())["files"])
+    assert {"chexpert_truth.csv", "chexpert_truth.json", "README.md"} <= old_files
+    (root / "notes.txt").write_text("mine")
+    (root / "CheXpert-v1.0-small" / "my_split.csv").write_text("Path\n")
+    (root / "results").mkdir()
+    (root / "results" / "auroc.json").write_text("{}")
+
+    again = build_demo_data(root, n_brats=0, n_chexpert=2, seed=1)  # different sizes and seed: a rebuild
+    man = json.loads(again.manifest.read_text())
+    assert man["seed"] == 1 and man["n_chexpert"] == 2 and man.get("complete", True) is True
+    user = {"notes.txt": b"mine", "CheXpert-v1.0-small/my_split.csv": b"Path\n", "results/auroc.json": b"{}"}
+    tree = _tree(root)
+    assert {k: tree[k] for k in user} == user
+    assert set(tree) == set(man["files"]) | {"manifest.json"} | set(user)  # old-only files are gone
+    assert len(read_chexpert(again.chexpert, "train")) + len(read_chexpert(again.chexpert, "valid")) == 2
+    assert build_demo_data(root, n_brats=0, n_chexpert=2, seed=1) == again  # and the result is reused
+
+
+def test_empty_folder_is_used(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    paths = build_demo_data(root, n_brats=0, n_chexpert=1, seed=0)
+    assert json.loads(paths.manifest.read_text())["generator"] == "mfassl_medical.demo_data.build_demo_data"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="afile"):
+        build_demo_data(tmp_path / "afile", n_brats=0, n_chexpert=1)
