@@ -18,3 +18,19 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture()
+def estimator_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls of ``mfassl_medical.axis.estimate_axis`` (one entry per call; it still runs); clear to count anew."""
+    import mfassl_medical.axis as axis_pkg
+
+    calls: list[int] = []
+    real = axis_pkg.estimate_axis
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(axis_pkg, "estimate_axis", counting)
+    return calls

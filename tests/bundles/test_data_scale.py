@@ -57,33 +57,20 @@ def parsed(**overrides):
     return p
 
 
-def count_estimator(monkeypatch) -> list[int]:
-    import mfassl_medical.axis as axis_pkg
-
-    calls: list[int] = []
-    real = axis_pkg.estimate_axis
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(axis_pkg, "estimate_axis", counting)
-    return calls
-
-
 @pytest.fixture()
 def chexpert(tmp_path):
     return write_chexpert(tmp_path / "data", 6)
 
 
 # ----------------------------------------------------------------------------------------------- the axes file
-def test_bundle_reads_the_axes_file_and_does_not_estimate(tmp_path, chexpert, monkeypatch):
+def test_bundle_reads_the_axes_file_and_does_not_estimate(tmp_path, chexpert, monkeypatch, estimator_calls):
     from mfassl_medical.axes_cli import run_axes
 
     axes = tmp_path / "axes.jsonl"
     run_axes(str(chexpert), "chexpert", str(axes), workers=1, progress=False)
     table = {json.loads(ln)["path"]: json.loads(ln) for ln in axes.read_text().splitlines()}
-    calls = count_estimator(monkeypatch)
+    calls = estimator_calls
+    calls.clear()  # count from here on
     p = parsed(dataset_dir=str(chexpert), axes_file=str(axes), cache="none", output_dir=str(tmp_path / "run"))
     ds = p.get_parsed_content("train#dataset")
     items = [ds[i] for i in range(len(ds))]
@@ -103,14 +90,15 @@ def test_bundle_reads_the_axes_file_and_does_not_estimate(tmp_path, chexpert, mo
     assert lazy["image_axis_world"][2] == pytest.approx(items[0]["image_axis_world"][2], abs=0.5)
 
 
-def test_images_missing_from_the_axes_file_are_estimated(tmp_path, chexpert, monkeypatch):
+def test_images_missing_from_the_axes_file_are_estimated(tmp_path, chexpert, monkeypatch, estimator_calls):
     from mfassl_medical.axes_cli import run_axes
 
     axes = tmp_path / "axes.jsonl"
     run_axes(str(chexpert), "chexpert", str(axes), workers=1, progress=False)
     lines = axes.read_text().splitlines()
     axes.write_text("\n".join(lines[1:]) + "\n")
-    calls = count_estimator(monkeypatch)
+    calls = estimator_calls
+    calls.clear()  # count from here on
     ds = parsed(dataset_dir=str(chexpert), axes_file=str(axes), cache="none",
                 output_dir=str(tmp_path / "run")).get_parsed_content("train#dataset")
     methods = [ds[i]["image_axis_info"]["method"] for i in range(len(ds))]
@@ -118,8 +106,9 @@ def test_images_missing_from_the_axes_file_are_estimated(tmp_path, chexpert, mon
 
 
 # ----------------------------------------------------------------------------------------------- the disk cache
-def test_disk_cache_is_reused_by_a_second_run(tmp_path, chexpert, monkeypatch):
-    calls = count_estimator(monkeypatch)
+def test_disk_cache_is_reused_by_a_second_run(tmp_path, chexpert, monkeypatch, estimator_calls):
+    calls = estimator_calls
+    calls.clear()  # count from here on
     first = parsed(dataset_dir=str(chexpert), output_dir=str(tmp_path / "runs" / "a")).get_parsed_content(
         "train#dataset")
     assert type(first.dataset).__name__ == "SharedPersistentDataset"  # auto = disk for a real dataset_dir

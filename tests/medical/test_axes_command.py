@@ -40,20 +40,6 @@ def write_chexpert(root: Path, n: int, size: tuple[int, int] = (48, 64), seed: i
     return ds
 
 
-def _count_estimator(monkeypatch) -> list[int]:
-    import mfassl_medical.axis as axis_pkg
-
-    calls: list[int] = []
-    real = axis_pkg.estimate_axis
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(axis_pkg, "estimate_axis", counting)
-    return calls
-
-
 def test_axes_file_has_the_axis_cli_fields(tmp_path):
     ds = write_chexpert(tmp_path, 3)
     out = tmp_path / "axes.jsonl"
@@ -68,12 +54,13 @@ def test_axes_file_has_the_axis_cli_fields(tmp_path):
     assert sorted(read_axes_file(out)) == sorted(r["key"] for r in recs)
 
 
-def test_rerun_does_only_what_is_missing_and_counts_errors(tmp_path, monkeypatch, capsys):
+def test_rerun_does_only_what_is_missing_and_counts_errors(tmp_path, monkeypatch, capsys, estimator_calls):
     ds = write_chexpert(tmp_path, 5)
     bad = ds / "train/patient00003/study1/view1_frontal.jpg"
     bad.write_bytes(b"\xff\xd8 not a jpeg at all")
     out = tmp_path / "axes.jsonl"
-    calls = _count_estimator(monkeypatch)
+    calls = estimator_calls
+    calls.clear()  # count from here on
     assert main([str(ds), "--kind", "chexpert", "--workers", "0", "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "4 estimated now, 1 failed" in err and f"error: {bad}" in err
