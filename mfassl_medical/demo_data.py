@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from filelock import FileLock
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -764,6 +766,12 @@ observations) plus `Side`; images `train/patientNNNNN/studyK/view1_frontal.png`,
 """
 
 
+def _lock_path(root: Path) -> str:
+    """The inter-process lock of building ``root``: a file in the system's temporary folder named by its path."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"mfassl-demo-{digest}.lock")
+
+
 def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_chexpert: int = 48, seed: int = 0,
                     force: bool = False) -> DemoPaths:
     """Build (or reuse) the synthetic demo data; see the module docstring for the layout.
@@ -795,33 +803,39 @@ def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_
     if not force and _manifest_matches(paths, want):
         logger.debug("demo data at %s is up to date", root)
         return paths
-    have = _check_target(root, paths, from_env)
-    t0 = time.perf_counter()
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
-    try:
-        files: list[str] = []
-        rng = np.random.default_rng(seed)
-        rng_b, rng_c = (np.random.default_rng(s) for s in rng.integers(0, 2**31, size=2))
-        if n_brats > 0:
-            f, truth = _build_brats(tmp, n_brats, rng_b)
-            _write_truth(tmp / "brats_truth.csv", truth)
-            files += f + ["brats_truth.csv", "brats_truth.json"]
-        if n_chexpert > 0:
-            (tmp / "CheXpert-v1.0-small").mkdir(parents=True, exist_ok=True)
-            f, truth = _build_chexpert(tmp, n_chexpert, rng_c)
-            _write_truth(tmp / "chexpert_truth.csv", truth)
-            files += f + ["chexpert_truth.csv", "chexpert_truth.json"]
-        (tmp / "README.md").write_text(_README.format(version=DEMO_VERSION, seed=seed, n_brats=n_brats,
-                                                      n_chexpert=n_chexpert))
-        files.append("README.md")
-        manifest = dict(want, files=files, build_seconds=round(time.perf_counter() - t0, 2),
-                        generator=_GENERATOR, synthetic=True)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _install_build(root, tmp, have, manifest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    _check_target(root, paths, from_env)  # refuse a foreign folder before anything is written
+    # several processes (torchrun ranks, a bundle and its server) may ask at once: one builds, the others wait
+    # and reuse its build; the lock lives in the system's temporary folder, never beside the user's files
+    with FileLock(_lock_path(root)):
+        if not force and _manifest_matches(paths, want):
+            return paths
+        have = _check_target(root, paths, from_env)
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
+        try:
+            files: list[str] = []
+            rng = np.random.default_rng(seed)
+            rng_b, rng_c = (np.random.default_rng(s) for s in rng.integers(0, 2**31, size=2))
+            if n_brats > 0:
+                f, truth = _build_brats(tmp, n_brats, rng_b)
+                _write_truth(tmp / "brats_truth.csv", truth)
+                files += f + ["brats_truth.csv", "brats_truth.json"]
+            if n_chexpert > 0:
+                (tmp / "CheXpert-v1.0-small").mkdir(parents=True, exist_ok=True)
+                f, truth = _build_chexpert(tmp, n_chexpert, rng_c)
+                _write_truth(tmp / "chexpert_truth.csv", truth)
+                files += f + ["chexpert_truth.csv", "chexpert_truth.json"]
+            (tmp / "README.md").write_text(_README.format(version=DEMO_VERSION, seed=seed, n_brats=n_brats,
+                                                          n_chexpert=n_chexpert))
+            files.append("README.md")
+            manifest = dict(want, files=files, build_seconds=round(time.perf_counter() - t0, 2),
+                            generator=_GENERATOR, synthetic=True)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            _install_build(root, tmp, have, manifest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     logger.info("built demo data at %s in %.1f s (%d BraTS cases, %d chest images)", root,
                 time.perf_counter() - t0, n_brats, n_chexpert)
     return paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 
 import numpy as np
 import pytest
@@ -34,3 +35,11 @@ def estimator_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(axis_pkg, "estimate_axis", counting)
     return calls
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun rendezvous and test servers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

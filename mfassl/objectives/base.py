@@ -19,7 +19,6 @@ from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone, PairedOutput
 
@@ -161,8 +160,3 @@ class BaseObjective(nn.Module):
     def extra_state(self) -> dict[str, Any]:
         """Scalars worth logging besides the losses (e.g. attention statistics)."""
         return {}
-
-
-def cross_entropy_soft(target_probs: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """``mean_b -sum_k p_b,k log softmax(s)_b,k``."""
-    return -(target_probs * F.log_softmax(student_logits, dim=-1)).sum(-1).mean()

@@ -38,6 +38,8 @@ noise, about ``mask_ratio`` for random masks).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Sequence
 
 import torch
@@ -50,13 +52,6 @@ from mfassl.objectives.mae import reconstruction_loss, upsample_token_mask
 from mfassl.objectives.swin_attention import SwinAttentionProbe, resample_score_map
 
 __all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "set_drop_path", "unpatchify"]
-
-
-def _prod(xs: Sequence[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= int(x)
-    return out
 
 
 def attention_guided_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -181,7 +176,7 @@ class DAGMaN(BaseObjective):
         self.unit = tuple(p * f for p, f in zip(backbone.patch_size, self.mask_factor))
         self.out_unit = tuple(backbone.out_patch_size)
         dim = backbone.embed_dim
-        self.decoder = nn.Linear(dim, _prod(self.out_unit) * backbone.in_chans)
+        self.decoder = nn.Linear(dim, math.prod(self.out_unit) * backbone.in_chans)
         hidden = predictor_hidden or 2 * dim
         self.predictor = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.teacher = self._make_teacher(backbone)

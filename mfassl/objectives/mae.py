@@ -8,6 +8,8 @@ size). On a mirror pair both halves share one mask, so token ``i`` is visible on
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -20,13 +22,6 @@ from mfassl.backbones import MFABackbone
 from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify, random_token_mask
 
 __all__ = ["MAEDecoder", "MAE", "reconstruction_loss", "upsample_token_mask"]
-
-
-def _prod(xs: Sequence[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= int(x)
-    return out
 
 
 def upsample_token_mask(mask: torch.Tensor, coarse_grid: Sequence[int], factor: Sequence[int]) -> torch.Tensor:
@@ -122,7 +117,7 @@ class MAE(BaseObjective):
         self.drop = backbone.token_masking == "drop"
         unit = backbone.patch_size if self.drop else backbone.out_patch_size
         self.unit = tuple(unit)
-        out_dim = _prod(unit) * backbone.in_chans
+        out_dim = math.prod(unit) * backbone.in_chans
         if self.drop:
             self.decoder: nn.Module = MAEDecoder(backbone.embed_dim, out_dim, backbone.spatial_dims, decoder_dim,
                                                  decoder_depth, decoder_heads)
@@ -137,7 +132,7 @@ class MAE(BaseObjective):
             the ``(B, N)`` mask over the backbone's input token grid (equal for a ViT).
         """
         grid = [s // u for s, u in zip(x.shape[2:], self.unit)]
-        score = random_token_mask(x.shape[0], _prod(grid), self.mask_ratio, device=x.device)
+        score = random_token_mask(x.shape[0], math.prod(grid), self.mask_ratio, device=x.device)
         if self.drop:
             return score, score
         factor = [u // p for u, p in zip(self.unit, self.backbone.patch_size)]

@@ -25,6 +25,8 @@ accuracy per homologous layer: the share of the selected patch keys that come fr
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Sequence
 
 import torch
@@ -248,7 +250,7 @@ class MixedAE(BaseObjective):
         self.hattn = HomologousAttention()
         self.contrast_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, proj_dim))
         self.contrast = HomologousContrastiveLoss(temperature)
-        self.decoder = MAEDecoder(dim, _prod(backbone.patch_size) * backbone.in_chans, 2, decoder_dim,
+        self.decoder = MAEDecoder(dim, math.prod(backbone.patch_size) * backbone.in_chans, 2, decoder_dim,
                                   decoder_depth, decoder_heads)
         self._stats: dict[str, float] = {}
 
@@ -305,7 +307,7 @@ class MixedAE(BaseObjective):
         """Losses on the first view ``(B, C, H, W)``, ``B`` a multiple of ``1 / r``."""
         self.check_views(views)
         x = views[0]
-        n = _prod(self.backbone.grid_shape(x.shape[2:]))
+        n = math.prod(self.backbone.grid_shape(x.shape[2:]))
         assign = self.draw_assignment(x.shape[0], n, x.device)
         self._stats = {}
         z = self.run_blocks(self.embed_mixed(x, assign), 0, len(self.backbone.blocks), assign)
@@ -325,7 +327,7 @@ class MixedAE(BaseObjective):
             raise ValueError(f"x_l and x_r must have one shape, got {tuple(x_l.shape)} and {tuple(x_r.shape)}.")
         bb = self.backbone
         b, p, g = x_l.shape[0], bb.num_prefix_tokens, self.groups
-        n = _prod(bb.grid_shape(x_l.shape[2:]))
+        n = math.prod(bb.grid_shape(x_l.shape[2:]))
         assign = self.draw_assignment(b, n, x_l.device)
         both = torch.cat([assign, assign])
         self._stats = {}
@@ -357,13 +359,6 @@ class MixedAE(BaseObjective):
     def extra_state(self) -> dict[str, Any]:
         """Last step's ``mixedae/topk_acc_l{layer}`` per homologous layer."""
         return dict(self._stats)
-
-
-def _prod(xs: Sequence[int]) -> int:
-    out = 1
-    for x in xs:
-        out *= int(x)
-    return out
 
 
 from mfassl.objectives import OBJECTIVES  # noqa: E402  (registry lives in the package; imported last)

@@ -54,12 +54,12 @@ def test_resume_gives_the_same_losses(tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_gpu_config_runs_two_gloo_processes(tmp_path):
+def test_multi_gpu_config_runs_two_gloo_processes(tmp_path, free_port):
     name = "mfassl_brats_pretrain"
     root = BUNDLES / name
     configs = "['{}','{}']".format(root / "configs" / "train.json", root / "configs" / "multi_gpu_train.json")
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            "--master_port=29611", "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
+            f"--master_port={free_port}", "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
             "--output_dir", str(tmp_path), "--epochs", "1",
             "--model_file", str(tmp_path / "models" / "model.pt")]
     for k, v in TINY[name].items():

@@ -92,11 +92,11 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_two_process_gloo_run_trains(tmp_path):
+def test_two_process_gloo_run_trains(tmp_path, free_port):
     worker = Path(__file__).with_name("dist_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           "--master_port=29533", str(worker), str(tmp_path)]
+           f"--master_port={free_port}", str(worker), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]

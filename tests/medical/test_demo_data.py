@@ -262,3 +262,21 @@ def test_empty_folder_is_used(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(NotADirectoryError, match="afile"):
         build_demo_data(tmp_path / "afile", n_brats=0, n_chexpert=1)
+
+
+def test_concurrent_builds_into_one_fresh_folder_both_succeed(tmp_path):
+    """Before: two torchrun ranks building a fresh demo folder at once failed ("Directory not empty")."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "demo"
+    code = ("import sys; from mfassl_medical.demo_data import build_demo_data; "
+            "p = build_demo_data(sys.argv[1], n_brats=1, n_chexpert=2); print(p.manifest.is_file())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert [o[0].strip() for o in outs] == ["True", "True"]
+    assert json.loads((root / "manifest.json").read_text())["n_chexpert"] == 2
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".demo.build-")]  # no half-built folder left
+
