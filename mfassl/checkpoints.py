@@ -311,7 +311,7 @@ def save_encoder(model: nn.Module, path: str | os.PathLike, description: Mapping
             logger.info("no description written beside %s: %s", path, err)
     if description is not None:
         meta = {"format": "mfassl-encoder", "weights": path.name, "tensors": len(state), **dict(description)}
-        _atomic_write_text(json.dumps(meta, indent=2) + "\n", _sidecar(path))
+        _atomic_write_text(json.dumps(meta, indent=4) + "\n", _sidecar(path))
     logger.info("saved the encoder (%d tensors) to %s", len(state), path)
     return path
 
