@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-# MONAI Label lives in its own venv: it pins numpy 1.26 and pydicom 2.
+# MONAI Label lives in its own venv: it pins numpy 1.26 and pydicom 2. It runs on the main venv's PyTorch
+# build, hard-linked in (mfassl_medical/label_venv.py) so that its ~5 GB are not stored twice.
 LABEL_VENV  ?= .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed-stamp
 LABEL_PORT  ?= 8000
@@ -17,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test,faces]"
 	touch $(STAMP)
 
-$(LABEL_STAMP):
+$(LABEL_STAMP): $(STAMP)
 	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(BIN)/python -m mfassl_medical.label_venv $(VENV) $(LABEL_VENV)
 	$(LABEL_VENV)/bin/python -m pip install --disable-pip-version-check -q $(LABEL_PKGS)
 	touch $(LABEL_STAMP)
 
