@@ -34,6 +34,7 @@ __all__ = [
     "reflection_matrix",
     "rotation_between",
     "canonicalizing_matrix",
+    "similarity_matrix",
     "warp",
     "index_grid",
     "axes_to_tensor",
@@ -294,6 +295,26 @@ def canonicalizing_matrix(axis: SymmetryHyperplane, spatial_shape: Sequence[int]
     m[:dims, :dims] = rot
     m[:dims, dims] = p0 - rot @ c
     return m
+
+
+def similarity_matrix(angle_deg: float, scale: float, centre: Sequence[float], new_centre: Sequence[float]) -> np.ndarray:
+    """``(2, 3)`` forward map ``p' = scale * R(angle) (p - centre) + new_centre`` of 2D points ``p = (u, v)``.
+
+    ``R(angle) = [[cos, -sin], [sin, cos]]`` turns the first coordinate's axis towards the second's: in pixel
+    ``(x, y)`` with ``y`` pointing down, a positive angle turns clockwise on screen. The matrix maps *input* to
+    *output* points (OpenCV's ``warpAffine`` convention; :func:`warp` takes the inverse, output -> input):
+    ``p' = m[:, :2] @ p + m[:, 2]``.
+
+    Args:
+        angle_deg: rotation in degrees.
+        scale: zoom factor (> 0).
+        centre: the input point that goes to ``new_centre``.
+        new_centre: where ``centre`` lands.
+    """
+    a = math.radians(angle_deg)
+    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    t = np.asarray(new_centre, dtype=np.float64) - r @ np.asarray(centre, dtype=np.float64)
+    return np.concatenate([r, t[:, None]], axis=1)
 
 
 # ---------------------------------------------------------------------- resampling

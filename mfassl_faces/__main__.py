@@ -3,7 +3,8 @@
 Commands:
     axis       symmetry axis of face images from their landmarks (JSON lines, optional PNG)
     landmarks  landmarks for a whole image folder (parallel, resumable JSON lines)
-    demo       build the synthetic demo faces (300W layout) from package-shipped photos
+    demo       build the synthetic demo faces (300W layout) from package-shipped photos, in
+               $MFASSL_FACES_DEMO_DIR if set, else ~/.cache/mfassl/faces_demo
     pretrain   MFASSL pretraining on face crops (the shared ignite engine)
     benchmark  landmark benchmark: a head on a (frozen or fine-tuned) encoder, NME / FR / AUC
     probe      attribute probe: a linear head on a frozen encoder, AUROC / ECE / Brier
@@ -11,29 +12,25 @@ Commands:
 
 from __future__ import annotations
 
-import importlib
 import sys
+from typing import Sequence
+
+from mfassl.cli import run_commands
 
 COMMANDS = {
     "axis": ("mfassl_faces.cli_axis", "symmetry axis of face images from their landmarks"),
     "landmarks": ("mfassl_faces.cli_landmarks", "landmarks for a whole image folder (parallel, resumable)"),
-    "demo": ("mfassl_faces.cli_tasks", "build the synthetic demo faces"),
-    "pretrain": ("mfassl_faces.cli_tasks", "MFASSL pretraining on face crops"),
-    "benchmark": ("mfassl_faces.cli_tasks", "landmark benchmark (NME, FR@0.1, AUC@0.1)"),
-    "probe": ("mfassl_faces.cli_tasks", "attribute probe (AUROC, ECE, Brier)"),
+    "demo": ("mfassl_faces.cli_tasks:demo_main",
+             "build the synthetic demo faces (in $MFASSL_FACES_DEMO_DIR, else ~/.cache/mfassl/faces_demo)"),
+    "pretrain": ("mfassl_faces.cli_tasks:pretrain_main", "MFASSL pretraining on face crops"),
+    "benchmark": ("mfassl_faces.cli_tasks:benchmark_main", "landmark benchmark (NME, FR@0.1, AUC@0.1)"),
+    "probe": ("mfassl_faces.cli_tasks:probe_main", "attribute probe (AUROC, ECE, Brier)"),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        lines = [f"  {name:10s} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m mfassl_faces COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    if module.__name__.endswith("cli_tasks"):
-        return int(module.main(argv) or 0)
-    return int(module.main(argv[1:]) or 0)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command (:func:`mfassl.cli.run_commands`): 0 for ``--help``, 2 for no or an unknown command."""
+    return run_commands("python -m mfassl_faces", COMMANDS, argv)
 
 
 if __name__ == "__main__":

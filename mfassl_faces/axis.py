@@ -35,6 +35,7 @@ __all__ = [
     "index_to_pixel",
     "axis_to_pixel",
     "axis_from_pixel",
+    "pixel_axis_fields",
     "axis_from_landmarks",
     "symmetry_residual",
     "LandmarkAxisEstimator",
@@ -68,6 +69,15 @@ def axis_from_pixel(normal_xy: Sequence[float], offset: float, **kwargs: Any) ->
     """The index-space axis of the pixel-space line ``normal_xy . (x, y) = offset``."""
     n = np.asarray(normal_xy, dtype=np.float64)
     return SymmetryAxis2D(normal=n[::-1].copy(), offset=float(offset), **kwargs)
+
+
+def pixel_axis_fields(axis: SymmetryAxis2D) -> dict[str, Any]:
+    """The axis as the command lines write it: ``{"normal": [x, y], "offset", "confidence", "fallback"}`` in
+    pixel coordinates (:func:`axis_to_pixel`: the normal points to the image right), rounded to 6, 4 and 4
+    decimals."""
+    normal, offset = axis_to_pixel(axis)
+    return {"normal": [round(float(v), 6) for v in normal], "offset": round(float(offset), 4),
+            "confidence": round(float(axis.confidence), 4), "fallback": bool(axis.fallback)}
 
 
 def _fit(pts: np.ndarray, schema: LandmarkSchema) -> tuple[np.ndarray, float]:

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mfassl.backbones import MFABackbone
 from mfassl_faces.heads import AttributeProbe, LandmarkModel
-from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ece, failure_rate, flip_consistency, nme,
-                                  per_subset, plot_ced)
+from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ece, failure_rate, flip_nme, nme, per_subset,
+                                  plot_ced)
 from mfassl_faces.schemas import LandmarkSchema, get_schema
 
 __all__ = ["run_landmark_benchmark", "run_attribute_probe", "predict_landmarks"]
@@ -127,7 +127,7 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         "nme": _ci(lambda e: float(np.mean(e)), errors, n_boot=n_boot, seed=seed),
         "fr": _ci(lambda e: failure_rate(e, threshold), errors, n_boot=n_boot, seed=seed),
         "auc": _ci(lambda e: auc_at(e, threshold), errors, n_boot=n_boot, seed=seed),
-        "flip_nme": float(np.mean(flip_consistency(res["pred"], res["pred_flipped"], s, img_size))),
+        "flip_nme": float(np.mean(flip_nme(res["pred"], res["pred_flipped"], s, img_size))),
         "subsets": per_subset(errors, res["attributes"], names, threshold) if names else {},
         "train_loss": history,
         "ced_png": None,

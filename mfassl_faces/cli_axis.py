@@ -8,6 +8,10 @@ the face's rank in the source's answer (0 = largest), ``n_faces`` how many were 
 ``box`` (``--box x0,y0,x1,y1``: the face overlapping that box most) or ``all`` (``--all-faces``: one
 line per face). The output is strict JSON (a non-finite number is written ``null``).
 
+``--png OUT`` draws the landmarks and the axis: ``OUT`` is a ``.png`` file for one image, else a folder
+with one overlay per image, named by :func:`mfassl.cli.overlay_paths` (``siteA/scan.png`` and
+``siteB/scan.png`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``).
+
 Every input gets an answer or a one-line ``error: <file>: ...`` on stderr, and the rest go on: a
 missing, corrupt, too small (e.g. 1 x 4000) image, a wrong landmark count, a face index out of range.
 The exit status is then 1; images with no face are skipped, counted and reported. Options are checked
@@ -18,22 +22,18 @@ with several images give exit status 2).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
-from mfassl_faces.cli_options import box_arg, float_arg, int_arg
+from mfassl.cli import check_png_target, json_line, overlay_paths, strict_json
+from mfassl_faces.cli_options import SOURCE_NAMES, box_arg, float_arg, int_arg
 from mfassl_faces.errors import FaceDataError
 
 logger = logging.getLogger("mfassl_faces.axis")
-
-SOURCE_NAMES = ("dlib", "fan", "file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,76 +78,10 @@ def _source(spec: str, fan_weights: str | None):
     return create_source("file", path=spec)
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by None, numpy types made plain."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def dumps(record: dict) -> str:
-    """One strict JSON line (``allow_nan=False``: NaN and infinity are written as null first)."""
-    return json.dumps(strict_json(record), allow_nan=False)
-
-
-def overlay_names(images: Sequence[Path]) -> dict[Path, str]:
-    """A distinct overlay file name for every distinct input.
-
-    ``<stem>_axis.png`` when the stem is unique; otherwise as many parent folders as needed are put in
-    front (``siteA/scan.png`` and ``siteB/scan.png`` give ``siteA__scan_axis.png`` and
-    ``siteB__scan_axis.png``), and the suffix too where only it differs (``scan_png``, ``scan_jpg``).
-    The same file given twice keeps one name.
-    """
-    paths = list(dict.fromkeys(Path(p).resolve() for p in images))
-    depth = max((len(p.parents) for p in paths), default=0)
-
-    def name(p: Path, level: int) -> str:
-        if level > depth:  # the folders are all the same: the suffix tells them apart
-            return "__".join([q.name for q in reversed(p.parents) if q.name] + [p.name.replace(".", "_")])
-        folders = [q.name for q in list(p.parents)[:level] if q.name][::-1]
-        return "__".join(folders + [p.stem])
-
-    out: dict[Path, str] = {}
-    for p in paths:
-        level = 0
-        while level <= depth and any(q != p and name(q, level) == name(p, level) for q in paths):
-            level += 1
-        out[p] = name(p, level) + "_axis.png"
-    return {Path(img): out[Path(img).resolve()] for img in images}
-
-
-def check_png(out: str | None, n_images: int) -> None:
-    """Refuse ``--png`` values that cannot hold the overlays (before any image is read)."""
-    if out is None:
-        return
-    o = Path(out)
-    as_file = o.suffix.lower() == ".png" and not o.is_dir()
-    if as_file and n_images > 1:
-        raise ValueError(f"--png {out} names one .png file but {n_images} images were given; give a folder.")
-    if not as_file and o.exists() and not o.is_dir():
-        raise ValueError(f"--png {out} is an existing file, not a folder; give a folder or a new .png file.")
-
-
-def png_path(out: str, image: Path, names: dict[Path, str]) -> Path:
-    o = Path(out)
-    if o.suffix.lower() == ".png" and not o.is_dir():
-        return o
-    return o / names[image]
-
-
-def _answer(image_path: Path, source, args: argparse.Namespace, names: dict[Path, str]) -> str:
-    """Process one image: print its JSON lines, return ``ok`` or ``noface`` (errors raise)."""
-    from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
+def _answer(image_path: Path, source, args: argparse.Namespace, png: Path | None) -> str:
+    """Process one image: print its JSON lines (and draw them into ``png``), return ``ok`` or ``noface``
+    (errors raise)."""
+    from mfassl_faces.axis import axis_from_landmarks, pixel_axis_fields
     from mfassl_faces.io import read_image
     from mfassl_faces.sources import choose_faces
 
@@ -163,20 +97,16 @@ def _answer(image_path: Path, source, args: argparse.Namespace, names: dict[Path
     lines, drawn = [], []
     for k, face, how in chosen:
         axis = axis_from_landmarks(face.landmarks, face.schema, image.shape, min_confidence=args.min_confidence)
-        normal, offset = axis_to_pixel(axis)
-        rec = {"path": str(image_path), "normal": [round(float(v), 6) for v in normal],
-               "offset": round(float(offset), 4), "confidence": round(float(axis.confidence), 4),
-               "fallback": bool(axis.fallback), "landmarks": np.round(face.landmarks, 2).tolist(),
+        rec = {"path": str(image_path), **pixel_axis_fields(axis), "landmarks": np.round(face.landmarks, 2).tolist(),
                "seconds": round(time.perf_counter() - t0, 3), "face": k, "n_faces": len(faces), "chosen_by": how,
                "box": None if face.box is None else [round(float(v), 2) for v in face.box]}
-        lines.append(dumps(rec))
+        lines.append(json_line(rec))
         drawn.append(strict_json(rec))
-    if args.png:
+    if png is not None:
         from mfassl_faces.draw import draw_faces
 
-        out = png_path(args.png, image_path, names)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        draw_faces(image, drawn, out)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        draw_faces(image, drawn, png)
     for line in lines:
         print(line, flush=True)
     return "ok"
@@ -190,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [Path(p) for p in args.images]
     try:
         args.landmarks = check_source_spec(args.landmarks)
-        check_png(args.png, len(set(p.resolve() for p in images)))
+        check_png_target(args.png, len(images), what="images")
     except ValueError as err:
         parser.error(str(err))
     try:
@@ -198,11 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ImportError, FaceDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    names = overlay_names(images)
+    pngs = [Path(p) for p in overlay_paths(args.png, images)] if args.png else [None] * len(images)
     n_bad = n_noface = n_ok = 0
-    for image_path in images:
+    for image_path, png in zip(images, pngs):
         try:
-            status = _answer(image_path, source, args, names)
+            status = _answer(image_path, source, args, png)
         except FaceDataError as err:
             print(f"error: {err}", file=sys.stderr)
             n_bad += 1

@@ -14,17 +14,15 @@ import json
 import logging
 import sys
 
-from mfassl_faces.cli_options import int_arg
+from mfassl_faces.cli_options import SOURCE_NAMES, int_arg
 from mfassl_faces.errors import FaceDataError
-
-SOURCES = ("dlib", "fan", "file")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mfassl_faces landmarks",
                                 description="Landmarks for a whole image folder (parallel, resumable, JSON lines).")
     p.add_argument("dataset_dir", metavar="DATASET_DIR")
-    p.add_argument("--source", default="dlib", choices=SOURCES,
+    p.add_argument("--source", default="dlib", choices=SOURCE_NAMES,
                    help="landmark source: dlib (offline, default), fan (needs --fan-weights), file "
                         "(annotation files beside the images)")
     p.add_argument("--workers", type=int_arg("--workers", low=0, high=256), default=1,

@@ -1,4 +1,5 @@
-"""argparse types built on :mod:`mfassl.options`: numbers and booleans parsed strictly at the command line.
+"""argparse types of the face commands, built on :mod:`mfassl.options` through :func:`mfassl.cli.option_type`:
+numbers, booleans and pixel boxes parsed strictly at the command line; the landmark source names.
 
 ``--min-confidence nan`` or ``--min-confidence 5`` is refused by argparse with a message naming the
 option and the value (exit status 2) instead of running with a meaningless setting.
@@ -9,48 +10,29 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from mfassl.cli import option_type
 from mfassl.options import as_bool, as_float, as_int
 
-__all__ = ["float_arg", "int_arg", "bool_arg", "box_arg"]
+__all__ = ["SOURCE_NAMES", "float_arg", "int_arg", "bool_arg", "box_arg"]
+
+#: the landmark sources the commands take by name: the names of
+#: :data:`mfassl_faces.sources.LANDMARK_SOURCES`, written out so that ``--help`` imports no detector code
+SOURCE_NAMES = ("dlib", "fan", "file")
 
 
 def float_arg(key: str, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
     """An argparse ``type=`` for a finite float in ``[low, high]``."""
-
-    def parse(text: str) -> float:
-        try:
-            return float(as_float(text, key, low=low, high=high))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-
-    parse.__name__ = "number"
-    return parse
+    return option_type(as_float, key, low=low, high=high)
 
 
 def int_arg(key: str, low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     """An argparse ``type=`` for an integer in ``[low, high]``."""
-
-    def parse(text: str) -> int:
-        try:
-            return int(as_int(text, key, low=low, high=high))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-
-    parse.__name__ = "integer"
-    return parse
+    return option_type(as_int, key, low=low, high=high)
 
 
 def bool_arg(key: str) -> Callable[[str], bool]:
     """An argparse ``type=`` for true/false, 1/0, yes/no, on/off (any case)."""
-
-    def parse(text: str) -> bool:
-        try:
-            return bool(as_bool(text, key))
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from err
-
-    parse.__name__ = "boolean"
-    return parse
+    return option_type(as_bool, key)
 
 
 def box_arg(key: str) -> Callable[[str], tuple[float, float, float, float]]:

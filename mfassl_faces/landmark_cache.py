@@ -13,9 +13,9 @@
 A rerun appends only what is missing: images with an ``ok`` or ``no_face`` line are skipped, images
 whose last line is an ``error`` are tried again (a later line for the same path supersedes an
 earlier one). A line cut off by an interrupted run is ignored and the file is repaired before
-appending. :func:`read_landmarks_file` reads the file back (last line per path) and
-:func:`landmark_records` turns its ``ok`` lines into :class:`~mfassl_faces.readers.LandmarkRecord`
-objects for the readers and the face pretraining.
+appending. :func:`read_landmarks_file` reads the file back (last line per path);
+:func:`mfassl_faces.readers.landmark_records` turns its ``ok`` lines into
+:class:`~mfassl_faces.readers.LandmarkRecord` objects for the face datasets and the pretraining.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mfassl.cli import json_line
 from mfassl_faces.errors import FaceDataError
+from mfassl_faces.io import IMAGE_SUFFIXES
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_landmarks_file", "landmark_records", "compute_landmarks",
-           "landmark_record"]
+__all__ = ["IMAGE_SUFFIXES", "list_images", "read_landmarks_file", "compute_landmarks", "landmark_record"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(dataset_dir: str | os.PathLike) -> list[Path]:
@@ -96,27 +95,6 @@ def read_landmarks_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return out
 
 
-def landmark_records(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list:
-    """The ``ok`` lines of a landmarks file as :class:`~mfassl_faces.readers.LandmarkRecord` objects.
-
-    Args:
-        path: the landmarks file.
-        root: the dataset folder the paths are relative to (default: the file's folder).
-    """
-    from mfassl_faces.readers import LandmarkRecord
-
-    base = Path(root) if root is not None else Path(path).parent
-    recs = []
-    for rel, rec in read_landmarks_file(path).items():
-        if rec["status"] != "ok":
-            continue
-        box = rec.get("box")
-        recs.append(LandmarkRecord(base / rel, np.asarray(rec["landmarks"], dtype=np.float64),
-                                   None if box is None else tuple(float(v) for v in box),
-                                   schema=rec.get("schema"), origin="landmarks_file"))
-    return recs
-
-
 # ---------------------------------------------------------------------------------------------- compute
 _WORKER: dict[str, Any] = {}
 
@@ -130,7 +108,7 @@ def _init_worker(source: str, source_kwargs: dict[str, Any]) -> None:
 
 def landmark_record(image_path: str | os.PathLike, rel: str, source, source_name: str) -> dict[str, Any]:
     """The landmarks-file line of one image (never raises: errors become an ``error`` line)."""
-    from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
+    from mfassl_faces.axis import axis_from_landmarks, pixel_axis_fields
     from mfassl_faces.io import read_image
 
     t0 = time.perf_counter()
@@ -142,15 +120,12 @@ def landmark_record(image_path: str | os.PathLike, rel: str, source, source_name
                     "seconds": round(time.perf_counter() - t0, 3)}
         face = faces[0]
         axis = axis_from_landmarks(face.landmarks, face.schema, image.shape)
-        normal, offset = axis_to_pixel(axis)
         return {"path": rel, "status": "ok", "source": source_name, "schema": face.schema,
                 "landmarks": np.round(face.landmarks, 3).tolist(),
                 "box": None if face.box is None else [round(float(v), 3) for v in face.box],
                 "score": None if face.score is None else round(float(face.score), 4),
                 "n_faces": len(faces), "face": 0, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                "normal": [round(float(v), 6) for v in normal], "offset": round(float(offset), 4),
-                "confidence": round(float(axis.confidence), 4), "fallback": bool(axis.fallback),
-                "seconds": round(time.perf_counter() - t0, 3)}
+                **pixel_axis_fields(axis), "seconds": round(time.perf_counter() - t0, 3)}
     except Exception as err:  # one bad file costs one line
         reason = err.reason if isinstance(err, FaceDataError) else f"{type(err).__name__}: {err}"
         return {"path": rel, "status": "error", "source": source_name, "error": " ".join(str(reason).split())}
@@ -159,12 +134,6 @@ def landmark_record(image_path: str | os.PathLike, rel: str, source, source_name
 def _work(job: tuple[str, str]) -> dict[str, Any]:
     image_path, rel = job
     return landmark_record(image_path, rel, _WORKER["source"], _WORKER["name"])
-
-
-def _dumps(rec: dict[str, Any]) -> str:
-    from mfassl_faces.cli_axis import dumps
-
-    return dumps(rec)
 
 
 def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, source: str = "dlib",
@@ -209,7 +178,7 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
         bar = tqdm(total=len(jobs), desc="landmarks", unit="img", file=sys.stderr)
     with open(out_path, "a", encoding="utf-8") as fh:
         for rec in _run(jobs, source, kwargs, workers):
-            fh.write(_dumps(rec) + "\n")
+            fh.write(json_line(rec) + "\n")
             fh.flush()
             summary["done"] += 1
             key = {"ok": "ok", "no_face": "no_face", "error": "errors"}[rec["status"]]

@@ -1,4 +1,4 @@
-"""Landmark and attribute metrics: NME, FR@t, AUC@t, CED, flip consistency, AUROC, ECE, Brier, bootstrap.
+"""Landmark and attribute metrics: NME, FR@t, AUC@t, CED, flip NME, AUROC, ECE, Brier, bootstrap.
 
 Landmark errors are per face: ``NME = mean_i ||p_i - g_i|| / ||g_a - g_b||`` with ``(a, b)`` the
 schema's inter-ocular points (WFLW 60 and 72, 300W 36 and 45). Over a set of faces with errors
@@ -6,7 +6,11 @@ schema's inter-ocular points (WFLW 60 and 72, 300W 36 and 45). Over a set of fac
 
 - ``FR@t`` = share of faces with ``e_k > t``;
 - ``AUC@t`` = area under the cumulative error distribution (CED) on ``[0, t]`` divided by ``t``,
-  which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve).
+  which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve);
+- flip NME (:func:`flip_nme`) = the NME between the prediction and the un-flipped prediction on the
+  mirror image: how far a landmark model is from flip equivariance. (The core's
+  :func:`mfassl.evaluation.flip_consistency` is another measure: the agreement of classifier
+  probabilities on an image and its mirror.)
 
 Attribute metrics (AUROC, ECE with 15 bins, Brier) and the bootstrap are the shared core's
 :mod:`mfassl.evaluation`, re-exported here for the face benchmark.
@@ -29,7 +33,7 @@ __all__ = [
     "ced_curve",
     "plot_ced",
     "per_subset",
-    "flip_consistency",
+    "flip_nme",
     "auroc",
     "ece",
     "brier",
@@ -121,8 +125,8 @@ def per_subset(errors: np.ndarray, flags: np.ndarray, names: Sequence[str], thre
     return out
 
 
-def flip_consistency(pred: np.ndarray, pred_flipped: np.ndarray, schema: str | LandmarkSchema, width: int) -> np.ndarray:
-    """Per-face NME between the prediction and the un-flipped prediction on the flipped image.
+def flip_nme(pred: np.ndarray, pred_flipped: np.ndarray, schema: str | LandmarkSchema, width: int) -> np.ndarray:
+    """Per-face NME between the prediction and the un-flipped prediction on the flipped image (flip error).
 
     Args:
         pred: ``(B, N, 2)`` on the images.

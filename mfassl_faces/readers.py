@@ -13,6 +13,8 @@ Layouts (as distributed):
   4 box values ``x_min y_min x_max y_max``, 6 attribute flags (pose, expression, illumination,
   make-up, occlusion, blur) and the image path relative to ``WFLW_images/``.
 - 300W/iBUG: ``<name>.<png|jpg>`` beside ``<name>.pts``.
+- the landmarks file of ``python -m mfassl_faces landmarks`` (:mod:`mfassl_faces.landmark_cache`): its
+  ``ok`` lines (:func:`landmark_records`).
 - CelebA ``list_landmarks_align_celeba.txt`` (and ``list_landmarks_celeba.txt`` for the in-the-wild
   images): line 1 the number of images, line 2 the ten column names ``lefteye_x lefteye_y righteye_x
   righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y``, then ``<file>`` and
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,9 @@ from torch.utils.data import Dataset
 
 from mfassl_faces.axis import axis_from_landmarks
 from mfassl_faces.errors import FaceDataError
-from mfassl_faces.io import read_image, read_pts
-from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema
+from mfassl_faces.io import IMAGE_SUFFIXES, read_image, read_pts
+from mfassl_faces.landmark_cache import compute_landmarks, list_images, read_landmarks_file
+from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema, schema_for_count
 
 __all__ = [
     "WFLW_ATTRIBUTES",
@@ -53,6 +55,7 @@ __all__ = [
     "read_wflw_annotations",
     "read_300w_folder",
     "read_celeba_landmarks",
+    "landmark_records",
     "collect_landmark_records",
     "face_box",
     "LandmarkDataset",
@@ -63,7 +66,6 @@ logger = logging.getLogger(__name__)
 
 WFLW_ATTRIBUTES = ("pose", "expression", "illumination", "make-up", "occlusion", "blur")
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 
 
 def _lines(path: str | os.PathLike) -> list[str]:
@@ -358,6 +360,27 @@ def face_box(landmarks: np.ndarray, schema: str | LandmarkSchema) -> tuple[float
     return (float(x0), float(y0), float(x1), float(y1))
 
 
+def _cached_record(image: Path, line: dict[str, Any]) -> LandmarkRecord:
+    """The :class:`LandmarkRecord` of an ``ok`` line of a landmarks file."""
+    box = line.get("box")
+    return LandmarkRecord(image, np.asarray(line["landmarks"], dtype=np.float64),
+                          None if box is None else tuple(float(v) for v in box),
+                          schema=line.get("schema"), origin="landmarks_file")
+
+
+def landmark_records(path: str | os.PathLike, root: str | os.PathLike | None = None) -> list[LandmarkRecord]:
+    """The ``ok`` lines of a landmarks file (:func:`~mfassl_faces.landmark_cache.read_landmarks_file`) as
+    :class:`LandmarkRecord` objects (``origin="landmarks_file"``).
+
+    Args:
+        path: the landmarks file.
+        root: the dataset folder the paths are relative to (default: the file's folder).
+    """
+    base = Path(root) if root is not None else Path(path).parent
+    return [_cached_record(base / rel, line) for rel, line in read_landmarks_file(path).items()
+            if line["status"] == "ok"]
+
+
 def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str, np.ndarray] | None = None,
                              annotation_schema: str | LandmarkSchema | None = None,
                              landmarks_file: str | os.PathLike | None = None, source: str | None = None,
@@ -385,9 +408,6 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
         ``(records, counts)``; ``counts`` has ``annotation``, ``pts``, ``landmarks_file``, ``detector``,
         ``no_face``, ``errors`` and ``missing`` (images left without landmarks).
     """
-    from mfassl_faces.landmark_cache import compute_landmarks, list_images, read_landmarks_file
-    from mfassl_faces.schemas import schema_for_count
-
     root = Path(image_dir)
     rels = list_images(root)
     counts = dict.fromkeys(("annotation", "pts", "landmarks_file", "detector", "no_face", "errors", "missing"), 0)
@@ -436,10 +456,7 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
         if rec["status"] != "ok":
             counts["no_face" if rec["status"] == "no_face" else "errors"] += 1
             continue
-        box = rec.get("box")
-        records.append(LandmarkRecord(root / rel, np.asarray(rec["landmarks"], dtype=np.float64),
-                                      None if box is None else tuple(float(v) for v in box),
-                                      schema=rec.get("schema"), origin="landmarks_file"))
+        records.append(_cached_record(root / rel, rec))
         counts["detector" if rel.as_posix() in fresh else "landmarks_file"] += 1
     logger.info("landmarks for %d of %d images in %s: %s", len(records), len(rels), root, counts)
     return records, counts

@@ -8,8 +8,10 @@ Commands:
 
 from __future__ import annotations
 
-import importlib
 import sys
+from typing import Sequence
+
+from mfassl.cli import run_commands
 
 COMMANDS = {
     "axis": ("mfassl_medical.cli_axis", "estimate the symmetry axis of image files"),
@@ -18,14 +20,9 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
-        lines = [f"  {name:6s} {help_}" for name, (_, help_) in COMMANDS.items()]
-        print("usage: python -m mfassl_medical COMMAND [ARGS]\n\ncommands:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in {"-h", "--help"} else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command (:func:`mfassl.cli.run_commands`): 0 for ``--help``, 2 for no or an unknown command."""
+    return run_commands("python -m mfassl_medical", COMMANDS, argv)
 
 
 if __name__ == "__main__":

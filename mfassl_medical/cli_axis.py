@@ -11,7 +11,8 @@ where ``normal . x = offset`` for world points ``x`` on the axis, ``seconds`` is
 time, ``load_seconds`` the reading time and ``png`` the overlay written for this input (null without
 ``--png``). Overlay names come from each input's path relative to the inputs' common folder
 (``siteA/scan.nii.gz`` and ``siteB/scan.nii.gz`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``;
-a name that is still taken gets ``-2``, ``-3``...), so no input overwrites another's overlay.
+a name that is still taken gets ``-2``, ``-3``...), so no input overwrites another's overlay
+(:func:`mfassl.cli.overlay_paths`, shared with the face ``axis`` command).
 
 Options are checked before any file is read: an unknown ``--method``, a ``--min-confidence`` that is
 not a number in [0, 1] (``nan``, ``5``) or a ``--png`` file given for several inputs stop the command
@@ -23,15 +24,15 @@ failed (unreadable, not estimable, or its overlay could not be written), else 0.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from mfassl.cli import check_png_target, json_line, overlay_paths
 
 __all__ = ["main", "load_image", "overlay_paths", "write_overlay"]
 
@@ -111,62 +112,6 @@ def write_overlay(path: str, data: np.ndarray, axis_index: Any, title: str = "")
     plt.close(fig)
 
 
-_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha", ".mhd")
-
-
-def _strip_extension(name: str) -> str:
-    for ext in _EXTENSIONS:
-        if name.lower().endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def overlay_paths(out: str, paths: Sequence[str]) -> list[str]:
-    """One overlay PNG path per input, never the same path twice.
-
-    Args:
-        out: ``--png``: a ``.png`` file (one input only) or a folder.
-        paths: the inputs, in order.
-
-    Returns:
-        ``out`` itself for one input and a ``.png`` ``out``; else ``out/<name>_axis.png`` where ``<name>`` is
-        the input's path relative to the common folder of all inputs, extension dropped and folder separators
-        written as ``_`` (``siteA/scan.nii.gz`` -> ``siteA_scan``); a name already taken gets ``-2``, ``-3``...
-    """
-    if len(paths) == 1 and out.lower().endswith(".png") and not os.path.isdir(out):
-        return [out]
-    full = [os.path.abspath(os.path.normpath(p)) for p in paths]
-    try:
-        common = os.path.commonpath([os.path.dirname(f) for f in full]) if full else ""
-    except ValueError:  # different drives (Windows): no common folder
-        common = ""
-    taken: set[str] = set()
-    result = []
-    for f in full:
-        rel = os.path.relpath(f, common) if common else f.lstrip(os.sep)
-        parts = [q for q in rel.replace("\\", "/").split("/") if q not in ("", ".")]
-        parts[-1] = _strip_extension(parts[-1])
-        stem = "_".join(q.replace(":", "_") for q in parts) or "image"
-        name, k = stem, 1
-        while name.lower() in taken:
-            k += 1
-            name = f"{stem}-{k}"
-        taken.add(name.lower())
-        result.append(os.path.join(out, f"{name}_axis.png"))
-    return result
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with every NaN/inf float replaced by None (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _confidence(text: str) -> float:
     """argparse type of ``--min-confidence``: a finite number in [0, 1]."""
     from mfassl.options import as_float
@@ -206,10 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns 0 when every input was processed, 1 when any failed (2: bad options)."""
     parser = _parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.png and len(args.paths) > 1 and (os.path.isfile(args.png) or args.png.lower().endswith(".png")):
-        parser.error(f"--png {args.png!r} is a file, but {len(args.paths)} inputs were given: give a folder.")
-    if args.png and os.path.isfile(args.png) and not args.png.lower().endswith(".png"):
-        parser.error(f"--png {args.png!r} is an existing file that is not a .png: give a .png file or a folder.")
+    try:
+        check_png_target(args.png, len(args.paths))
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     from mfassl_medical.axis import DEFAULT_MIN_CONFIDENCE, estimate_axis
 
@@ -246,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "offset": float(axis.offset), "confidence": float(axis.confidence), "fallback": bool(axis.fallback),
                   "seconds": round(est_s, 6), "load_seconds": round(load_s, 6), "png": written}
         if args.json:
-            print(json.dumps(_json_safe(record), allow_nan=False), flush=True)
+            print(json_line(record), flush=True)
         else:
             n = ", ".join(f"{v:+.4f}" for v in axis.normal)
             print(f"{path}: {axis.dims}D axis n=({n}) offset={axis.offset:.3f} confidence={axis.confidence:.3f}"

@@ -44,6 +44,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mfassl.cli import option_type
 from mfassl.options import as_bool, as_int
 
 __all__ = [
@@ -435,19 +436,6 @@ def _network_arg(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"option '--network': {e}") from None
 
 
-def _strict(parse: Callable[..., Any], key: str, **kwargs: Any) -> Callable[[str], Any]:
-    """An argparse ``type`` from :mod:`mfassl.options` whose error names ``key`` and the value."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text, key, **kwargs)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
-
 def _origin_arg(text: str) -> str:
     try:
         return _check_origin(text)
@@ -495,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", default="outputs/label", help="app, studies, HOME and training output")
     s.add_argument("--label-venv", default=".venv-label")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
-    s.add_argument("--port", type=_strict(as_int, "--port", low=1, high=65535), default=8000)
+    s.add_argument("--port", type=option_type(as_int, "--port", low=1, high=65535), default=8000)
     s.add_argument("--cors-origin", action="append", type=_origin_arg, default=None, metavar="URL",
                    help="a browser origin allowed to call the server (repeatable; default: http://127.0.0.1:PORT "
                         "and http://localhost:PORT only)")
@@ -503,16 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--network", type=_network_arg,
                    help="JSON of the network sizes the model has (default: the tiny sizes)")
     s.add_argument("--dataset-dir", help="BraTS folder (default: demo data)")
-    s.add_argument("--with-labels", type=_strict(as_bool, "--with-labels"), default=True, metavar="BOOL",
+    s.add_argument("--with-labels", type=option_type(as_bool, "--with-labels"), default=True, metavar="BOOL",
                    help="add the reference masks as labels/final where a case has none (true/false; default true)")
     s.add_argument("--pretrained-checkpoint", help="MFASSL checkpoint for the encoder of the tiny training")
-    s.add_argument("--train-epochs", type=_strict(as_int, "--train-epochs", low=1), default=1)
-    s.add_argument("--train-steps", type=_strict(as_int, "--train-steps", low=1), default=4,
+    s.add_argument("--train-epochs", type=option_type(as_int, "--train-epochs", low=1), default=1)
+    s.add_argument("--train-steps", type=option_type(as_int, "--train-steps", low=1), default=4,
                    help="iterations per epoch of the tiny training")
     w = sub.add_parser("studies", help="add the cases a MONAI Label studies folder lacks (4D NIfTI per case)")
     w.add_argument("out_dir")
     w.add_argument("--dataset-dir")
-    w.add_argument("--with-labels", type=_strict(as_bool, "--with-labels"), default=True, metavar="BOOL")
+    w.add_argument("--with-labels", type=option_type(as_bool, "--with-labels"), default=True, metavar="BOOL")
     return p
 
 

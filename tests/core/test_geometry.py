@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mfassl.geometry import (SymmetryAxis2D, SymmetryPlane3D, canonicalizing_matrix, centre_axis, reflection_matrix,
-                             rotation_between, warp)
+                             rotation_between, similarity_matrix, warp)
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -102,3 +102,34 @@ def test_angle_and_serialisation():
     assert again.angle_to(a) < 1e-6 and again.offset == pytest.approx(a.offset)
     assert set(d) == {"dims", "normal", "offset", "confidence", "fallback"}
     assert math.isclose(np.linalg.norm(a.normal), 1.0)
+
+
+# ---------------------------------------------------------------------- 2D similarity map
+def _apply_similarity(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return np.asarray(pts, dtype=np.float64) @ m[:, :2].T + m[:, 2]
+
+
+def test_similarity_matrix_by_hand() -> None:
+    m = similarity_matrix(90.0, 2.0, (10.0, 20.0), (5.0, 6.0))
+    assert m.shape == (2, 3)
+    # the centre lands on the new centre; +x turns towards +y (clockwise on screen) and is scaled by 2
+    np.testing.assert_allclose(_apply_similarity(m, [[10.0, 20.0], [11.0, 20.0], [10.0, 21.0]]),
+                               [[5.0, 6.0], [5.0, 8.0], [3.0, 6.0]], atol=1e-12)
+    np.testing.assert_allclose(similarity_matrix(0.0, 1.0, (3.0, 4.0), (3.0, 4.0)), np.eye(2, 3), atol=1e-15)
+
+
+@pytest.mark.parametrize("angle, scale", [(25.0, 1.0), (-13.5, 0.4), (170.0, 3.0)])
+def test_similarity_matrix_properties(angle: float, scale: float) -> None:
+    rng = np.random.default_rng(0)
+    c, c2, pts = rng.uniform(-50, 50, 2), rng.uniform(-50, 50, 2), rng.uniform(-100, 100, (7, 2))
+    m = similarity_matrix(angle, scale, c, c2)
+    back = similarity_matrix(-angle, 1.0 / scale, c2, c)
+    np.testing.assert_allclose(_apply_similarity(back, _apply_similarity(m, pts)), pts, atol=1e-9)  # the inverse map
+    d = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    np.testing.assert_allclose(np.linalg.norm(_apply_similarity(m, pts)[:, None] - _apply_similarity(m, pts)[None], axis=-1), scale * d,
+                               atol=1e-9)  # distances scale, nothing shears
+    import cv2
+
+    # about a fixed centre it is OpenCV's rotation matrix, whose positive angle turns the other way on screen
+    np.testing.assert_allclose(similarity_matrix(angle, scale, c, c),
+                               cv2.getRotationMatrix2D((float(c[0]), float(c[1])), -angle, scale), atol=1e-9)

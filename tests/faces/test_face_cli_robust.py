@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mfassl.cli import json_line
 from mfassl_faces import cli_axis
 from mfassl_faces.demo import load_source_faces
 from mfassl_faces.io import write_image, write_pts
@@ -98,14 +99,12 @@ def test_same_file_name_in_two_folders_gives_two_overlays(tmp_path, capsys) -> N
     out = tmp_path / "overlays"
     assert cli_axis.main([str(a), str(b), "--landmarks", "file", "--png", str(out)]) == 0
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["siteA__scan_axis.png", "siteB__scan_axis.png"]
+    assert written == ["siteA_scan_axis.png", "siteB_scan_axis.png"]  # names of mfassl.cli.overlay_paths
     import cv2
 
-    dark = cv2.imread(str(out / "siteA__scan_axis.png"))
-    light = cv2.imread(str(out / "siteB__scan_axis.png"))
+    dark = cv2.imread(str(out / "siteA_scan_axis.png"))
+    light = cv2.imread(str(out / "siteB_scan_axis.png"))
     assert np.median(dark) < 50 and np.median(light) > 150  # each overlay is drawn on its own image
-    assert cli_axis.overlay_names([Path("x/one.png"), Path("y/two.png")]) == {
-        Path("x/one.png"): "one_axis.png", Path("y/two.png"): "two_axis.png"}
 
 
 def test_json_is_strict_with_null_for_nan(tmp_path, capsys) -> None:
@@ -118,7 +117,8 @@ def test_json_is_strict_with_null_for_nan(tmp_path, capsys) -> None:
     assert "NaN" not in out and "Infinity" not in out
     rec = _strict(out)
     assert rec["landmarks"][5] == [None, None] and rec["fallback"] is True
-    assert cli_axis.dumps({"a": float("inf"), "b": [np.float32(np.nan), 1.5]}) == '{"a": null, "b": [null, 1.5]}'
+    assert json_line({"a": float("inf"), "b": [np.float32(np.nan), 1.5], "c": np.bool_(True)}) == \
+        '{"a": null, "b": [null, 1.5], "c": true}'
 
 
 @pytest.mark.parametrize("value", ["nan", "5", "-0.1", "inf", "high"])

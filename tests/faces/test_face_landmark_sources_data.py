@@ -75,7 +75,7 @@ def test_annotations_then_file_then_detector_once(tmp_path, monkeypatch) -> None
                          % (f.as_posix(), np.round(pts, 3).tolist()))
         return {"failed": []}
 
-    monkeypatch.setattr("mfassl_faces.landmark_cache.compute_landmarks", fake_compute)
+    monkeypatch.setattr("mfassl_faces.readers.compute_landmarks", fake_compute)
     table = read_celeba_landmarks(table_path)
     records, counts = collect_landmark_records(root, table, "five", cache, source="dlib")
     assert calls == [["new.png"]]  # the detector only for the image without any landmarks

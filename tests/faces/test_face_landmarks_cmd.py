@@ -10,7 +10,8 @@ import pytest
 
 from mfassl_faces.demo import load_source_faces
 from mfassl_faces.io import write_image, write_pts
-from mfassl_faces.landmark_cache import compute_landmarks, landmark_records, list_images, read_landmarks_file
+from mfassl_faces.landmark_cache import compute_landmarks, list_images, read_landmarks_file
+from mfassl_faces.readers import landmark_records
 
 from face_helpers import place, template
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ced_curve, ece, failure_rate, flip_consistency,
-                                  nme, per_subset, plot_ced)
+from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ced_curve, ece, failure_rate, flip_nme, nme,
+                                  per_subset, plot_ced)
 from mfassl_faces.schemas import FIVE_POINT
 
 
@@ -34,15 +34,15 @@ def test_per_subset_and_plot(tmp_path) -> None:
     assert (tmp_path / "ced.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_flip_consistency_zero_for_equivariant_prediction() -> None:
+def test_flip_nme_zero_for_equivariant_prediction() -> None:
     width = 40
     pred = np.array([[[10.0, 10.0], [30.0, 12.0], [20.0, 20.0], [12.0, 30.0], [27.0, 31.0]]])
     from mfassl_faces.schemas import flip_landmarks
 
-    assert flip_consistency(pred, flip_landmarks(pred, FIVE_POINT, width), FIVE_POINT, width)[0] == pytest.approx(0)
+    assert flip_nme(pred, flip_landmarks(pred, FIVE_POINT, width), FIVE_POINT, width)[0] == pytest.approx(0)
     # un-flipping pred itself: errors sqrt(5), sqrt(5), 1, 1, 1 over IOD sqrt(404)
     expected = (2 * np.sqrt(5) + 3) / 5 / np.sqrt(404)
-    assert flip_consistency(pred, pred, FIVE_POINT, width)[0] == pytest.approx(expected)
+    assert flip_nme(pred, pred, FIVE_POINT, width)[0] == pytest.approx(expected)
 
 
 def test_auroc_ece_brier_by_hand() -> None:

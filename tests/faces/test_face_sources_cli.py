@@ -28,7 +28,10 @@ def dlib_source():
 
 
 def test_registry_names() -> None:
+    from mfassl_faces.cli_options import SOURCE_NAMES
+
     assert {"file", "dlib", "fan"} <= set(LANDMARK_SOURCES.names())
+    assert set(SOURCE_NAMES) == set(LANDMARK_SOURCES.names())  # what the commands accept by name
 
 
 def test_dlib_finds_takeo_upright_and_tilted(faces, dlib_source) -> None:

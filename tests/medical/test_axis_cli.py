@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mfassl.cli import check_png_target, overlay_paths
 from mfassl.geometry import SymmetryPlane3D
 from mfassl_medical import cli_axis
-from mfassl_medical.cli_axis import main, overlay_paths
+from mfassl_medical.cli_axis import main
 
 nibabel = pytest.importorskip("nibabel")
 
@@ -109,12 +111,47 @@ def test_same_file_name_in_two_folders_gets_two_overlays(tmp_path, capsys) -> No
 
 
 def test_overlay_paths_are_unique() -> None:
+    """The shared ``--png`` naming of both packages' ``axis`` commands (:func:`mfassl.cli.overlay_paths`)."""
+    assert cli_axis.overlay_paths is overlay_paths
     paths = ["/d/siteA/scan.nii.gz", "/d/siteB/scan.nii.gz", "/d/siteA/scan.nii.gz", "/d/siteA_scan.png"]
     got = overlay_paths("/o", paths)
     assert got == ["/o/siteA_scan_axis.png", "/o/siteB_scan_axis.png", "/o/siteA_scan-2_axis.png",
                    "/o/siteA_scan-3_axis.png"]
     assert overlay_paths("/o", ["/x/a/vol.nii", "/x/a/other.dcm"]) == ["/o/vol_axis.png", "/o/other_axis.png"]
     assert overlay_paths("/o/one.png", ["/x/a/vol.nii"]) == ["/o/one.png"]
+    # path objects and face image formats; a folder named like a dotted DICOM series keeps its dots
+    assert overlay_paths(Path("/o"), [Path("/f/takeo.ppm"), Path("/f/1.2.840")]) == ["/o/takeo_axis.png",
+                                                                                     "/o/1.2.840_axis.png"]
+
+
+def test_png_target_is_checked_before_reading(tmp_path) -> None:
+    existing_png, plain = tmp_path / "taken.png", tmp_path / "plainfile"
+    existing_png.write_bytes(b"x")
+    plain.write_text("x")
+    (tmp_path / "dir.png").mkdir()
+    for ok in [(None, 5), (tmp_path / "new.png", 1), (existing_png, 1), (tmp_path / "folder", 3),
+               (tmp_path / "dir.png", 3)]:
+        check_png_target(*ok)
+    with pytest.raises(ValueError, match=r"names one \.png file, but 2 images were given: give a folder"):
+        check_png_target(existing_png, 2, what="images")
+    with pytest.raises(ValueError, match=r"^--png .*new\.png names one .png file, but 3 inputs"):
+        check_png_target(str(tmp_path / "new.png"), 3)
+    with pytest.raises(ValueError, match="not a .png: give a folder or a .png file"):
+        check_png_target(plain, 1)
+    with pytest.raises(ValueError, match=r"not a .png: give a folder\.$"):
+        check_png_target(plain, 2)
+
+
+def test_package_command_line_lists_its_commands(capsys) -> None:
+    from mfassl_medical.__main__ import COMMANDS
+    from mfassl_medical.__main__ import main as package_main
+
+    assert package_main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("usage: python -m mfassl_medical COMMAND [ARGS]")
+    assert [ln.split()[0] for ln in listing.split("commands:\n")[1].splitlines()] == list(COMMANDS) == \
+        ["axis", "axes", "demo"]
+    assert package_main([]) == 2 and package_main(["segment"]) == 2
 
 
 @pytest.fixture()

@@ -1,215 +1,31 @@
-"""Landmark sources behind one interface, chosen by name from :data:`LANDMARK_SOURCES`.
+"""The ``dlib`` landmark source: dlib's HOG frontal face detector with the 68-point shape predictor shipped by
+face-recognition-models; fully offline.
 
-- ``file``: dataset annotations (a landmark file per image: ``.pts``, ``.npy``, ``.json``, text);
-- ``dlib``: dlib's HOG frontal face detector with the 68-point shape predictor shipped by
-  face-recognition-models; fully offline. A *staged search* from a small copy of the image to full
-  resolution, each stage at rotations 0 and +-25 degrees, stopping at the first stage that finds a
-  face (large faces cost a few small detector runs), then *landmark passes* on the face straightened
-  by the roll the previous pass's landmarks give, each averaged with the pass on the mirrored crop
-  (see :class:`DlibLandmarks`);
-- ``fan``: face-alignment's 2D FAN with the S3FD detector, weights from a user-given folder only.
+A *staged search* from a small copy of the image to full resolution, each stage at rotations 0 and +-25
+degrees, stopping at the first stage that finds a face (large faces cost a few small detector runs), then
+*landmark passes* on the face straightened by the roll the previous pass's landmarks give, each averaged
+with the pass on the mirrored crop (see :class:`DlibLandmarks`).
 
-Every source is called as ``source(image, path=None) -> list[Face]`` with an ``(H, W, 3)`` uint8
-RGB image; faces come largest first, landmarks in 0-based pixel ``(x, y)``. No face gives an empty
-list (the caller decides to skip and count); an image too small to hold a face raises
-:class:`~mfassl_faces.errors.FaceDataError` naming it. :func:`choose_faces` picks faces from the
-answer (largest, by index, by a box hint, or all).
+Crops and rotations are :func:`mfassl.geometry.similarity_matrix` maps in pixel ``(x, y)``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import logging
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from mfassl.registry import Registry
+from mfassl.geometry import similarity_matrix
 from mfassl_faces.axis import axis_from_landmarks, axis_to_pixel
-from mfassl_faces.errors import FaceDataError
-from mfassl_faces.io import read_landmark_file
-from mfassl_faces.schemas import LandmarkSchema, get_schema, schema_for_count
+from mfassl_faces.schemas import get_schema
+from mfassl_faces.sources.base import LANDMARK_SOURCES, Face, LandmarkSource, check_image
 
-__all__ = [
-    "Face",
-    "LandmarkSource",
-    "LANDMARK_SOURCES",
-    "create_source",
-    "FileLandmarks",
-    "DlibLandmarks",
-    "FanLandmarks",
-    "dlib_predictor_path",
-    "FAN_WEIGHT_FILES",
-    "largest_face",
-    "choose_faces",
-    "box_iou",
-]
-
-logger = logging.getLogger(__name__)
-
-FAN_WEIGHT_FILES = {"detector": "s3fd-619a316812.pth", "landmarks": "2DFAN4-11f355bf06.pth.tar"}
-
-
-@dataclass
-class Face:
-    """One face found in an image.
-
-    Attributes:
-        landmarks: ``(N, 2)`` pixel ``(x, y)``.
-        schema: the landmark layout's name.
-        box: ``(x0, y0, x1, y1)`` detector box in pixels (None for annotations).
-        size: side of the detector box in pixels (the ranking key; annotations: landmark extent).
-        score: detector score (None for annotations).
-        angle: rotation (degrees) of the image at which the detector found the face.
-        info: source-specific details.
-    """
-
-    landmarks: np.ndarray
-    schema: str
-    box: tuple[float, float, float, float] | None = None
-    size: float = 0.0
-    score: float | None = None
-    angle: float = 0.0
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def largest_face(faces: Sequence[Face]) -> Face | None:
-    """The face with the largest detector box (None for an empty list)."""
-    return max(faces, key=lambda f: f.size) if faces else None
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` boxes (0 when they do not overlap)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def choose_faces(faces: Sequence[Face], index: int | None = None, box: Sequence[float] | None = None,
-                 all_faces: bool = False) -> list[tuple[int, Face, str]]:
-    """The faces a caller asked for, as ``(index in faces, face, how it was chosen)``.
-
-    Args:
-        faces: a source's answer, largest first.
-        index: take ``faces[index]`` (0 = the largest).
-        box: ``(x0, y0, x1, y1)`` hint: take the face whose box overlaps it most (landmark extent when the
-            face has no box).
-        all_faces: take every face.
-
-    With none of these, the largest face. Raises ``LookupError`` when the index is out of range or no
-    face overlaps the box; returns an empty list for no faces.
-    """
-    if not faces:
-        return []
-    if all_faces:
-        return [(k, f, "all") for k, f in enumerate(faces)]
-    if index is not None:
-        if not 0 <= index < len(faces):
-            raise LookupError(f"face index {index} asked for, but {len(faces)} face(s) found.")
-        return [(index, faces[index], "index")]
-    if box is not None:
-        overlaps = [box_iou(box, f.box if f.box is not None else _extent(f.landmarks)[0]) for f in faces]
-        k = int(np.argmax(overlaps))
-        if overlaps[k] <= 0.0:
-            raise LookupError(f"no face overlaps the box {tuple(round(float(v), 1) for v in box)} "
-                              f"({len(faces)} face(s) found).")
-        return [(k, faces[k], "box")]
-    return [(0, faces[0], "largest")]
-
-
-class LandmarkSource:
-    """Base class: ``source(image, path=None) -> list[Face]`` (largest first)."""
-
-    name = "base"
-
-    def __call__(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
-        faces = self.detect(np.asarray(image), path)
-        return sorted(faces, key=lambda f: -f.size)
-
-    def detect(self, image: np.ndarray, path: str | os.PathLike | None) -> list[Face]:
-        raise NotImplementedError
-
-
-LANDMARK_SOURCES: Registry[LandmarkSource] = Registry("landmark source")
-
-
-def create_source(name: str, **kwargs: Any) -> LandmarkSource:
-    """Build a landmark source by name (``file``, ``dlib``, ``fan``)."""
-    return LANDMARK_SOURCES.create(name, **kwargs)
-
-
-def _extent(pts: np.ndarray) -> tuple[tuple[float, float, float, float], float]:
-    x0, y0 = pts.min(axis=0)
-    x1, y1 = pts.max(axis=0)
-    return (float(x0), float(y0), float(x1), float(y1)), float(max(x1 - x0, y1 - y0))
-
-
-@LANDMARK_SOURCES.register("file")
-class FileLandmarks(LandmarkSource):
-    """Landmarks from annotation files.
-
-    Args:
-        path: one landmark file used for every image, or a folder holding ``<image stem>.<suffix>``;
-            None: the file beside each image (``<image stem>.pts``, then ``.npy``, ``.json``, ``.txt``).
-        schema: the expected layout (None: any of 98, 68 or 5 points).
-    """
-
-    name = "file"
-    suffixes = (".pts", ".npy", ".json", ".txt")
-
-    def __init__(self, path: str | os.PathLike | None = None, schema: str | LandmarkSchema | None = None) -> None:
-        self.path = None if path is None else Path(path)
-        self.schema = None if schema is None else get_schema(schema)
-
-    def _find(self, image_path: str | os.PathLike | None) -> Path:
-        if self.path is not None and not self.path.is_dir():
-            return self.path
-        if image_path is None:
-            raise FaceDataError("the 'file' landmark source needs the image path or a landmark file.")
-        ip = Path(image_path)
-        folder = self.path if self.path is not None else ip.parent
-        for suffix in self.suffixes:
-            cand = folder / (ip.stem + suffix)
-            if cand.is_file():
-                return cand
-        raise FaceDataError(f"no landmark file {ip.stem}{{{','.join(self.suffixes)}}} in {folder}.", ip)
-
-    def detect(self, image: np.ndarray, path: str | os.PathLike | None) -> list[Face]:
-        lm_path = self._find(path)
-        pts = read_landmark_file(lm_path)
-        try:
-            schema = self.schema or schema_for_count(pts.shape[0])
-            schema.check(pts, str(lm_path))
-        except ValueError as err:
-            raise FaceDataError(f"wrong landmark count: {err}", lm_path) from err
-        box, size = _extent(pts)
-        return [Face(pts, schema.name, box=box, size=size, info={"file": str(lm_path)})]
-
-
-def _check_image(image: np.ndarray, min_side: int, path: str | os.PathLike | None) -> np.ndarray:
-    """``image`` as an ``(H, W)`` or ``(H, W, C)`` array whose shorter side is at least ``min_side`` pixels.
-
-    Raises:
-        FaceDataError: naming ``path`` and the shape, for other shapes and for images too thin to hold a face
-            (a 1 x 4000 strip would otherwise fail deep inside OpenCV).
-    """
-    img = np.asarray(image)
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3, 4)):
-        raise FaceDataError(f"expected an (H, W) or (H, W, 3) image, got an array of shape {img.shape}.", path)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if min(img.shape[:2]) < max(1, min_side):
-        raise FaceDataError(f"image of {img.shape[1]} x {img.shape[0]} pixels (W x H) is too small to hold a face "
-                            f"(the shorter side must be at least {max(1, min_side)} px).", path)
-    return img
+__all__ = ["DlibLandmarks", "dlib_predictor_path"]
 
 
 def dlib_predictor_path() -> Path:
@@ -225,22 +41,13 @@ def dlib_predictor_path() -> Path:
     return path
 
 
-def _rotation(angle_deg: float, centre: Sequence[float], new_centre: Sequence[float], scale: float = 1.0) -> np.ndarray:
-    """``(2, 3)`` forward affine ``p' = scale * R(angle) (p - centre) + new_centre`` in pixel ``(x, y)``.
-
-    ``R(a)`` turns +x towards +y (clockwise on screen, since y points down).
-    """
-    a = math.radians(angle_deg)
-    r = scale * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    t = np.asarray(new_centre, dtype=np.float64) - r @ np.asarray(centre, dtype=np.float64)
-    return np.concatenate([r, t[:, None]], axis=1)
-
-
 def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` points through the ``(2, 3)`` map ``m``."""
     return pts @ m[:, :2].T + m[:, 2]
 
 
 def _invert(m: np.ndarray) -> np.ndarray:
+    """The ``(2, 3)`` inverse of the ``(2, 3)`` affine map ``m``."""
     r_inv = np.linalg.inv(m[:, :2])
     return np.concatenate([r_inv, (-r_inv @ m[:, 2])[:, None]], axis=1)
 
@@ -349,7 +156,7 @@ class DlibLandmarks(LandmarkSource):
             a = math.radians(angle)
             ow = int(math.ceil(abs(w * math.cos(a)) + abs(h * math.sin(a))))
             oh = int(math.ceil(abs(w * math.sin(a)) + abs(h * math.cos(a))))
-            m = _rotation(angle, ((w - 1) / 2, (h - 1) / 2), ((ow - 1) / 2, (oh - 1) / 2))
+            m = similarity_matrix(angle, 1.0, ((w - 1) / 2, (h - 1) / 2), ((ow - 1) / 2, (oh - 1) / 2))
             rot = cv2.warpAffine(gray, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         back = _invert(m)
         out = []
@@ -424,7 +231,7 @@ class DlibLandmarks(LandmarkSource):
         k = min(1.0, 4.0 * self.refine_side / max(size, 1.0))
         side = max(8, int(math.ceil(2.5 * size * k)))
         fc = ((side - 1) / 2.0, (side - 1) / 2.0)
-        m = _rotation(angle, centre, fc, scale=k)
+        m = similarity_matrix(angle, k, centre, fc)
         crop = cv2.warpAffine(gray, m, (side, side), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
         half = size * k / 2.0
@@ -451,7 +258,7 @@ class DlibLandmarks(LandmarkSource):
         k = self.refine_side / max(size, 1.0)  # a face of refine_side px: within the detector's reach at level 0
         out = max(16, int(math.ceil(3.0 * size * k)))
         fc = ((out - 1) / 2.0, (out - 1) / 2.0)
-        m = _rotation(angle, centre, fc, scale=k)
+        m = similarity_matrix(angle, k, centre, fc)
         crop = cv2.warpAffine(gray, m, (out, out), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
         best = None
@@ -468,7 +275,7 @@ class DlibLandmarks(LandmarkSource):
     def detect(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
         import cv2
 
-        img = _check_image(image, self.min_image_side, path)
+        img = check_image(image, self.min_image_side, path)
         gray = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
         gray = np.ascontiguousarray(gray.astype(np.uint8))
         cands, runs = self._search(gray)
@@ -522,81 +329,3 @@ class DlibLandmarks(LandmarkSource):
             if change < 1.0:
                 break
         return pts, centre, size, angle, upright, info
-
-
-@contextlib.contextmanager
-def _hub_dir(folder: Path) -> Iterator[None]:
-    """Point torch.hub at ``folder`` (which holds ``checkpoints/``) for the duration."""
-    import torch
-
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(folder))
-    try:
-        yield
-    finally:
-        torch.hub.set_dir(old)
-
-
-def check_fan_weights(weights_dir: str | os.PathLike | None) -> dict[str, Path]:
-    """The FAN weight files in ``weights_dir`` (or its ``hub/checkpoints/`` or ``checkpoints/``).
-
-    Raises:
-        FileNotFoundError: naming the missing files and the folder searched; nothing is downloaded.
-    """
-    if weights_dir is None:
-        raise FileNotFoundError("the 'fan' landmark source needs a weights folder (--fan-weights DIR) holding "
-                                f"{FAN_WEIGHT_FILES['detector']} and {FAN_WEIGHT_FILES['landmarks']}; "
-                                "nothing is downloaded.")
-    root = Path(weights_dir)
-    found: dict[str, Path] = {}
-    for key, fname in FAN_WEIGHT_FILES.items():
-        for sub in (root, root / "hub" / "checkpoints", root / "checkpoints"):
-            if (sub / fname).is_file():
-                found[key] = sub / fname
-                break
-    missing = [FAN_WEIGHT_FILES[k] for k in FAN_WEIGHT_FILES if k not in found]
-    if missing:
-        raise FileNotFoundError(f"face-alignment weights missing in {root}: {', '.join(missing)} "
-                                "(put them in that folder; nothing is downloaded).")
-    return found
-
-
-@LANDMARK_SOURCES.register("fan")
-class FanLandmarks(LandmarkSource):
-    """face-alignment's 2D FAN (68 points) with its S3FD detector, loaded from a local folder.
-
-    Args:
-        weights_dir: folder with ``s3fd-619a316812.pth`` and ``2DFAN4-11f355bf06.pth.tar``.
-        device: torch device string.
-        flip_input: average with the flipped image (slower, slightly more accurate).
-    """
-
-    name = "fan"
-
-    def __init__(self, weights_dir: str | os.PathLike | None = None, device: str = "cpu", flip_input: bool = False) -> None:
-        files = check_fan_weights(weights_dir)
-        import face_alignment
-
-        with tempfile.TemporaryDirectory(prefix="mfassl_fan_") as tmp:
-            ck = Path(tmp) / "checkpoints"
-            ck.mkdir()
-            (ck / FAN_WEIGHT_FILES["landmarks"]).symlink_to(files["landmarks"].resolve())
-            with _hub_dir(Path(tmp)):
-                self.model = face_alignment.FaceAlignment(
-                    face_alignment.LandmarksType.TWO_D, device=device, flip_input=flip_input, face_detector="sfd",
-                    face_detector_kwargs={"path_to_detector": str(files["detector"])}, compile=False)
-
-    def detect(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
-        img = _check_image(image, 16, path)
-        img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lms, _, boxes = self.model.get_landmarks_from_image(img, return_bboxes=True)
-        faces = []
-        for pts, box in zip(lms or [], boxes or []):
-            x0, y0, x1, y1 = (float(v) for v in box[:4])
-            faces.append(Face(np.asarray(pts, dtype=np.float64)[:, :2], "ibug68", box=(x0, y0, x1, y1),
-                              size=max(x1 - x0, y1 - y0), score=float(box[4]) if len(box) > 4 else None))
-        return faces
