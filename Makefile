@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 # MONAI Label lives in its own venv: it pins numpy 1.26 and pydicom 2. It runs on the main venv's PyTorch
-# build, hard-linked in (mfassl_medical/label_venv.py) so that its ~5 GB are not stored twice.
+# and ITK builds, hard-linked in (mfassl_medical/label_venv.py) so that their ~6.7 GB are not stored twice.
 LABEL_VENV  ?= .venv-label
 LABEL_STAMP := $(LABEL_VENV)/.installed-stamp
 LABEL_PORT  ?= 8000

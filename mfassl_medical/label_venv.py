@@ -1,11 +1,12 @@
 """Give MONAI Label's venv the main venv's PyTorch through hard links instead of a second copy.
 
 MONAI Label lives in its own venv (it pins numpy 1.26 and pydicom 2), but it runs on the same PyTorch
-build as the main venv. That build, with its CUDA libraries and Triton, takes about 5 GB; installed twice
-it doubles the disk the two venvs need. ``python -m mfassl_medical.label_venv SRC_VENV DST_VENV`` links
-the files of ``torch``, ``torchvision``, ``triton`` and the ``nvidia-*`` / ``cuda-*`` distributions of
-``SRC_VENV`` into ``DST_VENV``'s site-packages (a copy where the file system refuses hard links), dist-info
-included, so that pip in ``DST_VENV`` finds them installed and leaves them alone.
+and ITK builds as the main venv. Those, with PyTorch's CUDA libraries and Triton, take about 6.7 GB;
+installed twice they double the disk the two venvs need. ``python -m mfassl_medical.label_venv SRC_VENV
+DST_VENV`` links the files of ``torch``, ``torchvision``, ``triton``, ``itk`` and the ``nvidia-*`` /
+``cuda-*`` / ``itk-*`` distributions of ``SRC_VENV`` into ``DST_VENV``'s site-packages (a copy where the
+file system refuses hard links), dist-info included, so that pip in ``DST_VENV`` finds them installed and
+leaves them alone.
 
 Safe by construction: a hard link is a second name of the same file; Python writes byte-code caches and
 pip replaces or removes files by unlinking and writing new ones, never in place, so neither venv can change
@@ -28,8 +29,8 @@ from pathlib import Path
 __all__ = ["SHARED_NAMES", "SHARED_PREFIXES", "ShareReport", "is_shared", "share_packages", "main"]
 
 #: distributions shared by name, and by name prefix (normalised: lower case, ``-`` for ``_``)
-SHARED_NAMES = frozenset({"torch", "torchvision", "triton"})
-SHARED_PREFIXES = ("nvidia-", "cuda-")
+SHARED_NAMES = frozenset({"torch", "torchvision", "triton", "itk"})
+SHARED_PREFIXES = ("nvidia-", "cuda-", "itk-")
 
 
 @dataclass
@@ -48,7 +49,7 @@ def _normalise(name: str) -> str:
 
 
 def is_shared(name: str) -> bool:
-    """Whether the distribution ``name`` is part of the PyTorch build that both venvs share."""
+    """Whether the distribution ``name`` is part of the PyTorch or ITK build that both venvs share."""
     key = _normalise(name)
     return key in SHARED_NAMES or key.startswith(SHARED_PREFIXES)
 

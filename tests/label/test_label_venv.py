@@ -76,6 +76,6 @@ def test_missing_venv_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name, shared", [("torch", True), ("TorchVision", True), ("nvidia_cublas", True),
-                                          ("cuda-bindings", True), ("numpy", False), ("torchmetrics", False)])
+                                          ("cuda-bindings", True), ("itk-io", True), ("numpy", False), ("torchmetrics", False)])
 def test_which_distributions_are_shared(name: str, shared: bool) -> None:
     assert label_venv.is_shared(name) is shared
