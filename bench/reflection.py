@@ -356,8 +356,6 @@ def subsets(data: dict[str, Any], task: str) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------------------------------- run
 def learning_checks(cfg: Config, data: dict[str, Any], seed: int) -> dict[str, Any]:
     """DINO, MixedAE and DAGMaN (MFASSL on each) after the same pretraining: did anything learn?"""
-    from mfassl.objectives.swin_attention import SwinAttentionProbe  # noqa: F401  (DAGMaN's probe; import check)
-
     x, axes = data["x"], data["axes"]["estimated"]
     out: dict[str, Any] = {}
     spec = METHODS["mfassl"]

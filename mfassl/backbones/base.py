@@ -9,8 +9,8 @@ An MFA backbone is an ordinary encoder split at layer ``l`` into a *pre* part (s
 - :meth:`MFABackbone.forward_paired`: both halves of a mirror pair through the pre part in one
   batch, MFA on their patch tokens (or skipped), then the post part.
 
-Subclasses provide ``_stem``, ``_pre``, ``_post``, ``_split`` and ``_merge``; the logic of the
-paired forward lives here once, for 2D and 3D, ViT and Swin.
+Subclasses provide :meth:`~MFABackbone.embed`, ``_stem``, ``_pre``, ``_post``, ``_split`` and ``_merge``;
+the logic of the paired forward lives here once, for 2D and 3D, ViT and Swin.
 """
 
 from __future__ import annotations
@@ -73,7 +73,20 @@ class MFABackbone(nn.Module):
         out_patch_size: tuple[int, ...]
         mfa: MirrorFusionAttention
 
-    # ---------------------------------------------------------------- subclass hooks
+    # ---------------------------------------------------------------- subclass interface
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The input tokens, before the first block: what objectives that edit tokens (mixing) start from.
+
+        Args:
+            x: ``(B, C, *S)`` images.
+
+        Returns:
+            ``(B, P + N, C_0)``: the ``P = num_prefix_tokens`` prefix tokens first, then the ``N`` patch
+            tokens in row-major grid order, position embedding included; ``C_0`` is the width of the
+            patch embedding.
+        """
+        raise NotImplementedError
+
     def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[Any, dict[str, torch.Tensor]]:
         """Embed ``(B, C, *S)`` images; returns the hidden state and a context dict for later stages."""
         raise NotImplementedError

@@ -88,13 +88,15 @@ class MFASwin(MFABackbone):
         """Run stage ``i`` (1..4) on a channel-first map."""
         return self.swinViT.stage(i, x)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` images -> ``(B, N, embed_dim)`` patch tokens (patch embedding, dropout; no prefix tokens)."""
+        return self.swinViT.embed(x).flatten(2).transpose(1, 2)
+
     def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         h = self.swinViT.patch_embed(x)  # (B, C, *g)
         if token_mask is not None:
             grid = [h.shape[2 + i] for i in range(self.spatial_dims)]
-            n = 1
-            for g in grid:
-                n *= g
+            n = h.flatten(2).shape[2]  # prod(grid) (TorchScript has no math.prod)
             if token_mask.dim() != 2 or token_mask.shape[0] != h.shape[0] or token_mask.shape[1] != n:
                 raise ValueError(f"token_mask must be (B, N) over the {grid} patch grid, got {list(token_mask.shape)}.")
             m = token_mask.view([h.shape[0], 1] + grid).to(h.dtype)

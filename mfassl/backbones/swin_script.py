@@ -12,7 +12,8 @@ the outputs are those of the stock modules (``tests/core/test_swin_script.py`` p
 :class:`~mfassl.backbones.MFASwin` applies it to its ``swinViT``, which is what makes the BraTS pretraining
 bundle's Swin variant export with ``ckpt_export`` by scripting. :class:`ScriptableWindowAttention` splits the
 attention into :meth:`~ScriptableWindowAttention.logits` and :meth:`~ScriptableWindowAttention.mix`, which
-:func:`mfassl.objectives.swin_attention.window_attention_forward` reuses around its logit noise.
+:func:`mfassl.backbones.swin_attention.window_attention_forward` reuses around its logit noise; that probe also
+uses the window geometry defined here (:func:`window_and_shift`, :func:`padded_size`, :func:`window_reverse`).
 
 The segmentation bundle keeps its own scriptable Swin in ``bundles/mfassl_brats_segmentation/scripts/networks.py``:
 that bundle is self-contained (a MONAI model-zoo bundle, and the network MONAI Label serves from a venv without
@@ -33,7 +34,8 @@ from monai.networks.blocks.patchembedding import PatchEmbed
 from monai.networks.nets import swin_unetr as _swin
 
 __all__ = [
-    "make_swin_scriptable", "window_partition", "window_reverse", "window_and_shift", "shifted_window_mask",
+    "make_swin_scriptable", "window_partition", "window_reverse", "window_and_shift", "padded_size",
+    "shifted_window_mask",
     "ScriptablePatchEmbed", "ScriptableWindowAttention", "ScriptableSwinTransformerBlock",
     "ScriptablePatchMerging", "ScriptableBasicLayer", "ScriptableSwinTransformer",
 ]
@@ -99,6 +101,11 @@ def window_and_shift(size: List[int], window: List[int], shift: List[int]) -> Tu
             use_w[i] = size[i]
             use_s[i] = 0
     return use_w, use_s
+
+
+def padded_size(size: List[int], window: List[int]) -> List[int]:
+    """``size`` rounded up, axis by axis, to a multiple of ``window`` (the grid the windows tile)."""
+    return [(size[i] + window[i] - 1) // window[i] * window[i] for i in range(len(size))]
 
 
 def shifted_window_mask(padded: List[int], window: List[int], shift: List[int], device: torch.device) -> torch.Tensor:
@@ -256,8 +263,7 @@ class ScriptableBasicLayer(_swin.BasicLayer):
         x = x.permute(_channels_last(n))
         attn_mask: Optional[torch.Tensor] = None
         if max(ss) > 0:  # only shifted blocks read the mask; they shift only where this stage does
-            padded = [(size[i] + ws[i] - 1) // ws[i] * ws[i] for i in range(n)]
-            attn_mask = shifted_window_mask(padded, ws, ss, x.device)
+            attn_mask = shifted_window_mask(padded_size(size, ws), ws, ss, x.device)
         for blk in self.blocks:
             x = blk(x, attn_mask)
         x = x.view([b] + size + [-1])

@@ -121,8 +121,14 @@ class MFAViT(MFABackbone):
         self.mfa = MirrorFusionAttention(embed_dim, num_heads=mfa_heads or num_heads, **mfa_kwargs)
 
     # ---------------------------------------------------------------- hooks
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, P + N, C)`` tokens with position embedding and prefix tokens."""
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` images -> ``(B, P + N, C)`` tokens: prefix (class) tokens, then patches, positions added.
+
+        2D follows timm's ``VisionTransformer.forward_features`` up to the blocks; timm has no public method
+        for its position-embedding step, so this calls ``VisionTransformer._pos_embed`` (``pyproject.toml`` pins
+        timm to the versions ``tests/core/test_timm_private_api.py`` checks). 3D interpolates MONAI's position
+        embedding when the grid differs from ``img_size``'s.
+        """
         if self.is_2d:
             enc = self.encoder
             return enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(x))))
@@ -138,7 +144,7 @@ class MFAViT(MFABackbone):
         return torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
 
     def _stem(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        h = self._embed(x)
+        h = self.embed(x)
         if token_mask is not None:
             p = self.num_prefix_tokens
             patches = h[:, p:]

@@ -1,20 +1,27 @@
 """Base self-supervised objectives behind one interface, selected by name.
 
 ``create_objective(name, backbone, **kwargs)``; names: ``dino`` (default), ``mocov3``, ``mae``, and the
-related methods registered by their modules (``dagman``, ``mixedae``) when present.
+related methods ``dagman`` (MFA-Swin) and ``mixedae`` (2D MFA-ViT). Each class registers itself in
+:data:`OBJECTIVES` (:mod:`mfassl.objectives.registry`) where it is defined; the imports below load them all.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from mfassl.backbones import MFABackbone
-from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify, random_token_mask, update_momentum
+from mfassl.objectives.base import (
+    BaseObjective,
+    PairResult,
+    ViewSpec,
+    patchify,
+    random_token_mask,
+    unpatchify,
+    update_momentum,
+)
+from mfassl.objectives.dagman import DAGMaN
 from mfassl.objectives.dino import DINO, DINOLoss
 from mfassl.objectives.mae import MAE
+from mfassl.objectives.mixedae import MixedAE
 from mfassl.objectives.mocov3 import InfoNCELoss, MoCoV3
-from mfassl.registry import Registry
+from mfassl.objectives.registry import OBJECTIVES, create_objective
 
 __all__ = [
     "OBJECTIVES",
@@ -27,25 +34,10 @@ __all__ = [
     "MoCoV3",
     "InfoNCELoss",
     "MAE",
+    "DAGMaN",
+    "MixedAE",
     "patchify",
+    "unpatchify",
     "random_token_mask",
     "update_momentum",
 ]
-
-OBJECTIVES: Registry[BaseObjective] = Registry("objective")
-OBJECTIVES.register("dino", DINO)
-OBJECTIVES.register("mocov3", MoCoV3)
-OBJECTIVES.register("mae", MAE)
-
-# Related objectives live in their own modules and register themselves on import.
-for _module in ("mfassl.objectives.dagman", "mfassl.objectives.mixedae"):
-    try:
-        importlib.import_module(_module)
-    except ModuleNotFoundError as err:  # pragma: no cover - only while a module is absent
-        if err.name != _module:
-            raise
-
-
-def create_objective(name: str, backbone: MFABackbone, **kwargs: Any) -> BaseObjective:
-    """Build the objective registered under ``name`` on ``backbone``."""
-    return OBJECTIVES.create(name, backbone=backbone, **kwargs)

@@ -15,6 +15,7 @@ heads). It has two entry points with the same output, a dict of named scalar los
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, ClassVar, NamedTuple, Sequence
 
 import torch
@@ -28,8 +29,11 @@ __all__ = [
     "ViewSpec",
     "update_momentum",
     "deactivate_requires_grad",
+    "random_ranks",
     "random_token_mask",
+    "topk_mask",
     "patchify",
+    "unpatchify",
     "group_by_shape",
 ]
 
@@ -73,19 +77,32 @@ def deactivate_requires_grad(model: nn.Module) -> nn.Module:
     return model
 
 
+def random_ranks(batch: int, num_tokens: int, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(B, N)`` long: each row a uniformly random permutation of ``0 .. N - 1`` (the rank of its noise)."""
+    noise = torch.rand(batch, num_tokens, generator=generator, device=device)
+    return noise.argsort(dim=1).argsort(dim=1)
+
+
 def random_token_mask(batch: int, num_tokens: int, ratio: float, device: torch.device | str | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """``(B, N)`` bool, True for the ``round(ratio * N)`` hidden tokens of each row (uniformly at random)."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}.")
     n_hide = int(round(ratio * num_tokens))
-    noise = torch.rand(batch, num_tokens, generator=generator, device=device)
-    ranks = noise.argsort(dim=1).argsort(dim=1)
-    return ranks < n_hide
+    return random_ranks(batch, num_tokens, device, generator) < n_hide
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the same shape as ``scores`` ``(..., N)``: True at the ``k`` largest entries of each row."""
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(int(k), dim=-1).indices, True)
 
 
 def patchify(images: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-    """``(B, C, *S)`` -> ``(B, N, prod(p) * C)`` patches in row-major grid order (2D and 3D)."""
+    """``(B, C, *S)`` -> ``(B, N, prod(p) * C)`` patches in row-major grid order (2D and 3D).
+
+    Each patch is flattened pixel-major, channel last; a border that does not fill a patch is dropped.
+    """
     b, c = images.shape[:2]
     dims = images.ndim - 2
     grid = [s // p for s, p in zip(images.shape[2:], patch_size)]
@@ -96,10 +113,17 @@ def patchify(images: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
     grid_axes = [2 + 2 * i for i in range(dims)]
     patch_axes = [3 + 2 * i for i in range(dims)]
     x = x.permute(0, *grid_axes, *patch_axes, 1)
-    n = 1
-    for g in grid:
-        n *= g
-    return x.reshape(b, n, -1)
+    return x.reshape(b, math.prod(grid), -1)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``(B, N, prod(p) * C)`` with ``N = prod(grid)`` -> ``(B, C, *(g * p))``."""
+    b, d = patches.shape[0], len(grid)
+    x = patches.reshape(b, *grid, *patch_size, channels)
+    perm = [0, 2 * d + 1]
+    for i in range(d):
+        perm += [1 + i, 1 + d + i]
+    return x.permute(*perm).reshape(b, channels, *[g * p for g, p in zip(grid, patch_size)])
 
 
 def group_by_shape(views: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:

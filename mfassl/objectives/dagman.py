@@ -4,7 +4,7 @@ From the related method in ``seeds/003`` (Jiang, Rangnekar, Veeraraghavan, 2026)
 MFA-Swin of this project (2D and 3D). One step on an image batch ``x`` ``(B, C, *S)``:
 
 1. **Teacher** (momentum copy of the student backbone, MFA block included) encodes the full image under
-   a :class:`~mfassl.objectives.swin_attention.SwinAttentionProbe`: Gaussian noise of standard deviation
+   a :class:`~mfassl.backbones.swin_attention.SwinAttentionProbe`: Gaussian noise of standard deviation
    ``noise_std`` is added to every window-attention logit before the softmax (the *noisy teacher*; 0 =
    deterministic), and the attention each token *receives* (mean over the queries of its window) is
    recorded.
@@ -39,7 +39,6 @@ noise, about ``mask_ratio`` for random masks).
 from __future__ import annotations
 
 import math
-
 from typing import Any, Sequence
 
 import torch
@@ -47,11 +46,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone, MFASwin
-from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify, random_token_mask
+from mfassl.backbones.swin_attention import SwinAttentionProbe, resample_score_map
+from mfassl.objectives.base import (BaseObjective, PairResult, ViewSpec, patchify, random_token_mask, topk_mask,
+                                    unpatchify)
 from mfassl.objectives.mae import reconstruction_loss, upsample_token_mask
-from mfassl.objectives.swin_attention import SwinAttentionProbe, resample_score_map
+from mfassl.objectives.registry import OBJECTIVES
 
-__all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "set_drop_path", "unpatchify"]
+__all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "set_drop_path"]
 
 
 def attention_guided_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -66,12 +67,7 @@ def attention_guided_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}.")
-    b, n = scores.shape
-    n_hide = int(round(ratio * n))
-    mask = torch.zeros(b, n, dtype=torch.bool, device=scores.device)
-    if n_hide:
-        mask.scatter_(1, scores.topk(n_hide, dim=1).indices, True)
-    return mask
+    return topk_mask(scores, int(round(ratio * scores.shape[1])))
 
 
 def mask_overlap(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -79,9 +75,7 @@ def mask_overlap(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     n_hide = int(mask.sum(1).max())
     if n_hide == 0:
         return torch.ones((), device=mask.device)
-    top = torch.zeros_like(mask)
-    top.scatter_(1, scores.topk(n_hide, dim=1).indices, True)
-    return (mask & top).sum().float() / mask.sum().clamp(min=1).float()
+    return (mask & topk_mask(scores, n_hide)).sum().float() / mask.sum().clamp(min=1).float()
 
 
 def set_drop_path(backbone: nn.Module, rate: float) -> int:
@@ -105,16 +99,7 @@ def set_drop_path(backbone: nn.Module, rate: float) -> int:
     return n
 
 
-def unpatchify(patches: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
-    """Inverse of :func:`~mfassl.objectives.base.patchify`: ``(B, N, prod(p) * C)`` -> ``(B, C, *(g * p))``."""
-    b, d = patches.shape[0], len(grid)
-    x = patches.reshape(b, *grid, *patch_size, channels)
-    perm = [0, 2 * d + 1]
-    for i in range(d):
-        perm += [1 + i, 1 + d + i]
-    return x.permute(*perm).reshape(b, channels, *[g * p for g, p in zip(grid, patch_size)])
-
-
+@OBJECTIVES.register("dagman")
 class DAGMaN(BaseObjective):
     """DAGMaN on an :class:`~mfassl.backbones.MFASwin` (2D or 3D).
 
@@ -314,8 +299,3 @@ class DAGMaN(BaseObjective):
     def extra_state(self) -> dict[str, Any]:
         """Last step's ``dagman/mask_overlap`` and ``dagman/entropy_s{stage}_h{head}`` (teacher, clean)."""
         return dict(self._stats)
-
-
-from mfassl.objectives import OBJECTIVES  # noqa: E402  (registry lives in the package; imported last)
-
-OBJECTIVES.register("dagman", DAGMaN)

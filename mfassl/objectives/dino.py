@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mfassl.backbones import MFABackbone
 from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, group_by_shape
 from mfassl.objectives.heads import DINOHead
+from mfassl.objectives.registry import OBJECTIVES
 
 __all__ = ["DINOLoss", "DINO"]
 
@@ -77,6 +78,7 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
 
 
+@OBJECTIVES.register("dino")
 class DINO(BaseObjective):
     """DINO on an MFA backbone; the teacher (backbone + head, MFA included) is a momentum copy.
 
@@ -106,7 +108,7 @@ class DINO(BaseObjective):
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher[0]), (self.head, self.teacher[1])]
 
-    def _embed(self, backbone: MFABackbone, head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _logits(self, backbone: MFABackbone, head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
         """``(V, B, out_dim)`` logits of ``V`` views: the backbone once per view shape, the head once for all."""
         feats: list[torch.Tensor | None] = [None] * len(views)
         for idx, batch in group_by_shape(views):
@@ -118,8 +120,8 @@ class DINO(BaseObjective):
         self.check_views(views)
         n_g = self.views.n_global
         with torch.no_grad():
-            teacher = self._embed(self.teacher[0], self.teacher[1], views[:n_g])
-        student = self._embed(self.backbone, self.head, views)
+            teacher = self._logits(self.teacher[0], self.teacher[1], views[:n_g])
+        student = self._logits(self.backbone, self.head, views)
         loss = self.loss_fn(teacher, student)
         return {"loss": loss}
 

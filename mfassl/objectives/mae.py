@@ -9,17 +9,16 @@ size). On a mirror pair both halves share one mask, so token ``i`` is visible on
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from timm.models.vision_transformer import Block
 
 from mfassl.backbones import MFABackbone
 from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify, random_token_mask
+from mfassl.objectives.registry import OBJECTIVES
 
 __all__ = ["MAEDecoder", "MAE", "reconstruction_loss", "upsample_token_mask"]
 
@@ -92,6 +91,7 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(self.blocks(full)))
 
 
+@OBJECTIVES.register("mae")
 class MAE(BaseObjective):
     """Masked autoencoding on an MFA backbone (ViT: MAE; Swin: SimMIM-style).
 

@@ -26,7 +26,6 @@ accuracy per homologous layer: the share of the selected patch keys that come fr
 from __future__ import annotations
 
 import math
-
 from typing import Any, Callable, Sequence
 
 import torch
@@ -34,8 +33,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone, MFAViT, PairedOutput
-from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify
+from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, patchify, random_ranks, topk_mask
 from mfassl.objectives.mae import MAEDecoder, reconstruction_loss
+from mfassl.objectives.registry import OBJECTIVES
 
 __all__ = ["MixedAE", "HomologousAttention", "HomologousContrastiveLoss", "mixing_assignment", "mix_tokens",
            "unmix_tokens", "source_visibility", "mixing_groups", "block_forward"]
@@ -61,8 +61,7 @@ def mixing_assignment(n_mixed: int, num_tokens: int, groups: int, device: torch.
     """
     if num_tokens % groups:
         raise ValueError(f"{num_tokens} patches cannot be split evenly among {groups} images.")
-    noise = torch.rand(n_mixed, num_tokens, generator=generator, device=device)
-    return noise.argsort(1).argsort(1) % groups
+    return random_ranks(n_mixed, num_tokens, device, generator) % groups
 
 
 def mix_tokens(tokens: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
@@ -137,8 +136,7 @@ class HomologousAttention(nn.Module):
         q, k, v = attn.qkv(x).reshape(b, t, 3, h, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, T, T)
-        keep = torch.zeros_like(logits, dtype=torch.bool)
-        keep.scatter_(-1, logits.topk(min(int(top_k), t), dim=-1).indices, True)
+        keep = topk_mask(logits, min(int(top_k), t))
         self.last_keep = keep.detach()
         probs = logits.masked_fill(~keep, float("-inf")).softmax(-1)
         out = (attn.attn_drop(probs) @ v).transpose(1, 2).reshape(b, t, h * head_dim)
@@ -200,6 +198,7 @@ class HomologousContrastiveLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------- objective
+@OBJECTIVES.register("mixedae")
 class MixedAE(BaseObjective):
     """MixedAE on a 2D :class:`~mfassl.backbones.MFAViT` (timm blocks).
 
@@ -269,7 +268,7 @@ class MixedAE(BaseObjective):
 
     def embed_mixed(self, x: torch.Tensor, assign: torch.Tensor) -> torch.Tensor:
         """Embed ``(B, C, H, W)`` images and mix them: ``(B / k, P + N, C)`` tokens."""
-        h = self.backbone._embed(x)
+        h = self.backbone.embed(x)
         p = self.backbone.num_prefix_tokens
         mixed = mix_tokens(h[:, p:], assign)
         if self.segment is not None:
@@ -359,8 +358,3 @@ class MixedAE(BaseObjective):
     def extra_state(self) -> dict[str, Any]:
         """Last step's ``mixedae/topk_acc_l{layer}`` per homologous layer."""
         return dict(self._stats)
-
-
-from mfassl.objectives import OBJECTIVES  # noqa: E402  (registry lives in the package; imported last)
-
-OBJECTIVES.register("mixedae", MixedAE)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from mfassl.backbones import MFABackbone
 from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec
 from mfassl.objectives.heads import MoCoPredictionHead, MoCoProjectionHead
+from mfassl.objectives.registry import OBJECTIVES
 
 __all__ = ["InfoNCELoss", "MoCoV3"]
 
@@ -39,6 +40,7 @@ class InfoNCELoss(nn.Module):
         return F.cross_entropy(logits, labels) * (2.0 * self.temperature)
 
 
+@OBJECTIVES.register("mocov3")
 class MoCoV3(BaseObjective):
     """MoCo-v3 on an MFA backbone.
 

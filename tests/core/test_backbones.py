@@ -25,7 +25,7 @@ def test_vit_paired_forward_token_counts_and_layer(dims):
     n = (size // 8) ** dims
     assert out.pre_l.shape == (2, n, 32) and out.out_l.shape == (2, n + 1, 32) and out.gate_l.shape == (2, n)
     # pre-fusion tokens are exactly the plain encoder's tokens after block l
-    h = net._embed(x_l)
+    h = net.embed(x_l)
     for blk in net.blocks[: net.mfa_layer]:
         h = blk(h)
     assert torch.allclose(out.pre_l, h[:, 1:], atol=1e-5)

@@ -10,9 +10,9 @@ import torch
 from mfassl.backbones import MFASwin, MFAViT
 from mfassl.method import MFASSL
 from mfassl.objectives import OBJECTIVES, create_objective
-from mfassl.objectives.dagman import DAGMaN, attention_guided_mask, mask_overlap, unpatchify
-from mfassl.objectives.base import patchify
-from mfassl.objectives.swin_attention import SwinAttentionProbe, attention_entropy
+from mfassl.backbones.swin_attention import SwinAttentionProbe, attention_entropy
+from mfassl.objectives.base import patchify, unpatchify
+from mfassl.objectives.dagman import DAGMaN, attention_guided_mask, mask_overlap
 
 
 def tiny_swin(dims: int = 2) -> MFASwin:

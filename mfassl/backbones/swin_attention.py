@@ -1,4 +1,4 @@
-"""Reading (and perturbing) the window attention of an MFA-Swin, without forking MONAI.
+"""Reading (and perturbing) the window attention of an MFA-Swin at run time, without forking MONAI.
 
 :class:`SwinAttentionProbe` is a context manager over an :class:`~mfassl.backbones.MFASwin`. While it is
 open, every MONAI ``WindowAttention`` of the encoder runs :func:`window_attention_forward` instead of its
@@ -15,6 +15,10 @@ two statistics taken from the probabilities as they go by:
 On leaving the context the modules get their own forward back; the module tree and state dict never
 change, so a teacher wrapped by a probe stays an exact EMA copy of the student. The patch is an instance
 attribute, so it works on the scriptable Swin subclasses :class:`~mfassl.backbones.MFASwin` uses as on MONAI's own.
+The window geometry (window size and shift per grid, padding, window order) is the one of
+:mod:`mfassl.backbones.swin_script`, so the maps line up with the tokens the blocks computed.
+
+DAGMaN (:mod:`mfassl.objectives.dagman`) scores its masks with it.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.nets.swin_unetr import WindowAttention, get_window_size, window_reverse
+from monai.networks.nets.swin_unetr import WindowAttention
 
-from mfassl.backbones.swin_script import ScriptableWindowAttention
+from mfassl.backbones.swin_script import ScriptableWindowAttention, padded_size, window_and_shift, window_reverse
 
-__all__ = ["SwinAttentionProbe", "window_attention_forward", "attention_entropy", "windows_to_grid",
+__all__ = ["SwinAttentionProbe", "ProbeStats", "window_attention_forward", "attention_entropy", "windows_to_grid",
            "resample_score_map"]
 
 
@@ -57,13 +61,14 @@ def windows_to_grid(values: torch.Tensor, batch: int, padded: Sequence[int], spa
         batch: ``B``.
         padded: the padded grid the windows tile.
         spatial: the grid before padding.
-        window_size: the window used at this grid (after :func:`get_window_size`).
+        window_size: the window used at this grid (after :func:`~mfassl.backbones.swin_script.window_and_shift`).
         shift_size: the shift used (zeros for regular windows).
 
     Returns:
         ``(B, H, *spatial)``.
     """
-    grid = window_reverse(values, tuple(window_size), [batch, *padded])  # (B, *padded, H)
+    dims = [int(batch)] + [int(p) for p in padded]
+    grid = window_reverse(values, [int(w) for w in window_size], dims)  # (B, *padded, H)
     if any(s > 0 for s in shift_size):
         grid = torch.roll(grid, shifts=tuple(int(s) for s in shift_size), dims=tuple(range(1, len(padded) + 1)))
     grid = grid[(slice(None), *[slice(0, int(s)) for s in spatial])]
@@ -175,9 +180,10 @@ class SwinAttentionProbe:
                 st.entropy.setdefault(info.stage, []).append(attention_entropy(clean.float()))
                 if info.stage not in self.map_stages or info.shape is None:
                     return
-                spatial = info.shape[1:-1]
-                window, shift = get_window_size(spatial, info.block.window_size, info.block.shift_size)
-                padded = [-(-int(s) // int(w)) * int(w) for s, w in zip(spatial, window)]
+                spatial = [int(s) for s in info.shape[1:-1]]
+                window, shift = window_and_shift(spatial, [int(w) for w in info.block.window_size],
+                                                 [int(s) for s in info.block.shift_size])
+                padded = padded_size(spatial, window)
                 batch = info.shape[0]
                 for p, store in ((probs, st.maps), (clean, st.clean_maps)):
                     received = p.float().mean(-2).transpose(1, 2)  # (B*nW, n, H)
