@@ -112,7 +112,12 @@ def bias_basis(x: np.ndarray, order: int, scale: float) -> np.ndarray:
 
 @dataclass
 class RefineResult:
-    """Refined hyperplane ``normal . (x - centre) = offset`` and fit statistics."""
+    """Refined hyperplane ``normal . (x - centre) = offset`` and fit statistics.
+
+    ``inlier_fraction`` is the share of the compared points (those whose mirror image lies inside the
+    field of view) that keep a non-zero Tukey weight; ``coverage`` is the share of all sample points
+    that could be compared (mirror image inside the field of view).
+    """
 
     normal: np.ndarray
     offset: float
@@ -121,6 +126,7 @@ class RefineResult:
     points: int
     inlier_fraction: float
     coef: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    coverage: float = 1.0
 
 
 def _tukey(r: np.ndarray, scale: float, c: float = 4.685) -> np.ndarray:
@@ -218,5 +224,6 @@ def refine_level(level: Level, pts_index: np.ndarray, normal: np.ndarray, offset
         sa, sb = float(a.std()), float(b.std())
         corr = float(np.mean((a - a.mean()) * (b - b.mean())) / (sa * sb)) if sa > 0 and sb > 0 else 0.0
     inl = float((w > 0).sum() / max(1, valid.sum()))
+    cov = float(valid.sum() / max(1, x.shape[0]))
     return RefineResult(normal=n, offset=dd, correlation=corr, iterations=it, points=int(x.shape[0]),
-                        inlier_fraction=inl, coef=coef)
+                        inlier_fraction=inl, coef=coef, coverage=cov)

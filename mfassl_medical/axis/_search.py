@@ -6,6 +6,18 @@ along ``n``. Mirror symmetry about ``u = u0`` along that axis means ``f(u) = f(2
 correlation of the image with its reflection for *every* offset at once is the self-convolution
 of each grid line, summed over lines: one batched real FFT per candidate set. Overlap-normalised
 sums turn it into a normalised cross-correlation (NCC) per (normal, offset).
+
+Two options make the score robust on radiographs, where a single lung, a one-sided opacity or the
+body outline can match itself better than the whole chest does:
+
+- ``values``: the search can compare locally contrast-normalised images (:func:`local_contrast`)
+  instead of raw intensities, so that a large smooth density change on one side (an opacity whitening
+  a lung, a bias field) no longer dominates the correlation; edges (ribs, spine, heart and lung borders)
+  decide.
+- ``coverage``: the NCC of a pairing is multiplied by ``coverage_share ** coverage``, the share of the
+  sampled field of view that has its mirror partner inside the field of view. A line through one lung
+  pairs only a strip of the image with itself; without this factor its overlap-normalised NCC can beat
+  the true midline's.
 """
 
 from __future__ import annotations
@@ -15,22 +27,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft as sfft
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from mfassl.geometry import rotation_between
 
 from ._prepare import Level
 
-__all__ = ["CoarseResult", "candidate_frames", "region_of_interest", "coarse_search", "tangent_basis"]
+__all__ = ["CoarseResult", "candidate_frames", "region_of_interest", "local_contrast", "coarse_search",
+           "symmetry_score", "tangent_basis"]
 
 
 @dataclass
 class CoarseResult:
-    """Best coarse hyperplane ``normal . x = offset`` (world) and its NCC ``score``."""
+    """Best coarse hyperplane ``normal . x = offset`` (world), its ``score`` (NCC times the coverage
+    factor) and ``coverage`` (share of the sampled field of view with its mirror partner inside it)."""
 
     normal: np.ndarray
     offset: float
     score: float
     candidates: int
+    coverage: float = 1.0
 
 
 def tangent_basis(n: np.ndarray) -> np.ndarray:
@@ -103,10 +119,30 @@ def region_of_interest(level: Level, use_foreground: bool) -> tuple[np.ndarray, 
     return fov_centre, float(half_sides.max())
 
 
+def local_contrast(data: np.ndarray, spacing: np.ndarray, sigma: float) -> np.ndarray:
+    """Locally contrast-normalised copy of ``data`` ``(*S)``: ``(v - mean) / (std + 0.1 * mean std)``.
+
+    Mean and standard deviation are Gaussian-weighted with ``sigma`` in units of the geometric-mean
+    spacing (``sigma / spacing_k * h`` voxels along dim ``k``), so the window is isotropic in world units.
+    The floor ``0.1 * mean std`` keeps flat regions (background, a fully opaque lung) near zero instead of
+    amplifying their noise. Returns a float32 array of the same shape.
+    """
+    v = data.astype(np.float64)
+    h = float(np.exp(np.mean(np.log(spacing))))
+    s = [float(sigma) * h / float(sp) for sp in spacing]
+    m = gaussian_filter(v, s, mode="nearest")
+    dev = v - m
+    sd = np.sqrt(np.maximum(gaussian_filter(dev * dev, s, mode="nearest"), 0.0))
+    return (dev / (sd + 0.1 * float(sd.mean()) + 1e-12)).astype(np.float32)
+
+
 def _sample(level: Level, frames: np.ndarray, centre: np.ndarray, radius: float,
-            h: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Nearest-neighbour samples ``(B, L, P)`` (values, in-FOV mask) on each candidate's grid."""
-    v = level.data
+            h: float, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Nearest-neighbour samples ``(B, L, P)`` (values, in-FOV mask) on each candidate's grid.
+
+    ``values`` ``(*S)``: what to sample on ``level``'s grid (default: ``level.data``).
+    """
+    v = level.data if values is None else values
     d = v.ndim
     half = int(math.ceil(radius / h))
     length = 2 * half + 1
@@ -137,7 +173,8 @@ def _sample(level: Level, frames: np.ndarray, centre: np.ndarray, radius: float,
 
 def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, use_foreground: bool,
                   min_overlap: float = 0.5, max_shift: float = 0.5,
-                  max_half: int | None = None, top_k: int = 1) -> CoarseResult | list[CoarseResult]:
+                  max_half: int | None = None, top_k: int = 1, values: np.ndarray | None = None,
+                  coverage: float = 0.0) -> CoarseResult | list[CoarseResult]:
     """Best (normal, offset) on ``level`` by batched FFT self-convolution NCC.
 
     Args:
@@ -152,13 +189,16 @@ def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, u
         top_k: 1 returns the best :class:`CoarseResult`; more returns a list of up to ``top_k``, best
             first, whose directions are more than ``1.5 * step`` degrees apart (starts for a multi-start
             refinement, so that a wrong coarse peak on a coarse grid is not the only start).
+        values: ``(*S)`` what is compared on ``level``'s grid, e.g. its :func:`local_contrast` image
+            (None: the raw intensities ``level.data``).
+        coverage: exponent of the coverage factor (0: plain NCC).
     """
     centre, radius = region_of_interest(level, use_foreground)
     h = float(np.exp(np.mean(np.log(level.spacing))))
     if max_half is not None:
         h = max(h, radius / max_half)
     frames = candidate_frames(n0, max_angle, step)
-    f, mk, half = _sample(level, frames, centre, radius, h)
+    f, mk, half = _sample(level, frames, centre, radius, h, values)
     length = 2 * half + 1
     nfft = 2 * length
     # centre the intensities (NCC below is exact for any shift; this only helps float32 precision)
@@ -180,6 +220,9 @@ def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, u
     u0 = np.arange(nfft) / 2.0 - half  # plane position along the normal, in grid steps from the centre
     total = mk.sum(axis=(1, 2))[:, None]
     ok = (c_mm >= min_overlap * total) & (np.abs(u0) <= max_shift * half)[None] & (var > 1e-12)
+    share = np.clip(c_mm / np.maximum(total, 1.0), 0.0, 1.0)
+    if coverage:
+        ncc = ncc * share ** float(coverage)
     ncc = np.where(ok, ncc, -2.0)
     per_dir = ncc.argmax(axis=1)
     scores = ncc[np.arange(len(ncc)), per_dir]
@@ -190,7 +233,38 @@ def coarse_search(level: Level, n0: np.ndarray, max_angle: float, step: float, u
         if any(abs(float(n @ c.normal)) > min_cos for c in picked):
             continue
         offset = float(n @ centre + float(u0[per_dir[b]]) * h)
-        picked.append(CoarseResult(normal=n, offset=offset, score=float(scores[b]), candidates=int(frames.shape[0])))
+        picked.append(CoarseResult(normal=n, offset=offset, score=float(scores[b]), candidates=int(frames.shape[0]),
+                                   coverage=float(share[b, per_dir[b]])))
         if len(picked) >= max(1, int(top_k)):
             break
     return picked[0] if top_k == 1 else picked
+
+
+def symmetry_score(level: Level, values: np.ndarray, normal: np.ndarray, offset: float,
+                   coverage: float = 0.0) -> tuple[float, float]:
+    """The coarse search's score of one hyperplane ``normal . x = offset`` (world), off the search grid.
+
+    Every voxel of ``level`` is reflected about the hyperplane and ``values`` ``(*S)`` is read there
+    (linear interpolation); the score is the NCC of ``values`` with its reflection over the voxels whose
+    mirror lies inside the field of view, times ``share ** coverage`` (``share``: their fraction of all
+    voxels). Returns ``(score, share)``; ``(-1, share)`` when fewer than ``2 ** D`` voxels pair up.
+    """
+    d = level.data.ndim
+    shape = np.asarray(level.data.shape)
+    idx = np.stack(np.meshgrid(*[np.arange(k, dtype=np.float64) for k in shape], indexing="ij"), -1).reshape(-1, d)
+    aff, inv = level.affine, level.inv
+    x = idx @ aff[:d, :d].T + aff[:d, d]
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / np.linalg.norm(n)
+    y = x - 2.0 * (x @ n - float(offset))[:, None] * n
+    j = y @ inv[:d, :d].T + inv[:d, d]
+    ok = np.all((j >= 0.0) & (j <= shape - 1), axis=1)
+    share = float(ok.mean())
+    if int(ok.sum()) < 2 ** d:
+        return -1.0, share
+    a = values.reshape(-1)[ok].astype(np.float64)
+    b = map_coordinates(values, j[ok].T, order=1, mode="nearest").astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    ncc = float(a @ b) / den if den > 0 else 0.0
+    return ncc * (share ** float(coverage) if coverage else 1.0), share

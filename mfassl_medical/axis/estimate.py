@@ -11,9 +11,13 @@ Pipeline (same code for 2D and 3D):
 2. :func:`~._prepare.build_pyramid`: one block-mean pass to the finest working level, then halvings.
 3. :func:`~._search.coarse_search` on the coarsest level: every direction within ``max_angle`` of
    the left-right prior (index dim along world x), all offsets at once by FFT self-convolution NCC.
+   2D (``contrast_sigma``, ``coverage``): on the locally contrast-normalised image, each NCC weighted by
+   the share of the field of view that has its mirror partner in view.
 4. :func:`~._refine.refine_level` on the finer levels: robust Gauss-Newton with a bias-field model,
-   started from the ``starts`` best coarse peaks on the coarsest level (the best fit goes on).
-5. A weak final fit (confidence below ``retry_below``) is searched again on a finer coarse grid.
+   started from the ``starts`` best coarse peaks on the coarsest level; the one with the best selection
+   score goes on (2D: the search score of step 3 at the refined line; 3D: the fit confidence).
+5. A weak final fit (confidence below ``retry_below``) is searched again on a finer coarse grid and the
+   estimate with the better selection score is kept.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from mfassl.registry import Registry
 
 from ._prepare import Prepared, build_pyramid, prepare, prior_normal
 from ._refine import children, refine_level, select_points
-from ._search import coarse_search
+from ._search import coarse_search, local_contrast, symmetry_score
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +58,10 @@ AXIS_ESTIMATORS: Registry[SymmetryHyperplane] = Registry("axis estimator")
 _DEFAULTS: dict[int, dict[str, Any]] = {
     2: dict(max_voxels=300_000, coarse_voxels=12_000, own_gradient_voxels=400_000, max_angle=35.0,
             coarse_step=2.0, coarse_half=None, n_points=(4000, 8000, 12000), bias_order=1, iters=(12, 6, 4), foreground=False,
-            starts=3, retry_below=0.85),
+            starts=3, retry_below=0.85, contrast_sigma=2.0, coverage=1.0),
     3: dict(max_voxels=1_200_000, coarse_voxels=20_000, own_gradient_voxels=250_000, max_angle=45.0,
             coarse_step=10.0, coarse_half=9, n_points=(5000, 12000), bias_order=2, iters=(10, 4), foreground=True,
-            starts=3, retry_below=0.85),
+            starts=3, retry_below=0.85, contrast_sigma=None, coverage=0.0),
 }
 
 
@@ -67,7 +71,21 @@ def _options(dims: int, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown axis estimation option(s) {sorted(unknown)}; known: {sorted(opts)}.")
     opts.update(options)
+    if opts["contrast_sigma"] is not None:
+        opts["contrast_sigma"] = _number(opts["contrast_sigma"], "contrast_sigma", "None or a number > 0", strict=True)
+    opts["coverage"] = _number(opts["coverage"], "coverage", "a number >= 0", strict=False)
     return opts
+
+
+def _number(value: Any, name: str, what: str, strict: bool) -> float:
+    """``value`` as a finite float that is > 0 (``strict``) or >= 0; a ValueError naming ``name`` otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or (strict and v == 0):
+        raise ValueError(f"axis estimation option {name} must be {what}, got {value!r}.")
+    return v
 
 
 def _centre(prep: Prepared, confidence: float, fallback: bool, info: dict) -> SymmetryHyperplane:
@@ -89,6 +107,19 @@ def _fit_confidence(res: Any) -> float:
     return float(np.clip(res.correlation, 0.0, 1.0)) * float(np.clip(res.inlier_fraction / 0.6, 0.0, 1.0))
 
 
+def _selection_score(res: Any, centre: np.ndarray, coarse: Any, values: np.ndarray | None, coverage: float) -> float:
+    """The score that chooses between hypotheses (the refined coarse peaks, the retry's second estimate).
+
+    With ``values`` (the coarse level's contrast-normalised image): the coarse search's own score at the
+    refined hyperplane ``res.normal . (x - centre) = res.offset``, i.e. NCC times ``share ** coverage``
+    (:func:`~._search.symmetry_score`). Without: the fit confidence times ``res.coverage ** coverage``.
+    """
+    if values is None:
+        share = float(np.clip(res.coverage, 0.0, 1.0))
+        return _fit_confidence(res) * (share ** coverage if coverage else 1.0)
+    return symmetry_score(coarse, values, res.normal, float(res.normal @ centre) + res.offset, coverage)[0]
+
+
 def _plane_point(level: Any, cand: Any, d: int) -> np.ndarray:
     """The point of the coarse hyperplane ``cand`` closest to the centre of ``level``'s field of view."""
     n = cand.normal
@@ -105,8 +136,15 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
         logger.warning("axis estimation: the image is constant (value %g); returning the image centre", lo)
         return _centre(prep, 0.0, True, {"method": method, "reason": "constant image"})
     levels = build_pyramid(prep, int(opts["max_voxels"]), int(opts["coarse_voxels"]))
+    cov_power = float(opts["coverage"])
+    # what the coarse search and the choice between hypotheses compare: the locally contrast-normalised
+    # coarse image (robust to one-sided density changes) or, without contrast_sigma, its raw intensities
+    values = None if opts["contrast_sigma"] is None else local_contrast(levels[-1].data, levels[-1].spacing,
+                                                                          float(opts["contrast_sigma"]))
+
     starts = coarse_search(levels[-1], prior_normal(prep), float(opts["max_angle"]), float(opts["coarse_step"]),
-                           bool(opts["foreground"]), max_half=opts["coarse_half"], top_k=int(opts["starts"]))
+                           bool(opts["foreground"]), max_half=opts["coarse_half"], top_k=int(opts["starts"]),
+                           values=values, coverage=cov_power)
     starts = starts if isinstance(starts, list) else [starts]
     coarse = starts[0]
     offset = 0.0
@@ -131,16 +169,17 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
             pts = kid[inside]
         max_iter = iters[min(k, len(iters) - 1)]
         if k == 0:
-            # multi-start on the coarsest Gauss-Newton level: each coarse peak is refined and the best fit
-            # (robust correlation x inlier share) goes on, so one wrong coarse peak cannot decide alone
+            # multi-start on the coarsest Gauss-Newton level: each coarse peak is refined and the best one
+            # goes on, so one wrong coarse peak cannot decide alone. "Best": the coarse search's own score
+            # at the refined line (contrast mode), else the fit (robust correlation x inlier share)
             best = None
             for cand in starts:
                 c_centre = _plane_point(levels[-1], cand, d)
                 r = refine_level(level, pts, cand.normal, 0.0, c_centre, None, int(opts["bias_order"]), max_iter)
                 total_iters += r.iterations
-                fit = _fit_confidence(r)
-                if best is None or fit > best[0]:
-                    best = (fit, r, c_centre)
+                key = _selection_score(r, c_centre, levels[-1], values, cov_power)
+                if best is None or key > best[0]:
+                    best = (key, r, c_centre)
             assert best is not None
             _, res, centre = best
         else:
@@ -159,10 +198,12 @@ def _estimate(prep: Prepared, opts: dict[str, Any], method: str) -> SymmetryHype
             prev_level = level
     assert res is not None
     conf = _fit_confidence(res)
+    score = _selection_score(res, centre, levels[-1], values, cov_power)
     axis = hyperplane_class(d)(normal=n, offset=float(n @ centre) + offset, confidence=conf, fallback=False)
-    info = {"method": method, "coarse_score": coarse.score, "correlation": res.correlation,
-            "inlier_fraction": res.inlier_fraction, "iterations": total_iters, "points": res.points,
-            "levels": [tuple(lv.data.shape) for lv in levels], "seconds": time.perf_counter() - t0}
+    info = {"method": method, "coarse_score": coarse.score, "score": score, "correlation": res.correlation,
+            "inlier_fraction": res.inlier_fraction, "coverage": res.coverage, "iterations": total_iters,
+            "points": res.points, "levels": [tuple(lv.data.shape) for lv in levels],
+            "seconds": time.perf_counter() - t0}
     return _orient(axis, prep).replace(info=info)
 
 
@@ -180,8 +221,9 @@ def _run(image: Any, affine: Any, dims: int | None, method: str, options: dict[s
     # grid and keep the better fit (the usual case pays nothing, a hard one about twice the time)
     finer = dict(opts, coarse_step=0.6 * float(opts["coarse_step"]))
     second = _estimate(prep, finer, method)
-    best = second if second.confidence > axis.confidence else axis
-    info = dict(best.info, retried=True, first_confidence=axis.confidence, second_confidence=second.confidence)
+    best = second if second.info["score"] > axis.info["score"] else axis
+    info = dict(best.info, retried=True, first_confidence=axis.confidence, second_confidence=second.confidence,
+                first_score=axis.info["score"], second_score=second.info["score"])
     return best.replace(info=info)
 
 
@@ -195,8 +237,12 @@ def estimate_midline(image: Any, affine: Any = None, **options: Any) -> Symmetry
         options: ``channel_first``, ``split_dim`` (the left-right index dim), ``max_angle`` (degrees
             searched around it, 35), ``coarse_step`` (2), ``n_points`` (per level, coarse first: 4000, 8000, 12000), ``bias_order`` (1),
             ``max_voxels`` (finest working size, 300000 pixels), ``coarse_voxels``, ``iters``, ``starts`` (coarse
-            peaks refined on the coarsest level, the best fit goes on: 3), ``retry_below`` (a result whose
-            confidence is below it is searched again on a 0.6x finer coarse grid and the better kept: 0.85).
+            peaks refined on the coarsest level, the best goes on: 3), ``retry_below`` (a result whose
+            confidence is below it is searched again on a 0.6x finer coarse grid and the better kept: 0.85),
+            ``contrast_sigma`` (the coarse search and the choice between refined peaks compare locally
+            contrast-normalised images with this Gaussian window, in coarse-level pixels: 2; None: raw
+            intensities and the fit confidence), ``coverage`` (exponent of the factor ``share ** coverage``
+            on those scores, ``share`` = the part of the image whose mirror lies inside it: 1; 0: none).
 
     Returns:
         :class:`SymmetryAxis2D` ``n . x = d`` in world coordinates, normal oriented along the
@@ -214,7 +260,8 @@ def estimate_midsagittal_plane(volume: Any, affine: Any = None, **options: Any) 
             handled through ``affine``.
         affine: index -> world ``(4, 4)``; None: index coordinates.
         options: as :func:`estimate_midline` (defaults: ``max_angle`` 45, ``coarse_step`` 10,
-            ``n_points`` (6000, 16000), ``bias_order`` 2, ``max_voxels`` 1.2M voxels).
+            ``n_points`` (5000, 12000), ``bias_order`` 2, ``max_voxels`` 1.2M voxels, ``contrast_sigma``
+            None and ``coverage`` 0: raw-intensity NCC, the refined peaks chosen by fit confidence).
 
     Returns:
         :class:`SymmetryPlane3D` ``n . x = d`` (world), normal oriented along the left-right index dim.
