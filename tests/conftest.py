@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -37,9 +38,19 @@ def estimator_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-@pytest.fixture()
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun rendezvous and test servers)."""
+def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for torchrun rendezvous and test servers)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def free_port_factory() -> Callable[[], int]:
+    """``free_port`` as a function, for fixtures of a wider scope than one test."""
+    return _free_port

@@ -1,4 +1,9 @@
-"""Run by ``torchrun --nproc_per_node=2`` in test_engine.py: a tiny MFASSL run on gloo."""
+"""Run by ``torchrun --nproc_per_node=2`` in test_engine.py: a tiny MFASSL run on gloo, and InfoNCE's key gather.
+
+Each rank writes ``rank{r}.json`` (its per-step losses, the dataset rows of each of its batches, its InfoNCE
+loss and query gradient) and ``rank{r}.pt`` (its final state dict); the test compares the ranks with each
+other and with a single-process run of the same global batches.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +19,57 @@ from ignite.engine import Events
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import tiny_method  # noqa: E402
+from helpers import fixed_view_dino  # noqa: E402
 
-from mfassl.engine import create_optimizer, create_trainer  # noqa: E402
+from mfassl.engine import create_optimizer, create_trainer, default_prepare_batch  # noqa: E402
+from mfassl.objectives import InfoNCELoss  # noqa: E402
+
+# shared with test_engine.py, which repeats the run in one process
+N_IMAGES, GLOBAL_BATCH, EPOCHS, BASE_LR = 16, 8, 2, 0.032  # peak lr 1e-3 at batch 8
+INFONCE_SHAPE, INFONCE_TEMP = (8, 6), 0.2
+
+
+def dataset() -> TensorDataset:
+    """``(N, 1, 40, 40)`` images and their row numbers."""
+    images = torch.rand(N_IMAGES, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    return TensorDataset(images, torch.arange(N_IMAGES))
+
+
+def infonce_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """The global ``(B, D)`` queries and keys of the InfoNCE check (the same on every rank)."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(*INFONCE_SHAPE, generator=g), torch.randn(*INFONCE_SHAPE, generator=g)
 
 
 def training(local_rank: int, out_dir: str) -> None:
-    method = tiny_method("mocov3")
-    data = TensorDataset(torch.rand(16, 1, 40, 40, generator=torch.Generator().manual_seed(0)))
-    loader = idist.auto_dataloader(data, batch_size=8, shuffle=True, num_workers=0, drop_last=True)
+    rank, world = idist.get_rank(), idist.get_world_size()
+    method = fixed_view_dino()
+    loader = idist.auto_dataloader(dataset(), batch_size=GLOBAL_BATCH, shuffle=True, num_workers=0, drop_last=True)
+    rows: list[list[int]] = []
+
+    def prepare_batch(batch, device):
+        rows.append(batch[1].tolist())
+        return default_prepare_batch(batch[0], device)
+
     opt = create_optimizer(method)
-    trainer = create_trainer(method, opt, steps_per_epoch=len(loader), max_epochs=2, batch_size=8, warmup_epochs=0.5,
-                             output_dir=out_dir, progress=False)
-    losses = []
+    trainer = create_trainer(method, opt, steps_per_epoch=len(loader), max_epochs=EPOCHS, batch_size=GLOBAL_BATCH,
+                             base_lr=BASE_LR, warmup_epochs=0.5, output_dir=out_dir, progress=False,
+                             prepare_batch=prepare_batch)
+    losses: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
-    trainer.run(loader, max_epochs=2)
-    # parameters stay identical across processes (DDP averaged the gradients)
-    flat = torch.cat([p.detach().flatten() for p in method.backbone.parameters()])
-    gathered = idist.all_gather(flat.unsqueeze(0))
-    result = {"rank": idist.get_rank(), "world": idist.get_world_size(), "losses": losses,
-              "in_sync": bool(torch.allclose(gathered[0], gathered[-1], atol=1e-6)), "steps": len(losses)}
-    Path(out_dir, f"rank{idist.get_rank()}.json").write_text(json.dumps(result))
+    trainer.run(loader, max_epochs=EPOCHS)
+    torch.save(method.state_dict(), Path(out_dir, f"rank{rank}.pt"))
+
+    # InfoNCE on this rank's rows of the queries, against the keys of every rank (gathered in the loss)
+    q, k = infonce_inputs()
+    per = q.shape[0] // world
+    q_mine = q[rank * per:(rank + 1) * per].clone().requires_grad_(True)
+    loss = InfoNCELoss(INFONCE_TEMP)(q_mine, k[rank * per:(rank + 1) * per])
+    loss.backward()
+
+    result = {"rank": rank, "world": world, "losses": losses, "rows": rows, "infonce": float(loss),
+              "infonce_grad": q_mine.grad.tolist()}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     del trainer, method, opt, loader
     gc.collect()  # DDP's pending work objects go before the process group does
 

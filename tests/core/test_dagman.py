@@ -14,10 +14,12 @@ from mfassl.backbones.swin_attention import SwinAttentionProbe, attention_entrop
 from mfassl.objectives.base import patchify, unpatchify
 from mfassl.objectives.dagman import DAGMaN, attention_guided_mask, mask_overlap
 
+from helpers import tiny_backbone, train_steps
+
 
 def tiny_swin(dims: int = 2) -> MFASwin:
-    return MFASwin(dims, in_chans=1, embed_dim=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), window_size=4,
-                   mfa_stage=2)
+    """The shared tiny Swin: width 12, one block per stage, windows of 4, MFA after stage 2 (final stride 32)."""
+    return tiny_backbone(dims, "swin")
 
 
 def test_registered_and_swin_only():
@@ -119,22 +121,23 @@ def test_entropy_matches_a_hand_computation():
             assert state[f"dagman/entropy_s{stage}_h{h}"] == pytest.approx(value, abs=1e-5)
 
 
-@pytest.mark.parametrize("dims", [2, 3])
-def test_loss_falls_on_a_fixed_batch(dims):
+# (dims, image side, steps, bound on the loss ratio, on the reconstruction ratio); 64 px in 2D gives a 2x2
+# final grid, so the three distillation terms differ (at 32 px the single final token makes them one number)
+FIT_CASES = [(2, 64, 6, 0.6, 0.65), (3, 32, 4, 0.7, 0.75)]
+
+
+@pytest.mark.parametrize("dims,side,steps,max_loss,max_rec", FIT_CASES)
+def test_loss_falls_on_a_fixed_batch(dims, side, steps, max_loss, max_rec):
     torch.manual_seed(0)
     obj = DAGMaN(tiny_swin(dims), noise_std=0.1, mask_ratio=0.5)
-    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=2e-3)
-    x = torch.randn(2, 1, *([32] * dims))
-    losses = []
-    for _ in range(5):
-        out = obj([x])
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        obj.update_teacher(0.99)
-        losses.append(float(out["loss"]))
-    assert losses[-1] < 0.8 * losses[0]
-    assert set(out) == {"loss", "rec", "aitd", "gitd", "ampd"}
+    x = torch.randn(2, 1, *([side] * dims))
+    # the same images, teacher noise and drop-path every step; measured: the last 2 steps' mean loss is 0.38
+    # (2D) and 0.48 (3D) of the first 2 steps', the reconstruction 0.43 and 0.52, each distillation term < 0.3
+    fit = train_steps(obj, lambda: obj([x]), steps, lr=2e-3, teacher_momentum=0.99, seed=0)
+    assert set(fit.last) == {"loss", "rec", "aitd", "gitd", "ampd"}
+    assert fit.ratio(2) < max_loss
+    assert fit.ratio(2, "rec") < max_rec
+    assert all(fit.ratio(2, k) < 0.5 for k in ("aitd", "gitd", "ampd"))
 
 
 def test_seed_defaults_three_distillation_terms_and_student_drop_path():

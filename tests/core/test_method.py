@@ -7,40 +7,30 @@ from mfassl import MFASSL
 from mfassl.objectives import OBJECTIVES, random_token_mask
 from mfassl.schedules import SymmetrySchedule, cosine_momentum, scaled_lr, warmup_cosine
 
-from helpers import tiny_method
+from helpers import tiny_method, train_steps
 
 
-def _train(method, images, steps=8, lr=2e-3):
-    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        torch.manual_seed(7)  # the same views every step: a fixed batch
-        out = method(images, epoch=3.0)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        method.update_teacher(0.9)
-        losses.append(out["loss"].item())
-    return losses
-
-
-@pytest.mark.parametrize("objective", ["dino", "mocov3", "mae"])
-@pytest.mark.parametrize("dims", [2, 3])
-def test_few_steps_lower_the_loss(objective, dims):
+# mean of the last 2 steps over the first 2 on a fixed batch (measured: dino 0.05 / 0.02, mocov3 0.36 / 0.23,
+# mae 0.71 / 0.82 for 2D / 3D); the bounds leave room for other BLAS builds, not for a step that fails to learn
+@pytest.mark.parametrize("objective, dims, bound", [("dino", 2, 0.3), ("dino", 3, 0.3), ("mocov3", 2, 0.6),
+                                                    ("mocov3", 3, 0.5), ("mae", 2, 0.85), ("mae", 3, 0.92)])
+def test_few_steps_lower_the_loss(objective, dims, bound):
     method = tiny_method(objective, dims)
     size = 40 if dims == 2 else 20
     g = torch.Generator().manual_seed(1)
     images = torch.rand(4, 1, *([size] * dims), generator=g)
-    losses = _train(method, images, steps=8 if dims == 2 else 6)
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < losses[0]
+    fit = train_steps(method, lambda: method(images, epoch=3.0), 8 if dims == 2 else 6, lr=2e-3,
+                      teacher_momentum=0.9, seed=7)
+    assert all(math.isfinite(v) for v in fit.losses)
+    assert fit.ratio(2) < bound
+    assert fit.ratio(2, "base") < bound
 
 
 def test_swin_mae_under_mfassl_trains():
     method = tiny_method("mae", 3, kind="swin")
     images = torch.rand(2, 1, 40, 40, 40, generator=torch.Generator().manual_seed(2))
-    losses = _train(method, images, steps=5, lr=3e-3)
-    assert losses[-1] < losses[0]
+    fit = train_steps(method, lambda: method(images, epoch=3.0), 5, lr=3e-3, teacher_momentum=0.9, seed=7)
+    assert fit.ratio(2) < 0.8  # measured 0.66
 
 
 def test_baseline_and_mfassl_share_all_but_the_mirror_branch():
@@ -122,10 +112,35 @@ def test_registry_and_published_defaults():
     assert m.views.global_size == (224, 224) and m.views.local_size == (96, 96)
 
 
-def test_mae_pair_shares_one_mask():
+def test_mae_pair_shares_one_mask(monkeypatch):
     m = tiny_method("mae")
-    mask = random_token_mask(3, 16, 0.75)
-    assert (mask.sum(1) == 12).all()
+    obj = m.objective
+    seen = []
+    paired = obj.backbone.forward_paired
+
+    def spy(x_l, x_r, **kwargs):
+        seen.append(kwargs["token_mask"])
+        return paired(x_l, x_r, **kwargs)
+
+    monkeypatch.setattr(obj.backbone, "forward_paired", spy)
+    x = torch.rand(2, 1, 32, 32)
     torch.manual_seed(0)
-    res = m.objective.forward_pair(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
-    assert res.token_mask is not None and res.paired.pre_l.shape == res.paired.pre_r.shape == (2, 4, 32)
+    res = obj.forward_pair(x, x.clone())
+    mask = res.token_mask
+    assert mask.shape == (2, 16) and mask.sum(1).tolist() == [12, 12]
+    assert len(seen) == 1 and torch.equal(seen[0], mask)  # one mask, handed to the paired forward once
+    assert res.paired.pre_l.shape == res.paired.pre_r.shape == (2, 4, 32)
+    # identical halves keep identical tokens only if the same positions are hidden on both sides
+    torch.testing.assert_close(res.paired.pre_l, res.paired.pre_r, rtol=0, atol=1e-6)
+    # and both halves are scored on that mask: without MFA the pair loss is the one-image loss of the same draw
+    torch.manual_seed(0)
+    pair = obj.forward_pair(x, x.clone(), use_mfa=False)
+    assert torch.equal(pair.token_mask, mask)
+    torch.manual_seed(0)
+    single = obj([x])["loss"]
+    assert float(pair.losses["loss"]) == pytest.approx(float(single), rel=1e-5)
+    # another draw hides other tokens, and then the halves' tokens differ from this draw's
+    torch.manual_seed(1)
+    other = obj.forward_pair(x, x.clone())
+    assert not torch.equal(other.token_mask, mask)
+    assert not torch.allclose(other.paired.pre_l, res.paired.pre_l, atol=1e-3)
