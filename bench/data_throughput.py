@@ -17,7 +17,6 @@ CPU. When the data path delivers more images per second than a step consumes, th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

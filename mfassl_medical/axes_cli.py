@@ -2,7 +2,7 @@
 symmetry axis, once, in parallel, resumable.
 
 The images of a CheXpert folder (``train.csv``/``valid.csv``) or the cases of a BraTS folder are read exactly
-as the pretraining bundles read them (:class:`~mfassl_medical.data.safe.SafeLoadImage`; a BraTS case is its 4
+as the pretraining bundles read them (:class:`~mfassl_medical.transforms.SafeLoadImage`; a BraTS case is its 4
 modalities stacked as channels) and their axis estimated with :func:`mfassl_medical.axis.estimate_axis` in
 the world frame of the file's affine, in a pool of ``--workers`` processes. The output is JSON lines, one
 object per image, with the fields of ``python -m mfassl_medical axis --json`` and three more::
@@ -30,7 +30,9 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
+
+from mfassl_medical.axes_file import axes_key, read_axes_file
 
 __all__ = ["main", "list_images", "estimate_one", "read_axes_file", "axes_key", "AXIS_FIELDS"]
 
@@ -40,20 +42,6 @@ logger = logging.getLogger(__name__)
 AXIS_FIELDS: tuple[str, ...] = ("path", "dims", "normal", "offset", "confidence", "fallback", "seconds",
                                 "load_seconds")
 KINDS = ("chexpert", "brats")
-
-
-def axes_key(dataset_dir: str | os.PathLike, image: str | os.PathLike | Sequence[str], kind: str) -> str:
-    """The key an image has in an axes file: its path relative to ``dataset_dir`` (CheXpert; POSIX
-    separators) or the name of its case folder (BraTS, ``image`` = the modality files)."""
-    if kind == "brats":
-        first = image if isinstance(image, (str, os.PathLike)) else image[0]
-        return Path(first).parent.name
-    root = Path(dataset_dir).expanduser().resolve()
-    p = Path(image).expanduser().resolve()
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return p.as_posix()
 
 
 def list_images(dataset_dir: str | os.PathLike, kind: str, split: str = "all",
@@ -100,7 +88,7 @@ def estimate_one(item: dict[str, Any], kind: str, method: str = "auto",
     import numpy as np
 
     from mfassl_medical.axis import DEFAULT_MIN_CONFIDENCE, estimate_axis
-    from mfassl_medical.data.safe import SafeLoadImage
+    from mfassl_medical.transforms import SafeLoadImage
 
     base = {"key": item["key"], "kind": kind, "path": item["path"]}
     try:
@@ -134,48 +122,6 @@ def _worker_init() -> None:
 
 def _estimate_task(args: tuple[dict[str, Any], str, str, float | None]) -> dict[str, Any]:
     return estimate_one(*args)
-
-
-def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s line %d is not JSON (a write cut short?); ignored", path, n)
-                continue
-            if isinstance(rec, dict) and "key" in rec:
-                yield n, rec
-
-
-def read_axes_file(path: str | os.PathLike, errors: bool = False) -> dict[str, dict[str, Any]]:
-    """The records of an axes file by ``key`` (the newest line of a key wins).
-
-    Args:
-        path: the JSON-lines file ``python -m mfassl_medical axes`` wrote.
-        errors: also return error records (default: only records with an axis).
-
-    Raises:
-        FileNotFoundError: naming ``path`` when it does not exist.
-    """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"axes file {p} does not exist; write it with python -m mfassl_medical axes.")
-    table: dict[str, dict[str, Any]] = {}
-    for _, rec in _read_lines(p):
-        if "error" in rec:
-            if errors or rec["key"] not in table or "error" in table[rec["key"]]:
-                table[rec["key"]] = rec
-            continue
-        ok = all(k in rec for k in ("normal", "offset")) and all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in [*rec["normal"], rec["offset"]])
-        if ok:  # only what the readers use: memory stays small for 224k lines
-            table[rec["key"]] = {k: rec[k] for k in ("key", "path", "files", "dims", "normal", "offset", "confidence",
-                                                     "fallback") if k in rec}
-    return table if errors else {k: v for k, v in table.items() if "error" not in v}
 
 
 def _parser() -> argparse.ArgumentParser:

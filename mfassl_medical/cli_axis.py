@@ -40,14 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_image(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``path`` with :class:`~mfassl_medical.data.SafeLoadImage` (MONAI ``LoadImage`` after header
+    """Read ``path`` with :class:`~mfassl_medical.transforms.SafeLoadImage` (MONAI ``LoadImage`` after header
     checks: voxel budget, truncation; RGBA/LA composited on black; bad DICOM slices named).
 
     Returns:
         ``(C, *S)`` float32 array (channel-first; a file without channels gets ``C = 1``) and the
         ``(4, 4)`` index -> world affine MONAI reports.
     """
-    from mfassl_medical.data.safe import SafeLoadImage
+    from mfassl_medical.transforms import SafeLoadImage
 
     img = SafeLoadImage(check=False)(path)
     affine = np.asarray(img.affine.detach().cpu(), dtype=np.float64)

@@ -4,7 +4,8 @@ Builds the synthetic demo data on first use (no download), runs
 ``bundles/mfassl_brats_pretrain`` with its short ``configs/demo.json`` schedule (a small 3D MFA-ViT, MoCo-v3 —
 DINO needs longer schedules and larger batches than a demo to move off its uniform start — with the symmetry
 terms and MFA switched on within the run) and ends with the bundle's report: losses, gate statistics, axis
-confidence, the PNG figures, the checkpoint and TensorBoard folders, and how to go on.
+confidence, the PNG figures, the checkpoint and TensorBoard folders, and how to go on. The bundle logs that
+report at INFO and its ``configs/logging.conf`` shows INFO on the console.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="run the flip baseline (mirror=False)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING)
-
+    # torch and MONAI are imported once the command line is parsed, so --help answers at once
     from monai.bundle import run
 
     from mfassl_medical.demo_data import build_demo_data, default_demo_root

@@ -19,7 +19,9 @@ relied on it), and figures: ROC curves, reliability diagrams, axis overlays and 
 
 Labels: CheXpert observations from the CSV (``uncertainty`` policy, blank = negative), split ``train``/``valid``
 as the dataset ships them; BraTS ``lesion_present`` / ``lesion_left`` from the segmentation (see
-:mod:`mfassl_medical.transforms.lesion`), split by case.
+:mod:`mfassl_medical.transforms.lesion`), split by case. The data lists ``evaluate.json`` names
+(:func:`~mfassl_medical.data.chexpert.chexpert_eval_data`, :func:`~mfassl_medical.data.brats.brats_eval_data`)
+live with their readers and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from mfassl import evaluation as ev
 from mfassl.options import as_bool, as_float, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
+from mfassl_medical.data.brats import brats_eval_data
+from mfassl_medical.data.chexpert import CHEXPERT_COMPETITION_LABELS, chexpert_eval_data
+from mfassl_medical.data.safe import find_medical_error, item_source
+from mfassl_medical.figures import axis_figure
 
 __all__ = [
     "CHEXPERT_COMPETITION_LABELS",
@@ -49,74 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The five observations of the CheXpert competition (the default labels on the real data).
-CHEXPERT_COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
-                                                 "Pleural Effusion")
-#: The demo chest set marks one synthetic finding.
-_DEMO_CHEXPERT_LABELS: tuple[str, ...] = ("Lung Opacity",)
-
-
-def _subset(items: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
-    if not n or n >= len(items):
-        return items
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    return [items[i] for i in sorted(order[:n])]
-
-
-def chexpert_eval_data(dataset_dir: str | None = None, labels: Sequence[str] | None = None,
-                       uncertainty: str = "ignore", frontal_only: bool = True, max_train: int | None = None,
-                       max_test: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Labelled CheXpert images for the evaluation: ``train.csv`` to fit the read-outs, ``valid.csv`` to test.
-
-    Args:
-        dataset_dir: the CheXpert folder (``train.csv``, ``valid.csv``); None = the demo data.
-        labels: observation columns; None = the 5 competition labels (real data) or ``Lung Opacity`` (demo).
-        uncertainty: ``-1`` policy, ``"ignore"`` (left out of that label's scores), ``"zeros"`` or ``"ones"``.
-        frontal_only: frontal views only (the encoder was pretrained on them).
-        max_train, max_test: random subsets of that size (seeded), e.g. to fit the probes on 20k images.
-        seed: the subset seed.
-
-    Returns:
-        ``{"train": [...], "test": [...], "label_names": [...], "lateral": [False, ...]}``; each item has
-        ``image`` (path) and ``labels`` (float32 ``(L,)``, NaN where the label is not used).
-    """
-    from mfassl_medical.data import read_chexpert
-    from mfassl_medical.pretraining import demo_paths
-
-    frontal_only, seed = as_bool(frontal_only, "frontal_only"), as_int(seed, "seed")
-    max_train = as_int(max_train, "max_train", low=0, allow_none=True)
-    max_test = as_int(max_test, "max_test", low=0, allow_none=True)
-    root = Path(dataset_dir) if dataset_dir else demo_paths().chexpert
-    names = tuple(labels) if labels else (_DEMO_CHEXPERT_LABELS if not dataset_dir else CHEXPERT_COMPETITION_LABELS)
-    out: dict[str, Any] = {"label_names": list(names), "lateral": [False] * len(names)}
-    for key, split, n in (("train", "train", max_train), ("test", "valid", max_test)):
-        recs = read_chexpert(root, split=split, uncertainty=uncertainty, frontal_only=frontal_only,
-                             labels=names, masked_value=float("nan"))
-        out[key] = _subset([{"image": r["image"], "labels": np.asarray(r["label"], np.float32),
-                             "source": r["image"]} for r in recs], n, seed)
-    return out
-
-
-def brats_eval_data(dataset_dir: str | None = None, test_fraction: float = 0.25, seed: int = 0,
-                    max_cases: int | None = None) -> dict[str, Any]:
-    """BraTS cases with their segmentation for the evaluation, split by case (seeded).
-
-    Returns:
-        ``{"train": [...], "test": [...], "label_names": ["lesion_present", "lesion_left"], "lateral":
-        [False, True]}``; each item has ``image`` (4 paths), ``label`` (seg path), ``case`` and ``source``. The labels
-        themselves are computed by :class:`~mfassl_medical.transforms.LesionLabelsd` in the preprocessing.
-    """
-    from mfassl_medical.segmentation import brats_datalists
-    from mfassl_medical.transforms import LESION_LABELS
-
-    lists = brats_datalists(dataset_dir, val_fraction=test_fraction, seed=seed, max_cases=max_cases)
-    def item(c: dict[str, Any]) -> dict[str, Any]:
-        return {"image": c["image"], "label": c["label"], "case": c.get("case", ""), "source": list(c["image"])}
-
-    return {"train": [item(c) for c in lists["train"]], "test": [item(c) for c in lists["val"]],
-            "label_names": list(LESION_LABELS), "lateral": [False, True]}
-
 
 def _stack(dataset: Sequence[dict[str, Any]], desc: str, bad: list[dict[str, str]] | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
@@ -125,10 +63,6 @@ def _stack(dataset: Sequence[dict[str, Any]], desc: str, bad: list[dict[str, str
     An item that cannot be read (a :class:`~mfassl_medical.errors.MedicalDataError` in its chain) is left out,
     logged and appended to ``bad`` as ``{"source", "reason"}``; other errors propagate.
     """
-    from tqdm.auto import tqdm
-
-    from mfassl_medical.data.safe import _item_source, find_medical_error
-
     images, labels, items = [], [], []
     for i in tqdm(range(len(dataset)), desc=desc, leave=False):
         try:
@@ -138,7 +72,7 @@ def _stack(dataset: Sequence[dict[str, Any]], desc: str, bad: list[dict[str, str
             if err is None:
                 raise
             data = getattr(dataset, "data", None)
-            src = (_item_source(data[i]) if data is not None and i < len(data) else None) or \
+            src = (item_source(data[i]) if data is not None and i < len(data) else None) or \
                 getattr(err, "path", None) or f"{desc} item {i}"
             logger.warning("%s: skipping %s: %s", desc, src, getattr(err, "reason", err))
             if bad is not None:
@@ -235,7 +169,7 @@ class SymmetryEvaluator:
 
     # -- the run ----------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Run every read-out, write ``report.json`` and the figures, print a summary; returns the report."""
+        """Run every read-out, write ``report.json`` and the figures, log a summary; returns the report."""
         torch.manual_seed(self.seed)
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
@@ -281,14 +215,12 @@ class SymmetryEvaluator:
             report["figures"]["gate_maps"] = str(ev.plot_gate_maps(halves.cpu(), gates.cpu(), grid,
                                                                    out / "gate_maps.png"))
         try:
-            from mfassl_medical.pretraining import axis_figure
-
             if axis_figure(items, out / "axis_overlays.png"):
                 report["figures"]["axis_overlays"] = str(out / "axis_overlays.png")
         except Exception as err:  # a figure must not fail a finished evaluation
             logger.warning("could not draw the axis overlays: %s", err)
         (out / "report.json").write_text(json.dumps(_finite_or_null(report), indent=2, default=_json_default))
-        print(format_summary(report))
+        logger.info("%s", format_summary(report))
         return report
 
 

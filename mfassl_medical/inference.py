@@ -12,6 +12,9 @@ For a folder or a list of images (or the demo data), each image goes through the
 - ``gate_maps.png``: the gate maps of the first images over their left halves;
 - ``bad_images.csv``: the images that could not be read (source, reason), when there are any: they are
   skipped, logged and listed (also under ``"bad"`` in ``inference.json``), and every good image is written.
+
+The data lists ``inference.json`` names (:func:`~mfassl_medical.data.chexpert.chexpert_inference_datalist`,
+:func:`~mfassl_medical.data.brats.brats_inference_datalist`) live with their readers and are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,68 +29,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from mfassl.evaluation import plot_gate_maps
 from mfassl.options import as_bool, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
+from mfassl_medical.data.brats import brats_inference_datalist
+from mfassl_medical.data.chexpert import IMAGE_SUFFIXES, chexpert_inference_datalist
+from mfassl_medical.data.safe import find_medical_error, item_source
+from mfassl_medical.errors import MedicalDataError
 
 __all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
 
 logger = logging.getLogger(__name__)
-
-#: 2D image files :func:`chexpert_inference_datalist` picks up in a folder.
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
-
-
-def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(s) for s in suffixes)
-
-
-def chexpert_inference_datalist(input_dir: str | None = None, input_files: Sequence[str] | None = None,
-                                dataset_dir: str | None = None) -> list[dict[str, Any]]:
-    """2D images to embed: ``input_files``, else every image under ``input_dir`` (recursive, sorted), else the
-    validation images of ``dataset_dir`` (the demo data when unset)."""
-    if input_files:
-        paths = [Path(p) for p in input_files]
-    elif input_dir:
-        root = Path(input_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"input_dir {root} is not a folder.")
-        paths = sorted(p for p in root.rglob("*") if p.is_file() and _has_suffix(p, IMAGE_SUFFIXES))
-    else:
-        from mfassl_medical.pretraining import chexpert_pretrain_datalist
-
-        return chexpert_pretrain_datalist(dataset_dir, split="valid")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"image file(s) not found: {missing[:5]}")
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {input_dir}.")
-    return [{"image": str(p), "source": str(p)} for p in paths]
-
-
-def brats_inference_datalist(input_dir: str | None = None, input_files: Sequence[Sequence[str]] | None = None,
-                             dataset_dir: str | None = None) -> list[dict[str, Any]]:
-    """Multi-modal volumes to embed: ``input_files`` (a list of ``[t1, t1ce, t2, flair]`` paths), else the BraTS
-    case folders under ``input_dir``, else the cases of ``dataset_dir`` (the demo data when unset)."""
-    if input_files:
-        items = []
-        for i, files in enumerate(input_files):
-            if isinstance(files, (str, Path)) or len(files) != 4:
-                raise ValueError(f"input_files[{i}] must list 4 files (t1, t1ce, t2, flair), got {files!r}.")
-            missing = [f for f in files if not Path(f).is_file()]
-            if missing:
-                raise FileNotFoundError(f"input_files[{i}]: file(s) not found: {missing}")
-            items.append({"image": [str(f) for f in files], "source": [str(f) for f in files], "case": f"item{i}"})
-        return items
-    from mfassl_medical.pretraining import brats_pretrain_datalist
-
-    return brats_pretrain_datalist(input_dir or dataset_dir)
-
-
-def _source_text(item: dict[str, Any]) -> str:
-    src = item.get("source", item.get("image", ""))
-    return ";".join(map(str, src)) if isinstance(src, (list, tuple)) else str(src)
 
 
 class EmbeddingExporter:
@@ -119,8 +73,6 @@ class EmbeddingExporter:
     def _read(self, index: int) -> Any:
         """Item ``index`` of the dataset, or None for an image that cannot be used (recorded in ``self.bad``
         with its source and the reason, and logged)."""
-        from mfassl_medical.data.safe import find_medical_error
-
         try:
             return self.dataset[index]
         except Exception as e:
@@ -129,7 +81,7 @@ class EmbeddingExporter:
                 raise
             data = getattr(self.dataset, "data", None)
             try:
-                src = _source_text(data[index]) if data is not None else None
+                src = item_source(data[index]) if data is not None else None
             except Exception:  # a dataset without a data list
                 src = None
             src = src or getattr(bad, "path", None) or f"item {index}"
@@ -154,10 +106,6 @@ class EmbeddingExporter:
 
     def run(self) -> dict[str, Any]:
         """Embed everything; returns ``{"n": ..., "embeddings": path, "gates": path, "index": path, ...}``."""
-        from tqdm.auto import tqdm
-
-        from mfassl.evaluation import plot_gate_maps
-
         self.encoder.to(self.device).eval()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         feats, gates, rows, shown_x, shown_g = [], [], [], [], []
@@ -179,7 +127,7 @@ class EmbeddingExporter:
                     shown_x.append(pair.x_l.cpu())
                     shown_g.append(g.cpu())
             for it in items:
-                rows.append({"row": len(rows), "source": _source_text(it),
+                rows.append({"row": len(rows), "source": item_source(it) or "",
                              "axis_confidence": float(it.get("axis_confidence", float("nan"))),
                              "axis_fallback": bool(it.get("axis_fallback", False))})
         out: dict[str, Any] = {"n": len(rows), "bad": list(self.bad), "n_bad": len(self.bad)}
@@ -191,8 +139,6 @@ class EmbeddingExporter:
             out["bad_images"] = str(self.output_dir / "bad_images.csv")
         if not rows:
             (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
-            from mfassl_medical.errors import MedicalDataError
-
             raise MedicalDataError(f"none of the {n} images could be read; see {self.output_dir / 'bad_images.csv'}: "
                                    + "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
         emb = torch.cat(feats).numpy().astype(np.float32)
@@ -213,9 +159,9 @@ class EmbeddingExporter:
             writer.writerows(rows)
         out["index"] = str(self.output_dir / "index.csv")
         (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
-        print(f"embedded {out['n']} images ({out['embedding_dim']}-d) -> {out['embeddings']}"
-              + (f"; gate maps {tuple(grid)} -> {out['gates']}, figure {out['gate_maps_png']}" if gates else ""))
+        logger.info("embedded %d images (%d-d) -> %s%s", out["n"], out["embedding_dim"], out["embeddings"],
+                    f"; gate maps {tuple(grid)} -> {out['gates']}, figure {out['gate_maps_png']}" if gates else "")
         if self.bad:
-            print(f"skipped {len(self.bad)} image(s) that cannot be read (listed in {out['bad_images']}): "
-                  + "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
+            logger.warning("skipped %d image(s) that cannot be read (listed in %s): %s", len(self.bad),
+                           out["bad_images"], "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
         return out

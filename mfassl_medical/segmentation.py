@@ -1,4 +1,4 @@
-"""BraTS segmentation with an MFASSL-pretrained Swin encoder: weight loading, data lists, metrics.
+"""BraTS segmentation with an MFASSL-pretrained Swin encoder: weight loading and metrics.
 
 The segmentation network is MONAI's ``SwinUNETR``. Its encoder is ``SwinUNETR.swinViT``, the same MONAI
 ``SwinTransformer`` that :class:`~mfassl.backbones.MFASwin` holds under the same attribute name, so the
@@ -12,24 +12,27 @@ Used by ``bundles/mfassl_brats_segmentation`` (``train.json`` builds the network
     net = SwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
     report = load_pretrained_encoder(net, "runs/brats_pretrain/checkpoints/checkpoint_1000.pt")
     print(report.summary())
+
+The train/validation split ``train.json`` names (:func:`~mfassl_medical.data.brats.brats_datalists`) lives with
+the BraTS reader and is re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from monai.handlers import HausdorffDistance, MeanDice, from_engine
 
 from mfassl.checkpoints import ENCODER_PREFIXES as _CORE_PREFIXES
 from mfassl.checkpoints import EncoderFileNotFoundError, EncoderLoadError, EncoderLoadReport, read_encoder_file
 from mfassl.checkpoints import extract_encoder_state as _extract_encoder_state
 from mfassl.checkpoints import load_encoder as _load_encoder
+from mfassl.options import as_bool
+from mfassl_medical.data.brats import brats_datalists
 
 __all__ = [
     "ENCODER_PREFIXES",
@@ -111,8 +114,6 @@ def init_from_pretrained(network: nn.Module, checkpoint: str | os.PathLike | Non
                          prefix: str | None = None) -> nn.Module:
     """Bundle helper: ``network`` with its encoder loaded from ``checkpoint``; None or ``""`` keeps the random
     initialisation and says so in the log (no silent fallback)."""
-    from mfassl.options import as_bool
-
     strict = as_bool(strict, "strict_encoder")
     if checkpoint in (None, ""):
         logger.warning("no pretrained_checkpoint given: the SwinUNETR encoder starts from random weights.")
@@ -121,47 +122,8 @@ def init_from_pretrained(network: nn.Module, checkpoint: str | os.PathLike | Non
     return network
 
 
-def brats_datalists(dataset_dir: str | os.PathLike | None = None, val_fraction: float = 0.25, seed: int = 0,
-                    max_cases: int | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Train/validation data dicts of a BraTS folder, or of the demo data when ``dataset_dir`` is unset.
-
-    Args:
-        dataset_dir: BraTS root (2021 or 2023 naming, see :func:`~mfassl_medical.data.find_brats_cases`);
-            None or ``""`` builds/reuses the synthetic demo data (:func:`~mfassl_medical.demo_data.build_demo_data`).
-        val_fraction: share of cases held out (at least one case).
-        seed: the shuffle before the split (the same seed gives the same split).
-        max_cases: keep only the first cases after the shuffle (quick runs).
-
-    Returns:
-        ``{"train": [...], "val": [...], "all": [...]}``; each dict has ``image`` (4 paths, t1/t1ce/t2/flair),
-        ``label`` (seg path) and ``case``. Cases without ``seg`` are left out.
-    """
-    from mfassl.options import as_float, as_int
-    from mfassl_medical.data import find_brats_cases
-
-    val_fraction = as_float(val_fraction, "val_fraction", low=0.0, high=1.0)
-    seed, max_cases = as_int(seed, "seed"), as_int(max_cases, "max_cases", low=0, allow_none=True)
-    if dataset_dir in (None, ""):
-        from mfassl_medical.demo_data import build_demo_data
-
-        dataset_dir = build_demo_data().brats
-        logger.info("dataset_dir unset: using the synthetic demo data at %s", dataset_dir)
-    cases = [c for c in find_brats_cases(dataset_dir) if "label" in c]
-    if len(cases) < 2:
-        raise ValueError(f"need at least 2 labelled BraTS cases in {dataset_dir}, found {len(cases)}.")
-    order = list(range(len(cases)))
-    random.Random(seed).shuffle(order)
-    cases = [cases[i] for i in order]
-    if max_cases is not None:
-        cases = cases[:max(2, int(max_cases))]
-    n_val = min(len(cases) - 1, max(1, int(math.ceil(val_fraction * len(cases)))))
-    return {"train": cases[n_val:], "val": cases[:n_val], "all": cases}
-
-
 def _channel(i: int) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
     def pick(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        from monai.handlers import from_engine
-
         preds, labels = from_engine(["pred", "label"])(output)
         return [p[i:i + 1] for p in preds], [lab[i:i + 1] for lab in labels]
 
@@ -180,8 +142,6 @@ def region_metrics(regions: Sequence[str] = ("TC", "WT", "ET"), hd95: bool = Tru
         (binary, channel-first) of the engine output. Cases whose region is empty in the label give NaN,
         which the mean leaves out (MONAI's ``ignore_empty``).
     """
-    from monai.handlers import HausdorffDistance, MeanDice
-
     out: dict[str, Any] = {}
     for i, r in enumerate(regions):
         out[f"dice_{r.lower()}"] = MeanDice(include_background=True, output_transform=_channel(i))

@@ -1,55 +1,45 @@
-"""BraTS reader (2021 and 2023 naming) and the label map to tumour sub-region channels.
+"""BraTS reader (2021 and 2023 naming) and the data lists the bundles build from it.
 
 Layouts::
 
     <root>/BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz        (2021)
     <root>/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz  (2023)
 
-Labels: 2021 uses 1 = necrotic core (NCR), 2 = oedema (ED), 4 = enhancing tumour (ET);
-2023 uses 1 = NCR, 2 = ED, 3 = ET. The evaluated regions are ET, tumour core TC = NCR + ET and
-whole tumour WT = NCR + ED + ET.
+:func:`find_brats_cases` lists the case folders; the data lists (pretraining, segmentation train/validation,
+evaluation, inference) build on it, and take the synthetic demo data when ``dataset_dir`` is unset. The label
+maps' conversion to tumour sub-regions is :class:`~mfassl_medical.transforms.ConvertBraTSLabels`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import random
 import re
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
-
-from mfassl_medical.errors import (
-    DatasetLayoutError,
-    ImageMismatchError,
-    LabelValueError,
-    format_values,
-)
+from mfassl.options import as_float, as_int
+from mfassl_medical.axes_file import attach_axes
+from mfassl_medical.demo_data import dataset_dir_or_demo
+from mfassl_medical.errors import DatasetLayoutError
+from mfassl_medical.transforms.lesion import LESION_LABELS
 
 __all__ = [
     "BRATS_MODALITIES",
-    "BRATS_REGIONS",
-    "BRATS_LABEL_SETS",
     "find_brats_cases",
     "brats_case_files",
-    "ConvertBraTSLabels",
-    "ConvertBraTSLabelsd",
-    "ConvertBraTSLabelsD",
-    "ConvertBraTSLabelsDict",
+    "brats_pretrain_datalist",
+    "brats_datalists",
+    "brats_eval_data",
+    "brats_inference_datalist",
 ]
 
 logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 """The fixed channel order of ``image`` in the data dicts."""
-
-BRATS_REGIONS: tuple[str, ...] = ("TC", "WT", "ET")
-"""Default channel order of :class:`ConvertBraTSLabels` (MONAI's ``ConvertToMultiChannelBasedOnBratsClasses`` order)."""
 
 # file-name suffix (after the case id and a '_' or '-') -> modality
 _SUFFIXES: dict[str, str] = {
@@ -180,159 +170,87 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
     return cases
 
 
-BRATS_LABEL_SETS: dict[str, tuple[int, ...]] = {"auto": (0, 1, 2, 3, 4), "2021": (0, 1, 2, 4), "2023": (0, 1, 2, 3)}
-"""The label values :class:`ConvertBraTSLabels` accepts per ``version`` (``"auto"``: either release's, not both)."""
-
-
-def _label_source(img: Any) -> str | None:
-    meta = getattr(img, "meta", None)
-    if isinstance(meta, Mapping):
-        src = meta.get("filename_or_obj")
-        if src not in (None, ""):
-            return str(src)
-    return None
-
-
-def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
-    """Spatial shape of a label map ``(1, X, Y, Z)`` / ``(X, Y, Z)`` (2D alike)."""
-    shape = tuple(int(s) for s in shape)
-    return shape[1:] if len(shape) in (3, 4) and shape[0] == 1 else shape
-
-
-class ConvertBraTSLabels(Transform):
-    """BraTS label map -> binary region channels, for 2021 (ET = 4) and 2023 (ET = 3) labels alike.
-
-    ``ET = {3, 4}``, ``TC = {1, 3, 4}``, ``WT = {1, 2, 3, 4}``: 2021 maps never contain 3 and 2023
-    maps never contain 4, so one rule serves both. ``version`` pins one release when wanted.
-
-    Labels are never changed silently: a map holding a value outside :data:`BRATS_LABEL_SETS`
-    (``{0, 1, 2, 4}`` for BraTS 2018-2021, ``{0, 1, 2, 3}`` for BraTS 2023; e.g. 7, 255, a negative
-    value, a 0/255 mask), both 3 and 4 (``"auto"``), a non-integer value (a rescaled or interpolated
-    map) or a NaN raises :class:`~mfassl_medical.errors.LabelValueError` naming the file (the
-    MetaTensor's ``filename_or_obj``, when there is one) and the offending values.
+def brats_pretrain_datalist(dataset_dir: str | None = None, max_cases: int | None = None,
+                            axes_file: str | None = None) -> list[dict[str, Any]]:
+    """BraTS cases as ``{"image": [t1, t1ce, t2, flair], "case": ...}``; ``dataset_dir`` None = the demo data.
 
     Args:
-        regions: output channel order, names from ``"TC"``, ``"WT"``, ``"ET"`` (default TC, WT, ET,
-            the order of MONAI's ``ConvertToMultiChannelBasedOnBratsClasses``).
-        version: ``"auto"`` (default), ``"2021"`` or ``"2023"``.
-
-    Input ``(1, X, Y, Z)`` or ``(X, Y, Z)`` integer-valued labels; output ``(len(regions), X, Y, Z)`` of
-    the input's type (MetaTensor meta kept), values 0/1.
+        dataset_dir: a BraTS root with one folder per case (2021 or 2023 naming), or None/"" for the
+            synthetic demo set (built on first use).
+        max_cases: keep only the first cases (quick runs).
+        axes_file: precomputed axes (``python -m mfassl_medical axes DIR --kind brats``); each case found in it
+            gets ``image_axis_precomputed`` and is not estimated in the loader. None: estimate lazily.
     """
-
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
-
-    def __init__(self, regions: Sequence[str] = BRATS_REGIONS, version: str = "auto") -> None:
-        bad = [r for r in regions if r not in ("TC", "WT", "ET")]
-        if bad:
-            raise ValueError(f"unknown region(s) {bad}; use 'TC', 'WT', 'ET'.")
-        version = str(version)
-        if version not in ("auto", "2021", "2023"):
-            raise ValueError(f"version must be 'auto', '2021' or '2023', got {version!r}.")
-        self.regions = tuple(regions)
-        self.version = version
-
-    def _sets(self) -> dict[str, tuple[int, ...]]:
-        et = {"auto": (3, 4), "2021": (4,), "2023": (3,)}[self.version]
-        return {"ET": et, "TC": (1, *et), "WT": (1, 2, *et)}
-
-    def check(self, t: torch.Tensor, source: str | None = None) -> torch.Tensor:
-        """The labels of ``t`` as int64, or raise :class:`LabelValueError` (see the class docstring)."""
-        allowed = BRATS_LABEL_SETS[self.version]
-        name = {"auto": "BraTS 2018-2021 {0, 1, 2, 4} or 2023 {0, 1, 2, 3}",
-                "2021": "BraTS 2018-2021 {0, 1, 2, 4}", "2023": "BraTS 2023 {0, 1, 2, 3}"}[self.version]
-        if t.is_floating_point():
-            rounded = torch.round(t)
-            frac = t != rounded  # NaN too
-            if bool(frac.any()):
-                nan = torch.isnan(t)
-                if bool(nan.any()):
-                    raise LabelValueError(f"label map holds {int(nan.sum())} NaN value(s); the label set is {name}",
-                                          source, values=[float("nan")], allowed=allowed)
-                vals = torch.unique(t[frac])
-                raise LabelValueError(f"label map holds non-integer value(s) {format_values(vals.tolist())} "
-                                      f"({int(frac.sum())} voxels): a rescaled or interpolated map is not a BraTS "
-                                      f"label map (the label set is {name}; resample labels with mode='nearest')",
-                                      source, values=vals.tolist()[:8], allowed=allowed)
-            if not bool(torch.isfinite(t.amax()) and torch.isfinite(t.amin())):
-                raise LabelValueError(f"label map holds infinite values; the label set is {name}", source,
-                                      values=[float("inf")], allowed=allowed)
-            t = rounded
-        t = t.to(torch.int64)
-        if t.numel() and 0 <= int(t.min()) and int(t.max()) <= 4:  # the usual case: one O(n) pass
-            present = torch.nonzero(torch.bincount(t.reshape(-1), minlength=5)).reshape(-1).tolist()
-        else:
-            present = torch.unique(t).tolist()
-        bad = [v for v in present if v not in allowed]
-        if bad:
-            hint = " (a 0/255 mask?)" if 255 in bad else ""
-            raise LabelValueError(f"label map holds value(s) {format_values(bad)}{hint} outside the label set "
-                                  f"{name}; values present: {format_values(present)}", source, values=bad,
-                                  allowed=allowed)
-        if self.version == "auto" and 3 in present and 4 in present:
-            raise LabelValueError("label map holds both 3 and 4: enhancing tumour is 4 in BraTS 2018-2021 and 3 in "
-                                  f"BraTS 2023, never both; values present: {format_values(present)}", source,
-                                  values=[3, 4], allowed=allowed)
-        return t
-
-    def __call__(self, img: Any) -> Any:
-        source = _label_source(img)
-        t = convert_to_tensor(img, track_meta=False)
-        if t.ndim >= 1 and t.shape[0] == 1 and t.ndim in (3, 4):
-            t = t[0]
-        t = self.check(t, source)
-        sets = self._sets()
-        lut = torch.zeros(len(self.regions), 5, dtype=torch.float32)  # region x label value -> 0/1
-        for i, r in enumerate(self.regions):
-            lut[i, list(sets[r])] = 1.0
-        out = lut[:, t]
-        return convert_to_dst_type(out, img, dtype=out.dtype)[0]
+    max_cases = as_int(max_cases, "max_cases", low=0, allow_none=True)
+    root = dataset_dir_or_demo(dataset_dir, "brats")
+    cases = find_brats_cases(root, require_seg=False, on_incomplete="skip")
+    if not cases:
+        raise FileNotFoundError(f"no BraTS case folders found under {root}.")
+    items = [{"image": c["image"], "source": list(c["image"]), "case": c.get("case", "")} for c in cases]
+    items = items[:max_cases] if max_cases else items
+    return attach_axes(items, axes_file, root, "brats")
 
 
-class ConvertBraTSLabelsd(MapTransform):
-    """Dictionary wrapper of :class:`ConvertBraTSLabels`, which also checks that each label map lies on
-    the image's grid.
+def brats_datalists(dataset_dir: str | os.PathLike | None = None, val_fraction: float = 0.25, seed: int = 0,
+                    max_cases: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Train/validation data dicts of a BraTS folder, or of the demo data when ``dataset_dir`` is unset.
 
     Args:
-        keys: keys of the label maps (e.g. ``"label"``).
-        regions: see :class:`ConvertBraTSLabels`.
-        version: see :class:`ConvertBraTSLabels`.
-        allow_missing_keys: do not raise when a key is absent (cases without ``seg``).
-        image_key: the loaded image ``(C, X, Y, Z)`` whose spatial shape each label map ``(1, X, Y, Z)``
-            must have (checked when the key holds a loaded array; None: no check).
+        dataset_dir: BraTS root (2021 or 2023 naming, see :func:`find_brats_cases`); None or ``""`` builds/reuses
+            the synthetic demo data (:func:`~mfassl_medical.demo_data.build_demo_data`).
+        val_fraction: share of cases held out (at least one case).
+        seed: the shuffle before the split (the same seed gives the same split).
+        max_cases: keep only the first cases after the shuffle (quick runs).
 
-    Raises:
-        LabelValueError: see :class:`ConvertBraTSLabels`.
-        ImageMismatchError: a label map's spatial shape differs from the image's; the message names the
-            label file, the image file and both shapes.
+    Returns:
+        ``{"train": [...], "val": [...], "all": [...]}``; each dict has ``image`` (4 paths, t1/t1ce/t2/flair),
+        ``label`` (seg path) and ``case``. Cases without ``seg`` are left out.
     """
-
-    def __init__(self, keys: KeysCollection, regions: Sequence[str] = BRATS_REGIONS, version: str = "auto",
-                 allow_missing_keys: bool = False, image_key: str | None = "image") -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.converter = ConvertBraTSLabels(regions, version)
-        self.image_key = image_key
-
-    def _check_grid(self, d: Mapping[Hashable, Any], key: Hashable) -> None:
-        image = d.get(self.image_key) if self.image_key is not None else None
-        if image is None or not hasattr(image, "shape") or not hasattr(d[key], "shape"):
-            return
-        lab = _spatial(d[key].shape)
-        full = tuple(int(s) for s in image.shape)
-        img = full[-len(lab):] if len(full) >= len(lab) else full
-        if img != lab:
-            lab_src = _label_source(d[key]) or f"key {key!r}"
-            img_src = _label_source(image) or f"key {self.image_key!r}"
-            raise ImageMismatchError(f"label map of spatial shape {lab} does not match the image {img_src} of "
-                                     f"spatial shape {img} (full shapes {tuple(d[key].shape)} and {full})",
-                                     lab_src, shapes={lab_src: lab, img_src: img}, reference=img_src)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            self._check_grid(d, key)
-            d[key] = self.converter(d[key])
-        return d
+    val_fraction = as_float(val_fraction, "val_fraction", low=0.0, high=1.0)
+    seed, max_cases = as_int(seed, "seed"), as_int(max_cases, "max_cases", low=0, allow_none=True)
+    root = dataset_dir_or_demo(dataset_dir, "brats")
+    cases = [c for c in find_brats_cases(root) if "label" in c]
+    if len(cases) < 2:
+        raise ValueError(f"need at least 2 labelled BraTS cases in {root}, found {len(cases)}.")
+    order = list(range(len(cases)))
+    random.Random(seed).shuffle(order)
+    cases = [cases[i] for i in order]
+    if max_cases is not None:
+        cases = cases[:max(2, int(max_cases))]
+    n_val = min(len(cases) - 1, max(1, int(math.ceil(val_fraction * len(cases)))))
+    return {"train": cases[n_val:], "val": cases[:n_val], "all": cases}
 
 
-ConvertBraTSLabelsD = ConvertBraTSLabelsDict = ConvertBraTSLabelsd
+def brats_eval_data(dataset_dir: str | None = None, test_fraction: float = 0.25, seed: int = 0,
+                    max_cases: int | None = None) -> dict[str, Any]:
+    """BraTS cases with their segmentation for the evaluation, split by case (seeded, :func:`brats_datalists`).
+
+    Returns:
+        ``{"train": [...], "test": [...], "label_names": ["lesion_present", "lesion_left"], "lateral":
+        [False, True]}``; each item has ``image`` (4 paths), ``label`` (seg path), ``case`` and ``source``. The labels
+        themselves are computed by :class:`~mfassl_medical.transforms.LesionLabelsd` in the preprocessing.
+    """
+    lists = brats_datalists(dataset_dir, val_fraction=test_fraction, seed=seed, max_cases=max_cases)
+
+    def item(c: dict[str, Any]) -> dict[str, Any]:
+        return {"image": c["image"], "label": c["label"], "case": c.get("case", ""), "source": list(c["image"])}
+
+    return {"train": [item(c) for c in lists["train"]], "test": [item(c) for c in lists["val"]],
+            "label_names": list(LESION_LABELS), "lateral": [False, True]}
+
+
+def brats_inference_datalist(input_dir: str | None = None, input_files: Sequence[Sequence[str]] | None = None,
+                             dataset_dir: str | None = None) -> list[dict[str, Any]]:
+    """Multi-modal volumes to embed: ``input_files`` (a list of ``[t1, t1ce, t2, flair]`` paths), else the BraTS
+    case folders under ``input_dir``, else the cases of ``dataset_dir`` (the demo data when unset)."""
+    if input_files:
+        items = []
+        for i, files in enumerate(input_files):
+            if isinstance(files, (str, Path)) or len(files) != 4:
+                raise ValueError(f"input_files[{i}] must list 4 files (t1, t1ce, t2, flair), got {files!r}.")
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"input_files[{i}]: file(s) not found: {missing}")
+            items.append({"image": [str(f) for f in files], "source": [str(f) for f in files], "case": f"item{i}"})
+        return items
+    return brats_pretrain_datalist(input_dir or dataset_dir)

@@ -25,12 +25,13 @@ import json
 import logging
 import os
 import uuid
+from copy import deepcopy
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from monai.data import CacheDataset, PersistentDataset
-from monai.transforms import Compose
+from monai.transforms import Compose, RandomizableTrait, Transform
 from monai.utils import convert_to_tensor
 
 from mfassl_medical.data.safe import find_medical_error
@@ -72,8 +73,6 @@ def preprocessing_hash(transform: Callable | Sequence[Callable], length: int = 1
         transform: a MONAI ``Compose`` (or a list of transforms).
         length: digest length in hex digits.
     """
-    from monai.transforms import RandomizableTrait, Transform
-
     items = transform.flatten().transforms if isinstance(transform, Compose) else list(
         transform if isinstance(transform, (list, tuple)) else [transform])
     kept = []
@@ -130,8 +129,6 @@ class SharedPersistentDataset(PersistentDataset):
                     hashfile.unlink()
                 except OSError:
                     pass
-        from copy import deepcopy
-
         out = self._pre_transform(deepcopy(item_transformed))  # keep the original hashed
         # what is returned is what is stored, so a batch mixing fresh and cached items collates
         out = convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta)

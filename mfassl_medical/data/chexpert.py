@@ -1,4 +1,5 @@
-"""CheXpert reader: ``train.csv`` / ``valid.csv`` into MONAI-style data dictionaries.
+"""CheXpert reader: ``train.csv`` / ``valid.csv`` into MONAI-style data dictionaries, and the data lists the
+bundles build from it (pretraining, evaluation, inference; the demo data when ``dataset_dir`` is unset).
 
 Layout (the public ``CheXpert-v1.0`` and ``CheXpert-v1.0-small`` releases)::
 
@@ -20,13 +21,17 @@ import hashlib
 import logging
 import math
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mfassl.options import as_bool
+from mfassl.options import as_bool, as_int
+from mfassl_medical.axes_file import attach_axes
+from mfassl_medical.chexpert_columns import CHEXPERT_COLUMNS, CHEXPERT_LABELS
+from mfassl_medical.demo_data import dataset_dir_or_demo
 from mfassl_medical.errors import MedicalDataError, TableError
 
 __all__ = [
@@ -34,33 +39,26 @@ __all__ = [
     "CHEXPERT_COLUMNS",
     "UNCERTAINTY_POLICIES",
     "ROW_POLICIES",
+    "CHEXPERT_COMPETITION_LABELS",
+    "IMAGE_SUFFIXES",
     "chexpert_patient_id",
     "read_chexpert",
     "split_by_patient",
+    "chexpert_pretrain_datalist",
+    "chexpert_eval_data",
+    "chexpert_inference_datalist",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHEXPERT_LABELS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-"""The 14 observations, in the column order of the released CSVs."""
+#: The five observations of the CheXpert competition (the default evaluation labels on the real data).
+CHEXPERT_COMPETITION_LABELS: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                                                 "Pleural Effusion")
+#: The demo chest set marks one synthetic finding.
+_DEMO_CHEXPERT_LABELS: tuple[str, ...] = ("Lung Opacity",)
 
-CHEXPERT_COLUMNS: tuple[str, ...] = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
-"""The non-label columns every CheXpert CSV has."""
+#: 2D image files :func:`chexpert_inference_datalist` picks up in a folder.
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".nii", ".nii.gz")
 
 UNCERTAINTY_POLICIES = ("zeros", "ones", "ignore")
 
@@ -368,3 +366,91 @@ def split_by_patient(records: Iterable[Mapping[str, Any]], fractions: Mapping[st
     for r in records:
         out[part_of[str(r[patient_key])]].append(dict(r))
     return out
+
+
+def chexpert_pretrain_datalist(dataset_dir: str | None = None, split: str = "train", frontal_only: bool = True,
+                               max_images: int | None = None, axes_file: str | None = None) -> list[dict[str, Any]]:
+    """CheXpert images as ``{"image": path, "patient": ...}``; ``dataset_dir`` None = the demo data.
+
+    Args:
+        dataset_dir: the CheXpert folder holding ``train.csv``/``valid.csv`` (e.g. ``CheXpert-v1.0-small``), or
+            None/"" for the synthetic demo set.
+        split: ``"train"`` or ``"valid"``.
+        frontal_only: drop lateral views.
+        max_images: keep only the first images (quick runs).
+        axes_file: precomputed axes (``python -m mfassl_medical axes DIR --kind chexpert``); each image found in
+            it gets ``image_axis_precomputed`` and is not estimated in the loader. None: estimate lazily.
+    """
+    frontal_only = as_bool(frontal_only, "frontal_only")
+    max_images = as_int(max_images, "max_images", low=0, allow_none=True)
+    root = dataset_dir_or_demo(dataset_dir, "chexpert")
+    records = read_chexpert(root, split=split, frontal_only=frontal_only)
+    items = [{"image": r["image"], "source": r["image"], "patient": r.get("patient", "")} for r in records]
+    items = items[:max_images] if max_images else items
+    return attach_axes(items, axes_file, root, "chexpert")
+
+
+def _subset(items: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    """A seeded random subset of ``n`` items in their original order (all of them when ``n`` is unset)."""
+    if not n or n >= len(items):
+        return items
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[:n])]
+
+
+def chexpert_eval_data(dataset_dir: str | None = None, labels: Sequence[str] | None = None,
+                       uncertainty: str = "ignore", frontal_only: bool = True, max_train: int | None = None,
+                       max_test: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Labelled CheXpert images for the evaluation: ``train.csv`` to fit the read-outs, ``valid.csv`` to test.
+
+    Args:
+        dataset_dir: the CheXpert folder (``train.csv``, ``valid.csv``); None = the demo data.
+        labels: observation columns; None = the 5 competition labels (real data) or ``Lung Opacity`` (demo).
+        uncertainty: ``-1`` policy, ``"ignore"`` (left out of that label's scores), ``"zeros"`` or ``"ones"``.
+        frontal_only: frontal views only (the encoder was pretrained on them).
+        max_train, max_test: random subsets of that size (seeded), e.g. to fit the probes on 20k images.
+        seed: the subset seed.
+
+    Returns:
+        ``{"train": [...], "test": [...], "label_names": [...], "lateral": [False, ...]}``; each item has
+        ``image`` (path) and ``labels`` (float32 ``(L,)``, NaN where the label is not used).
+    """
+    frontal_only, seed = as_bool(frontal_only, "frontal_only"), as_int(seed, "seed")
+    max_train = as_int(max_train, "max_train", low=0, allow_none=True)
+    max_test = as_int(max_test, "max_test", low=0, allow_none=True)
+    root = dataset_dir_or_demo(dataset_dir, "chexpert")
+    names = tuple(labels) if labels else (_DEMO_CHEXPERT_LABELS if not dataset_dir else CHEXPERT_COMPETITION_LABELS)
+    out: dict[str, Any] = {"label_names": list(names), "lateral": [False] * len(names)}
+    for key, split, n in (("train", "train", max_train), ("test", "valid", max_test)):
+        recs = read_chexpert(root, split=split, uncertainty=uncertainty, frontal_only=frontal_only,
+                             labels=names, masked_value=float("nan"))
+        out[key] = _subset([{"image": r["image"], "labels": np.asarray(r["label"], np.float32),
+                             "source": r["image"]} for r in recs], n, seed)
+    return out
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def chexpert_inference_datalist(input_dir: str | None = None, input_files: Sequence[str] | None = None,
+                                dataset_dir: str | None = None) -> list[dict[str, Any]]:
+    """2D images to embed: ``input_files``, else every image under ``input_dir`` (recursive, sorted), else the
+    validation images of ``dataset_dir`` (the demo data when unset)."""
+    if input_files:
+        paths = [Path(p) for p in input_files]
+    elif input_dir:
+        root = Path(input_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"input_dir {root} is not a folder.")
+        paths = sorted(p for p in root.rglob("*") if p.is_file() and _has_suffix(p, IMAGE_SUFFIXES))
+    else:
+        return chexpert_pretrain_datalist(dataset_dir, split="valid")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file(s) not found: {missing[:5]}")
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {input_dir}.")
+    return [{"image": str(p), "source": str(p)} for p in paths]

@@ -1,13 +1,31 @@
-"""MONAI transforms of the medical package: symmetry axis, canonicalisation, mirror pairs, BraTS labels,
-and fail-loudly loading (re-exported from :mod:`mfassl_medical.data`)."""
+"""MONAI transforms of the medical package, each an array transform with its dictionary twin (``...d``,
+aliases ``...D``, ``...Dict``):
 
-from mfassl_medical.data.brats import (
+- symmetry (:mod:`~mfassl_medical.transforms.symmetry`): ``EstimateSymmetryAxis``, ``CanonicalizeSymmetry``,
+  ``MakeMirrorPair``;
+- loading that fails loudly (:mod:`~mfassl_medical.transforms.loading`): ``SafeLoadImage``, ``CheckImage``;
+- BraTS labels (:mod:`~mfassl_medical.transforms.brats_labels`): ``ConvertBraTSLabels``;
+- lesion classification targets (:mod:`~mfassl_medical.transforms.lesion`): ``LesionLabels``.
+"""
+
+from mfassl_medical.transforms.brats_labels import (
+    BRATS_LABEL_SETS,
+    BRATS_REGIONS,
     ConvertBraTSLabels,
     ConvertBraTSLabelsd,
     ConvertBraTSLabelsD,
     ConvertBraTSLabelsDict,
 )
-from mfassl_medical.data.safe import (
+from mfassl_medical.transforms.lesion import (
+    LESION_LABELS,
+    LesionLabels,
+    LesionLabelsd,
+    LesionLabelsD,
+    LesionLabelsDict,
+)
+from mfassl_medical.transforms.loading import (
+    DEFAULT_MAX_VOXELS,
+    MAX_VOXELS_ENV,
     CheckImage,
     CheckImaged,
     CheckImageD,
@@ -16,13 +34,11 @@ from mfassl_medical.data.safe import (
     SafeLoadImaged,
     SafeLoadImageD,
     SafeLoadImageDict,
-)
-from mfassl_medical.transforms.lesion import (
-    LESION_LABELS,
-    LesionLabels,
-    LesionLabelsd,
-    LesionLabelsD,
-    LesionLabelsDict,
+    check_image,
+    check_image_header,
+    composite_alpha,
+    image_header,
+    voxel_budget,
 )
 from mfassl_medical.transforms.symmetry import (
     CanonicalizeSymmetry,
@@ -33,22 +49,26 @@ from mfassl_medical.transforms.symmetry import (
     EstimateSymmetryAxisd,
     EstimateSymmetryAxisD,
     EstimateSymmetryAxisDict,
-    MirrorPair,
-    MirrorPaird,
-    MirrorPairD,
-    MirrorPairDict,
+    MakeMirrorPair,
+    MakeMirrorPaird,
+    MakeMirrorPairD,
+    MakeMirrorPairDict,
     axis_from_row,
     image_affine,
     lr_split_dim,
+    precomputed_axis,
 )
 
 __all__ = [
     "LESION_LABELS", "LesionLabels", "LesionLabelsd", "LesionLabelsD", "LesionLabelsDict",
     "EstimateSymmetryAxis", "EstimateSymmetryAxisd", "EstimateSymmetryAxisD", "EstimateSymmetryAxisDict",
     "CanonicalizeSymmetry", "CanonicalizeSymmetryd", "CanonicalizeSymmetryD", "CanonicalizeSymmetryDict",
-    "MirrorPair", "MirrorPaird", "MirrorPairD", "MirrorPairDict",
+    "MakeMirrorPair", "MakeMirrorPaird", "MakeMirrorPairD", "MakeMirrorPairDict",
+    "BRATS_LABEL_SETS", "BRATS_REGIONS",
     "ConvertBraTSLabels", "ConvertBraTSLabelsd", "ConvertBraTSLabelsD", "ConvertBraTSLabelsDict",
     "CheckImage", "CheckImaged", "CheckImageD", "CheckImageDict",
     "SafeLoadImage", "SafeLoadImaged", "SafeLoadImageD", "SafeLoadImageDict",
-    "axis_from_row", "image_affine", "lr_split_dim",
+    "DEFAULT_MAX_VOXELS", "MAX_VOXELS_ENV", "check_image", "check_image_header", "composite_alpha", "image_header",
+    "voxel_budget",
+    "axis_from_row", "image_affine", "lr_split_dim", "precomputed_axis",
 ]

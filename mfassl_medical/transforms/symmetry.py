@@ -7,7 +7,7 @@ array                                  dictionary
 =====================================  ==========================================================
 :class:`EstimateSymmetryAxis`          :class:`EstimateSymmetryAxisd` (``...D``, ``...Dict``)
 :class:`CanonicalizeSymmetry`          :class:`CanonicalizeSymmetryd` (invertible, ``Invertd``)
-:class:`MirrorPair`                    :class:`MirrorPaird` (random axis jitter)
+:class:`MakeMirrorPair`                :class:`MakeMirrorPaird` (random axis jitter)
 =====================================  ==========================================================
 
 Data-dictionary keys written by :class:`EstimateSymmetryAxisd` for an image key ``image``:
@@ -31,6 +31,7 @@ Index coordinates are continuous array indices in the order of the spatial dims 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -42,8 +43,9 @@ from monai.transforms import InvertibleTransform, MapTransform, Randomizable, Tr
 from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 
 from mfassl.geometry import SymmetryHyperplane, canonicalizing_matrix, centre_axis, hyperplane_class, warp
-from mfassl.pairing import MirrorPair as MirrorPairTuple
-from mfassl.pairing import default_split_dim, mirror_pair
+from mfassl.pairing import MirrorPair, default_split_dim, mirror_pair
+from mfassl_medical import axis as symmetry_axis
+from mfassl_medical.axes_file import read_axes_file
 from mfassl_medical.errors import MedicalDataError
 
 __all__ = [
@@ -59,10 +61,10 @@ __all__ = [
     "CanonicalizeSymmetryd",
     "CanonicalizeSymmetryD",
     "CanonicalizeSymmetryDict",
-    "MirrorPair",
-    "MirrorPaird",
-    "MirrorPairD",
-    "MirrorPairDict",
+    "MakeMirrorPair",
+    "MakeMirrorPaird",
+    "MakeMirrorPairD",
+    "MakeMirrorPairDict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,14 +132,7 @@ def precomputed_axis(value: Any) -> SymmetryHyperplane:
 def _axes_table(axes: str | Mapping[str, Any]) -> dict[str, Any]:
     """``{path: record}`` of an axes file (or a mapping), indexed by each record's ``path``, its ``files``
     and the real paths of both."""
-    import os
-
-    if isinstance(axes, Mapping):
-        records: dict[str, Any] = dict(axes)
-    else:
-        from mfassl_medical.axes_cli import read_axes_file
-
-        records = read_axes_file(axes)
+    records: dict[str, Any] = dict(axes) if isinstance(axes, Mapping) else read_axes_file(axes)
     table: dict[str, Any] = {}
     for key, rec in records.items():
         names = [key]
@@ -151,9 +146,8 @@ def _axes_table(axes: str | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _default_estimator() -> Callable[..., SymmetryHyperplane]:
-    from mfassl_medical.axis import estimate_axis  # imported late: the estimator module is optional here
-
-    return estimate_axis
+    """:func:`mfassl_medical.axis.estimate_axis`, looked up at each estimate (so a patched one is used)."""
+    return symmetry_axis.estimate_axis
 
 
 # ---------------------------------------------------------------------- estimate
@@ -347,7 +341,6 @@ class CanonicalizeSymmetry(InvertibleTransform):
 
     def _apply(self, img: Any, m: np.ndarray, mode: str, padding_mode: str, extra: dict | None) -> Any:
         img_t = convert_to_tensor(img, track_meta=True)
-        dims = img_t.ndim - 1
         src = img_t.as_tensor() if isinstance(img_t, MetaTensor) else img_t
         out = warp(src[None].to(torch.float32), torch.as_tensor(m, dtype=torch.float32), mode=mode,
                    padding_mode=padding_mode)[0]
@@ -457,7 +450,7 @@ class CanonicalizeSymmetryd(MapTransform, InvertibleTransform):
 
 
 # ---------------------------------------------------------------------- mirror pair
-class MirrorPair(Randomizable, Transform):
+class MakeMirrorPair(Randomizable, Transform):
     """Cut one image into its mirror pair around its axis (:func:`mfassl.pairing.mirror_pair`, batch of 1).
 
     ``x_l`` is the half at lower index along the split dim, ``x_r`` the other half reflected onto it;
@@ -473,7 +466,7 @@ class MirrorPair(Randomizable, Transform):
         mode: ``"bilinear"`` or ``"nearest"``.
 
     Call with ``img`` ``(C, *S)`` and ``axis`` (geometry axis or ``[n, d]`` row, index coordinates;
-    None = the image centre). Returns :class:`mfassl.pairing.MirrorPair` without the batch dim:
+    None = the image centre). Returns a :class:`mfassl.pairing.MirrorPair` without the batch dim:
     ``x_l``/``x_r`` ``(C, *M)``, ``valid_l``/``valid_r`` ``(1, *M)``, ``matrix_l``/``matrix_r``
     ``(D+1, D+1)``, ``axes`` ``(D+1,)`` (the jittered axis).
     """
@@ -504,7 +497,7 @@ class MirrorPair(Randomizable, Transform):
         return row, k
 
     def __call__(self, img: Any, axis: Any = None, randomize: bool = True, mode: str | None = None
-                 ) -> MirrorPairTuple:
+                 ) -> MirrorPair:
         if img.ndim - 1 not in (2, 3):
             raise ValueError(f"expected a channel-first 2D or 3D image, got shape {tuple(img.shape)}.")
         if randomize:
@@ -513,11 +506,11 @@ class MirrorPair(Randomizable, Transform):
         x = convert_to_tensor(img, track_meta=False)
         pair = mirror_pair(x[None].to(torch.float32), row[None], self.mirror_size, split_dim=k, jitter=0.0,
                            mode=mode or self.mode)
-        return MirrorPairTuple(*(t[0] for t in pair))
+        return MirrorPair(*(t[0] for t in pair))
 
 
-class MirrorPaird(Randomizable, MapTransform):
-    """Dictionary wrapper of :class:`MirrorPair`; one jitter draw shared by all keys.
+class MakeMirrorPaird(Randomizable, MapTransform):
+    """Dictionary wrapper of :class:`MakeMirrorPair`; one jitter draw shared by all keys.
 
     For each key writes ``{prefix}x_l``, ``{prefix}x_r`` (``(C, *M)``), ``{prefix}valid_l``,
     ``{prefix}valid_r`` (``(1, *M)``) and ``{prefix}mirror_axis`` (the jittered ``[n, d]`` row);
@@ -526,7 +519,7 @@ class MirrorPaird(Randomizable, MapTransform):
     Args:
         keys: image keys (first one usually ``"image"``; e.g. ``"label"`` too with mode ``"nearest"``).
         axis_key: index row key (default ``"{keys[0]}_axis"``; absent = the image centre).
-        mirror_size, jitter, split_dim: see :class:`MirrorPair`.
+        mirror_size, jitter, split_dim: see :class:`MakeMirrorPair`.
         mode: per key or one for all.
         prefixes: output key prefix per key.
         allow_missing_keys: do not raise when a key is absent.
@@ -542,9 +535,10 @@ class MirrorPaird(Randomizable, MapTransform):
             tuple("" if i == 0 else f"{k}_" for i, k in enumerate(self.keys))
         if len(self.prefixes) != len(self.keys):
             raise ValueError(f"need one prefix per key, got {self.prefixes} for {self.keys}.")
-        self.pair = MirrorPair(mirror_size, jitter, split_dim)
+        self.pair = MakeMirrorPair(mirror_size, jitter, split_dim)
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "MirrorPaird":
+    def set_random_state(self, seed: int | None = None,
+                         state: np.random.RandomState | None = None) -> "MakeMirrorPaird":
         super().set_random_state(seed, state)
         self.pair.set_random_state(seed, state)
         return self
@@ -566,4 +560,4 @@ class MirrorPaird(Randomizable, MapTransform):
 
 EstimateSymmetryAxisD = EstimateSymmetryAxisDict = EstimateSymmetryAxisd
 CanonicalizeSymmetryD = CanonicalizeSymmetryDict = CanonicalizeSymmetryd
-MirrorPairD = MirrorPairDict = MirrorPaird
+MakeMirrorPairD = MakeMirrorPairDict = MakeMirrorPaird

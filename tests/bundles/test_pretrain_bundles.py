@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import BUNDLES, ROOT, TINY, run_bundle  # noqa: E402
+from bundle_utils import BUNDLES, TINY, run_bundle  # noqa: E402
 
 
 @pytest.mark.slow

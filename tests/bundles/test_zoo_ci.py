@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import BUNDLES, ROOT
+from bundle_utils import BUNDLES
 
 SCHEMA = BUNDLES / "schemas" / "meta_schema.json"
 NAMES = ["mfassl_brats_pretrain", "mfassl_brats_segmentation", "mfassl_chexpert_pretrain"]

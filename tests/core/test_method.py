@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mfassl import MFASSL
-from mfassl.objectives import OBJECTIVES, random_token_mask
+from mfassl.objectives import OBJECTIVES
 from mfassl.schedules import SymmetrySchedule, cosine_momentum, scaled_lr, warmup_cosine
 
 from helpers import tiny_method, train_steps

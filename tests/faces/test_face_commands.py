@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 
 def test_face_commands_reach_their_entry_points(monkeypatch, capsys) -> None:

@@ -14,17 +14,8 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose
 from torch.utils.data import Dataset as TorchDataset
 
-from mfassl_medical.data import (
-    CHEXPERT_LABELS,
-    CheckImaged,
-    MedicalDataError,
-    SafeLoadImage,
-    SafeLoadImaged,
-    SkipBadSamples,
-    check_image,
-    read_chexpert,
-)
-from mfassl_medical.transforms import EstimateSymmetryAxis
+from mfassl_medical.data import CHEXPERT_LABELS, MedicalDataError, SkipBadSamples, read_chexpert
+from mfassl_medical.transforms import CheckImaged, EstimateSymmetryAxis, SafeLoadImage, SafeLoadImaged, check_image
 
 
 def _nii(path, arr):

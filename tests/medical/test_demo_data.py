@@ -103,7 +103,7 @@ def test_real_estimator_recovers_demo_ground_truth(demo):
     from monai.transforms import Compose
 
     from mfassl.geometry import SymmetryAxis2D, SymmetryPlane3D
-    from mfassl_medical.data import SafeLoadImaged
+    from mfassl_medical.transforms import SafeLoadImaged
     from mfassl_medical.transforms import EstimateSymmetryAxisd
 
     t = Compose([SafeLoadImaged("image"), EstimateSymmetryAxisd("image")])
@@ -129,7 +129,7 @@ def test_brain_deformation_is_mirror_symmetric():
     """The template's deformation keeps its symmetry: x displacement odd, y and z even about the centre plane."""
     import torch
 
-    from mfassl_medical.demo_data import _symmetric_displacement
+    from mfassl_medical.demo_data.brain import _symmetric_displacement
 
     d = _symmetric_displacement(np.random.default_rng(0), (9, 7, 5), 3, 4.0, 2.0)  # (X, Y, Z, 3) voxels
     assert d.shape == (9, 7, 5, 3)
@@ -141,7 +141,7 @@ def test_brain_deformation_is_mirror_symmetric():
 def test_brain_subjects_and_tumours_differ():
     import torch
 
-    from mfassl_medical.demo_data import _brats_case, _load_mni
+    from mfassl_medical.demo_data.brain import _brats_case, _load_mni
 
     data, aff = _load_mni()
     tmpl = torch.from_numpy(data.copy())
@@ -167,7 +167,7 @@ def test_brain_subjects_and_tumours_differ():
 def test_chest_subjects_and_findings_differ():
     import torch
 
-    from mfassl_medical.demo_data import _base_midline, _cxr_image, _load_cxr, _patient_chest
+    from mfassl_medical.demo_data.chest import _base_midline, _cxr_image, _load_cxr, _patient_chest
 
     base_np = _load_cxr()
     base, mid = torch.from_numpy(base_np.copy()), _base_midline(base_np)

@@ -15,16 +15,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-from mfassl_medical.data import (
-    CHEXPERT_LABELS,
-    ConvertBraTSLabels,
-    ConvertBraTSLabelsd,
-    MedicalDataError,
-    SafeLoadImage,
-    SafeLoadImaged,
-    find_brats_cases,
-    read_chexpert,
-)
+from mfassl_medical.data import CHEXPERT_LABELS, MedicalDataError, find_brats_cases, read_chexpert
 from mfassl_medical.errors import (
     CorruptImageError,
     DatasetLayoutError,
@@ -33,6 +24,7 @@ from mfassl_medical.errors import (
     LabelValueError,
     TableError,
 )
+from mfassl_medical.transforms import ConvertBraTSLabels, ConvertBraTSLabelsd, SafeLoadImage, SafeLoadImaged
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
 I_CARD = CHEXPERT_LABELS.index("Cardiomegaly")
@@ -428,7 +420,7 @@ def test_dicom_header_check_on_real_samples(tmp_path, name):
     import pydicom
     from pydicom.data import get_testdata_file
 
-    from mfassl_medical.data import image_header
+    from mfassl_medical.transforms import image_header
 
     path = get_testdata_file(name)
     info = image_header(path)

@@ -13,15 +13,13 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 from mfassl_medical.data import (
     BRATS_MODALITIES,
     CHEXPERT_LABELS,
-    ConvertBraTSLabels,
-    ConvertBraTSLabelsd,
     MedicalDataError,
-    SafeLoadImaged,
     chexpert_patient_id,
     find_brats_cases,
     read_chexpert,
     split_by_patient,
 )
+from mfassl_medical.transforms import ConvertBraTSLabels, ConvertBraTSLabelsd, SafeLoadImaged
 
 HEADER = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS]
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, DataLoader, MetaTensor, PersistentDataset
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Spacingd
 
 from mfassl.geometry import SymmetryAxis2D, SymmetryPlane3D, canonicalizing_matrix, warp
@@ -19,8 +19,8 @@ from mfassl_medical.transforms import (
     EstimateSymmetryAxis,
     EstimateSymmetryAxisd,
     EstimateSymmetryAxisDict,
-    MirrorPair,
-    MirrorPaird,
+    MakeMirrorPair,
+    MakeMirrorPaird,
     lr_split_dim,
 )
 
@@ -219,7 +219,7 @@ def test_mirror_pair_array_and_dict(dims):
     shape = (33,) * dims
     k = 0 if dims == 3 else 1
     sym = torch.from_numpy(_symmetric(shape, k))[None]
-    mp = MirrorPair(mirror_size=16, split_dim=k)
+    mp = MakeMirrorPair(mirror_size=16, split_dim=k)
     p = mp(sym)
     assert p.x_l.shape == (1,) + (16,) * dims and p.valid_l.shape == (1,) + (16,) * dims
     assert (p.x_l - p.x_r).abs().max() < 1e-4  # a symmetric image's halves agree
@@ -227,7 +227,7 @@ def test_mirror_pair_array_and_dict(dims):
 
     d = {"image": sym, "image_axis": np.array([1.0 if i == k else 0.0 for i in range(dims)] + [16.0], np.float32),
          "label": (sym > 0.5).float()}
-    t = MirrorPaird(["image", "label"], mirror_size=16, jitter=0.05, mode=["bilinear", "nearest"])
+    t = MakeMirrorPaird(["image", "label"], mirror_size=16, jitter=0.05, mode=["bilinear", "nearest"])
     t.set_random_state(3)
     a = t(dict(d))
     t.set_random_state(3)
@@ -251,7 +251,7 @@ def test_compose_with_png_and_canonicalize_alias(tmp_path):
         EstimateSymmetryAxisd("image", estimator=lambda im, affine=None, **kw:
                               SymmetryAxis2D(normal=[1.0, 0.0], offset=float((im.shape[1] - 1) / 2))),
         CanonicalizeSymmetryD("image"),
-        MirrorPaird("image", mirror_size=24),
+        MakeMirrorPaird("image", mirror_size=24),
     ])
     out = t({"image": str(tmp_path / "x.png")})
     assert out["image"].shape == (1, 64, 48)  # MONAI PNG order (W, H): left-right is dim 0

@@ -14,9 +14,9 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from mfassl_medical.data import ConvertBraTSLabels
 from mfassl_medical.label_app import TINY_NETWORK, default_bundle_dir, train_bundle
 from mfassl_medical.segmentation import LABEL_NAMES, brats_datalists, regions_to_brats_labels
+from mfassl_medical.transforms import ConvertBraTSLabels
 
 BUNDLE = default_bundle_dir()
 CONFIGS = BUNDLE / "configs"
@@ -119,9 +119,9 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
         assert len(list(csv.reader(f))) == 2  # header + the one validation case
 
     # inference.json on the BraTS case layout (four modality files per case), with the model just trained
-    from mfassl_medical.pretraining import demo_paths
+    from mfassl_medical.demo_data import build_demo_data
 
-    case = sorted(p for p in demo_paths().brats.iterdir() if p.is_dir())[0]
+    case = sorted(p for p in build_demo_data().brats.iterdir() if p.is_dir())[0]
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / case.name).symlink_to(case, target_is_directory=True)
