@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/bundle_throughput.py [--bundles brats,chexpert] [--size full|demo] [--steps 5] [--write]
+    python bench/bundle_throughput.py [--bundles brats,chexpert] [--size full|demo] [--steps 5] [--compile]
+                                      [--compile-mode default] [--compile-backend inductor] [--write]
 
 Each (bundle, variant) runs the bundle's own ``train.json`` workflow (data pipeline, trainer, TensorBoard
 and progress handlers; ``--size demo`` adds its ``demo.json``) on the built-in demo data, in a fresh
@@ -12,6 +13,12 @@ The baseline is the same config with ``mirror: false``. Throughput is images (2D
 second of wall time between consecutive iterations, after ``--warmup`` iterations; data loading is part
 of it, as it is for a user. Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, peak process RSS
 on the CPU.
+
+``--compile`` sets the bundles' ``compile`` key (``--compile true`` on the bundle's command line:
+``mfassl.engine.create_trainer`` runs the step's forward through ``torch.compile``) with ``compile_mode`` and
+``compile_backend``; ``--warmup`` is then at least 1, so the timing never includes the first two iterations
+(the first compiles, the second recompiles once the fractional epoch leaves 0), and the table goes to its own
+RESULTS.md section.
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ def _measure(queue, bundle: str, size: str, mirror: bool, args: dict) -> None:
             "device": f"$torch.device('{args['device']}')", "amp": args["device"].startswith("cuda"),
             "t_sym": 0.0, "t_mfa": 0.0, "t_gate": 0.0, "warmup_epochs": 0.0, "checkpoint_every": 1000,
             "objective": args["objective"],
+            "compile": args["compile"], "compile_mode": args["compile_mode"],
+            "compile_backend": args["compile_backend"],
         }
         if batch:
             overrides["batch_size"] = batch
@@ -106,8 +115,9 @@ def measure(bundle: str, size: str, mirror: bool, args: argparse.Namespace) -> d
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(q, bundle, size, mirror, dict(
-        device=args.device, threads=args.threads, steps=args.steps, warmup=args.warmup, batch=args.batch,
-        objective=args.objective)))
+        device=args.device, threads=args.threads, steps=args.steps, batch=args.batch, objective=args.objective,
+        warmup=max(args.warmup, 1) if args.compile else args.warmup, compile=args.compile,
+        compile_mode=args.compile_mode, compile_backend=args.compile_backend)))
     p.start()
     result = q.get()
     p.join()
@@ -130,8 +140,11 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
             f"{m['peak_mib']:.0f} | {m['peak_mib'] / b['peak_mib']:.2f} |")
     dev = torch.device(args.device)
     mem = "torch.cuda.max_memory_allocated" if dev.type == "cuda" else "process peak RSS"
-    note = (f"Device: {device_name(dev)}; objective {args.objective}; median of {args.steps} iterations after "
-            f"{args.warmup} warm-up iterations; memory is {mem}; AMP {'on' if dev.type == 'cuda' else 'off'}. "
+    warmup = max(args.warmup, 1) if args.compile else args.warmup
+    compiled = (f"torch.compile of the step's forward (bundle key `compile: true`, mode {args.compile_mode}, "
+                f"backend {args.compile_backend}); " if args.compile else "")
+    note = (f"Device: {device_name(dev)}; objective {args.objective}; {compiled}median of {args.steps} iterations "
+            f"after {warmup} warm-up iterations; memory is {mem}; AMP {'on' if dev.type == 'cuda' else 'off'}. "
             f"MFASSL has the whole method on from the first step (t_sym = t_mfa = t_gate = 0); baseline is "
             f"`mirror: false`. Throughput includes the bundle's data loading from its cache. "
             f"torch {torch.__version__}, Python {platform.python_version()}.")
@@ -148,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="the bundles' compile key: torch.compile the step")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (with --compile)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (with --compile)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args(argv)
@@ -165,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.write:
-        replace_section(section_title("Bundle throughput", args.device), table, script="bundle_throughput.py")
+        title = "Bundle throughput" + (" with torch.compile" if args.compile else "")
+        replace_section(section_title(title, args.device), table, script="bundle_throughput.py")
 
 
 if __name__ == "__main__":

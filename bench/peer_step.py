@@ -3,7 +3,8 @@
 Usage::
 
     python bench/peer_step.py [--models tiny,small] [--objectives dino,mocov3] [--batch 4] [--rounds 5]
-                              [--steps 1] [--device cpu] [--write]
+                              [--steps 1] [--device cpu] [--compile] [--compile-mode default]
+                              [--compile-backend inductor] [--write]
 
 Every variant lives in its own worker process (spawned, one thread, ``torch.set_num_threads(1)``) so that
 its peak memory is its own; the parent interleaves the variants in rounds (the order rotates from round
@@ -17,8 +18,9 @@ of ``torch.cuda.max_memory_allocated`` over the steps).
 The variants, on the same seeded batch of ``B`` images of 1 x 256 x 256 and the same views
 (:class:`mfassl.views.MultiCropViews`; DINO 2 x 224 + 8 x 96, MoCo-v3 2 x 224; same-shape views batched):
 
-- ``ours``: ``MFASSL(..., mirror=False)``, the baseline, with ``create_optimizer`` and ``update_teacher``;
-- ``mfassl``: ``MFASSL(...)`` with the mirror branch (symmetry losses and MFA on);
+- ``ours``: ``MFASSL(..., mirror=False)``, the baseline, with ``create_optimizer`` and ``update_teacher``
+  (``bench_common.build_mfassl_step``, the step ``bench/step_time.py`` times);
+- ``mfassl``: ``MFASSL(...)`` with the mirror branch (symmetry losses and MFA on), the same builder;
 - ``peer``: lightly 1.6 on the same timm ViT: DINO with ``DINOProjectionHead`` (2048/256/65536),
   ``DINOLoss`` and ``update_momentum``; MoCo-v3 with ``MoCoProjectionHead`` (3 layers, batch norm,
   4096/256) and a 2-layer predictor (lightly has no MoCo-v3 loss: the ``2 T * CE`` InfoNCE, a ``B x B``
@@ -27,6 +29,12 @@ The variants, on the same seeded batch of ``B`` images of 1 x 256 x 256 and the 
 The FLOP-predicted ratio of MFASSL over its baseline is the ratio of the FLOPs of the whole steps
 (forward, backward, optimizer), counted by ``torch.utils.flop_counter.FlopCounterMode``. lightly is an
 optional extra (``pip install -e ".[bench]"``); without it the peer rows are skipped with a line saying so.
+
+``--compile`` compiles every variant the way its user would: our forward through ``mfassl.engine.
+compile_forward`` (the trainer's ``compile`` option), the peer's student, teacher and predictor modules
+through ``torch.compile``, with the same mode and backend; each worker takes two extra untimed steps (the
+compilation) before the rounds, and FLOPs are still counted on an eager step. The results go to their own
+section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,11 +53,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section  # noqa: E402
+from bench_common import build_mfassl_step, device_name, replace_section  # noqa: E402
 
+# the peer's ViT sizes: those of bench_common.VIT_MODELS (mfassl.backbones' ViT-Ti/S/B/16 presets)
 MODELS = {"tiny": dict(embed_dim=192, depth=12, num_heads=3), "small": dict(embed_dim=384, depth=12, num_heads=6),
           "base": dict(embed_dim=768, depth=12, num_heads=12)}
 SECTION = "Training step against a peer"
+COMPILE_WARMUP = 2  # untimed compiled steps before the rounds (the first compiles)
 
 
 def _rss_bytes() -> int:
@@ -66,25 +76,10 @@ def _adamw(model: torch.nn.Module) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-4)
 
 
-def _build_ours(model: str, objective: str, mirror: bool, dev: torch.device):
-    from mfassl.backbones import MFAViT
-    from mfassl.engine import create_optimizer
-    from mfassl.method import MFASSL
-
-    backbone = MFAViT(2, img_size=224, patch_size=16, in_chans=1, **MODELS[model])
-    method = MFASSL(backbone, objective, mirror=mirror, t_sym=0.0, t_mfa=0.0, t_gate=0.0).to(dev)
-    opt = create_optimizer(method)
-    momentum = method.teacher_momentum
-
-    def step(images: torch.Tensor) -> float:
-        out = method(images, epoch=1.0)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-        method.update_teacher(momentum)
-        return float(out["loss"].detach())
-
-    return step
+def _build_ours(model: str, objective: str, mirror: bool, dev: torch.device, compile_opts: dict | None = None):
+    """The shared MFASSL step (``bench_common.build_mfassl_step``): ``step(images, eager=False) -> loss``."""
+    opts = compile_opts or {}
+    return build_mfassl_step(model, objective, mirror, dev, compile=bool(opts), **opts)
 
 
 def _build_peer_model(model: str, objective: str, dev: torch.device) -> torch.nn.Module:
@@ -96,7 +91,9 @@ def _build_peer_model(model: str, objective: str, dev: torch.device) -> torch.nn
     return torch.nn.Sequential(backbone, DINOProjectionHead(MODELS[model]["embed_dim"], 2048, 256, 65536)).to(dev)
 
 
-def _build_peer(model: str, objective: str, dev: torch.device):
+def _build_peer(model: str, objective: str, dev: torch.device, compile_opts: dict | None = None):
+    """lightly's step on the same ViT: ``step(images, eager=False) -> loss``; ``compile_opts`` (``compile_mode``,
+    ``compile_backend``) compiles the student, teacher and predictor modules, ``eager=True`` bypasses them."""
     import torch.nn as nn
     import torch.nn.functional as F
     from lightly.loss import DINOLoss
@@ -126,12 +123,20 @@ def _build_peer(model: str, objective: str, dev: torch.device):
     teacher.load_state_dict(student.state_dict())
     deactivate_requires_grad(teacher)
     opt = _adamw(student if objective == "dino" else nn.ModuleList([student, predictor]))
+    eager_modules = {"student": student, "teacher": teacher, "predictor": predictor if objective != "dino" else None}
+    compiled_modules = dict(eager_modules)
+    if compile_opts:
+        compiled_modules = {k: None if m is None else torch.compile(m, mode=compile_opts["compile_mode"],
+                                                                    backend=compile_opts["compile_backend"])
+                            for k, m in eager_modules.items()}
 
     def infonce(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).t() / 0.2
         return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device)) * 0.4
 
-    def step(images: torch.Tensor) -> float:
+    def step(images: torch.Tensor, eager: bool = False) -> float:
+        mods = eager_modules if eager else compiled_modules
+        student, teacher, predictor = mods["student"], mods["teacher"], mods["predictor"]
         vs = views(images)
         if objective == "dino":
             t_out, s_out = [None] * 2, [None] * len(vs)
@@ -151,25 +156,26 @@ def _build_peer(model: str, objective: str, dev: torch.device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        update_momentum(student, teacher, momentum)
+        update_momentum(eager_modules["student"], eager_modules["teacher"], momentum)
         return float(loss.detach())
 
     return step
 
 
-def _worker(conn, variant: str, model: str, objective: str, batch: int, device: str) -> None:
+def _worker(conn, variant: str, model: str, objective: str, batch: int, device: str,
+            compile_opts: dict | None = None) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(1)
     dev = torch.device(device)
     torch.manual_seed(0)
-    step = (_build_peer(model, objective, dev) if variant == "peer"
-            else _build_ours(model, objective, variant == "mfassl", dev))
+    step = (_build_peer(model, objective, dev, compile_opts) if variant == "peer"
+            else _build_ours(model, objective, variant == "mfassl", dev, compile_opts))
     images = torch.rand(batch, 1, 256, 256, generator=torch.Generator().manual_seed(1)).to(dev)
 
-    def run() -> float:
+    def run(eager: bool = False) -> float:
         torch.manual_seed(2)  # the same views in every variant and every step
-        loss = step(images)
+        loss = step(images, eager=eager)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return loss
@@ -179,9 +185,10 @@ def _worker(conn, variant: str, model: str, objective: str, batch: int, device: 
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
     with FlopCounterMode(display=False) as counter:
-        run()
+        run(eager=True)  # compiled code reports no FLOPs; the eager step does the same work
     flops = counter.get_total_flops()
-    run()  # warm-up
+    for _ in range(COMPILE_WARMUP if compile_opts else 1):  # warm-up (and compilation)
+        run()
     conn.send(("ready", flops))
     while True:
         cmd, n = conn.recv()
@@ -217,7 +224,9 @@ def compare(model: str, objective: str, variants: list[str], args) -> dict[str, 
     workers = {}
     for v in variants:
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(child, v, model, objective, args.batch, args.device))
+        compile_opts = (dict(compile_mode=args.compile_mode, compile_backend=args.compile_backend)
+                        if args.compile else None)
+        p = ctx.Process(target=_worker, args=(child, v, model, objective, args.batch, args.device, compile_opts))
         p.start()
         workers[v] = (p, parent)
     res = {v: {"wall": [], "cpu": [], "peak": 0.0} for v in variants}
@@ -247,7 +256,7 @@ def compare(model: str, objective: str, variants: list[str], args) -> dict[str, 
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny,small", help="comma-separated: tiny, small, base (base: for a GPU)")
     parser.add_argument("--objectives", default="dino,mocov3")
@@ -255,8 +264,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per variant and round (their median)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every variant's forward")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode (with --compile)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (with --compile)")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     have_peer = importlib.util.find_spec("lightly") is not None
     if not have_peer:
         print("lightly is not installed (pip install -e '.[bench]'): the peer rows are skipped.", flush=True)
@@ -288,11 +300,16 @@ def main() -> None:
             f"(torch.set_num_threads(1)); batch {args.batch} images of 1x256x256; {args.rounds} interleaved rounds "
             f"of {args.steps} step(s) after a warm-up, medians of per-round ratios; memory is {mem_kind}. "
             f"Peer: lightly {_lightly_version()}. torch {torch.__version__}, Python {platform.python_version()}.")
+    if args.compile:
+        note += (f" Every variant compiled with torch.compile (mode {args.compile_mode}, backend "
+                 f"{args.compile_backend}; ours through mfassl.engine.compile_forward, the peer's modules directly), "
+                 f"{COMPILE_WARMUP} untimed steps first; FLOPs counted on an eager step.")
     table = "\n".join(lines)
     print(table)
     print(note)
     if args.write:
-        replace_section(SECTION if args.device == "cpu" else f"{SECTION} on GPU", f"{table}\n\n{note}\n",
+        title = SECTION + (" with torch.compile" if args.compile else "")
+        replace_section(title if args.device == "cpu" else f"{title} on GPU", f"{table}\n\n{note}\n",
                         script="peer_step.py")
 
 

@@ -13,6 +13,12 @@ schedule, objective, mirror, the network) with the checkpoint's and refuses a di
 ``resume_force`` is set. ``ignite.distributed`` runs the same code in one process or under
 ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU).
 
+``compile=True`` runs the step's forward (the whole :class:`~mfassl.method.MFASSL` loss computation: views,
+objective, mirror branch, symmetry losses) through ``torch.compile`` (:func:`compile_forward`; ``compile_mode``
+and ``compile_backend`` are passed on); the backward, gradient clipping, the optimizer step and the teacher's
+EMA stay eager and act on the real parameters, and checkpoints hold the uncompiled module's state dict (the
+same keys with or without compile, so a run may resume with compile switched on or off).
+
 Example::
 
     method = MFASSL(create_backbone("mfa_vit_small", in_chans=1), "dino")
@@ -53,6 +59,8 @@ from mfassl.options import as_bool, as_float, as_int
 from mfassl.schedules import cosine_momentum, scaled_lr, warmup_cosine
 
 __all__ = [
+    "COMPILE_MODES",
+    "compile_forward",
     "create_optimizer",
     "create_trainer",
     "default_prepare_batch",
@@ -151,7 +159,66 @@ class _TrainerState:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The module that owns the parameters: through DDP's ``.module`` and ``torch.compile``'s ``._orig_mod``."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes :func:`compile_forward` accepts (the inductor backend's)."""
+
+
+def _compile_mode(mode: Any) -> str:
+    """``mode`` checked against :data:`COMPILE_MODES` (``None`` = ``"default"``)."""
+    text = "default" if mode is None else str(mode).strip()
+    if text not in COMPILE_MODES:
+        raise ValueError(f"option 'compile_mode': {mode!r} is not a torch.compile mode; use one of "
+                         f"{', '.join(COMPILE_MODES)}.")
+    return text
+
+
+def _compile_backends() -> list[str]:
+    import torch._dynamo
+
+    return sorted(torch._dynamo.list_backends(exclude_tags=()))
+
+
+def compile_forward(model: nn.Module, mode: str | None = "default",
+                    backend: str | Callable[..., Any] = "inductor") -> nn.Module:
+    """``torch.compile(model, mode=..., backend=...)`` after checking the options.
+
+    The returned module shares its parameters and buffers with ``model``; train and save ``model`` itself
+    (its state dict has no ``_orig_mod.`` prefix), call the returned one for the forward.
+
+    Args:
+        model: the module whose ``forward`` is compiled (an :class:`~mfassl.method.MFASSL`, or its DDP wrapper).
+        mode: one of :data:`COMPILE_MODES` (``None`` = ``"default"``); modes other than ``"default"`` are the
+            inductor backend's (``"reduce-overhead"`` adds CUDA graphs, ``"max-autotune"`` searches kernels).
+        backend: a ``torch._dynamo`` backend name (``"inductor"``; ``"aot_eager"`` and ``"eager"`` trace
+            without generating code, for debugging and tests) or a backend callable.
+
+    Raises:
+        ValueError: an unknown mode or backend name (naming ``compile_mode`` / ``compile_backend``), or a
+            mode other than ``"default"`` with a backend other than inductor.
+    """
+    mode = _compile_mode(mode)
+    if isinstance(backend, str):
+        backend = backend.strip()
+        known = _compile_backends()
+        if backend not in known:
+            raise ValueError(f"option 'compile_backend': {backend!r} is not a torch.compile backend; use one of "
+                             f"{', '.join(known)}.")
+        if backend != "inductor" and mode != "default":
+            raise ValueError(f"option 'compile_mode': {mode!r} is a mode of the inductor backend; with "
+                             f"compile_backend {backend!r} use 'default'.")
+    elif not callable(backend):
+        raise ValueError(f"option 'compile_backend': {backend!r} is neither a backend name nor a callable.")
+    return torch.compile(model, mode=mode, backend=backend)
 
 
 class ResumeError(ValueError):
@@ -312,6 +379,24 @@ def _strict_run(run: Callable[..., Any]) -> Callable[..., Any]:
     return strict_run
 
 
+def _set_sampler_epoch(engine: Engine) -> None:
+    """Tell the data loader's samplers (``DistributedSampler``, MONAI's included) which epoch starts (0-based).
+
+    The sampler may sit behind batch samplers: ignite's ``DeterministicEngine`` rebuilds the loader around a
+    ``ReproducibleBatchSampler`` that wraps the original ``BatchSampler`` and its sampler.
+    """
+    seen: set[int] = set()
+    todo = [getattr(engine.state.dataloader, name, None) for name in ("sampler", "batch_sampler")]
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if callable(getattr(obj, "set_epoch", None)):
+            obj.set_epoch(engine.state.epoch - 1)
+        todo += [getattr(obj, name, None) for name in ("sampler", "batch_sampler")]
+
+
 def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int, max_epochs: int, *,
                    base_lr: float = 5e-4, batch_size: int = 256, warmup_epochs: float = 10.0, min_lr: float = 1e-6,
                    momentum_start: float | None = None, momentum_end: float = 1.0, clip_grad: float | None = 3.0,
@@ -320,11 +405,15 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
                    prepare_batch: Callable[[Any, Any], tuple[torch.Tensor, torch.Tensor | None]] = default_prepare_batch,
                    resume_from: str | os.PathLike | None = None, deterministic: bool = True,
                    handlers: Sequence[Any] | None = None, resume_force: bool | str = False,
-                   run_config: Mapping[str, Any] | None = None) -> Engine:
+                   run_config: Mapping[str, Any] | None = None, compile: bool | str = False,
+                   compile_mode: str | None = "default",
+                   compile_backend: str | Callable[..., Any] = "inductor") -> Engine:
     """Build the ignite trainer of an :class:`~mfassl.method.MFASSL` run.
 
     Args:
-        method: the MFASSL module (wrapped for DDP here when several processes run).
+        method: the MFASSL module (wrapped for DDP here when several processes run). A module the caller
+            compiled (``torch.compile(method)``) is trained and saved through its uncompiled module; in one
+            process its compiled forward is the step's forward.
         optimizer: from :func:`create_optimizer`.
         steps_per_epoch: iterations per epoch (fractional epochs drive the schedules).
         max_epochs: planned epochs (sets the cosine schedules); ``trainer.run`` may not go past them.
@@ -354,17 +443,40 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         resume_force: resume even when the run-defining settings differ from the checkpoint's (a network
             whose keys or shapes differ is always refused). Also ``"true"``/``"false"``.
         run_config: extra run-defining settings to record and compare (JSON-able values).
+        compile: run the step's forward (``method(images, axes, epoch)``, the whole loss computation)
+            through ``torch.compile`` (:func:`compile_forward`); also ``"true"``/``"false"``. The first two
+            steps compile (the second once the epoch leaves 0), and the step recompiles once when MFA switches
+            on at ``t_mfa``; backward, clipping, optimizer and teacher updates stay eager, and the checkpoints
+            hold the uncompiled state dict. Not a run-defining setting (resumes either way).
+        compile_mode: the ``torch.compile`` mode, one of :data:`COMPILE_MODES` (``"default"``; checked even
+            when ``compile`` is off).
+        compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` / ``"eager"`` to debug;
+            its name is checked when ``compile`` is on).
 
     Returns:
         The trainer; ``trainer.state.output`` is the step's dict of floats. ``trainer.run(loader, max_epochs)``.
+        ``trainer.compile_settings`` is ``{"mode": ..., "backend": ...}`` with ``compile``, else None.
 
     Raises:
         ResumeError: the checkpoint holds another network, or other settings without ``resume_force``.
+        ValueError: a bad ``compile``, ``compile_mode`` or ``compile_backend`` (naming the option).
     """
     force = as_bool(resume_force, "resume_force")
     device = torch.device(device) if device is not None else idist.device()
     core = _unwrap(method).to(device)
     model = idist.auto_model(core, find_unused_parameters=True) if idist.get_world_size() > 1 else core
+    compile_settings: dict[str, Any] | None = None
+    forward = model
+    compile_mode = _compile_mode(compile_mode)  # checked even when compile is off (a typo is not ignored)
+    if isinstance(getattr(method, "_orig_mod", None), nn.Module) and model is core:
+        forward = method  # the caller's own torch.compile(method); checkpoints still hold ``core``
+    if as_bool(compile, "compile"):
+        forward = compile_forward(model, compile_mode, compile_backend)
+        compile_settings = {"mode": compile_mode,
+                            "backend": compile_backend.strip() if isinstance(compile_backend, str)
+                            else getattr(compile_backend, "__name__", repr(compile_backend))}
+        logger.info("the step's forward runs through torch.compile (mode %s, backend %s); the first steps compile.",
+                    compile_settings["mode"], compile_settings["backend"])
     use_amp = as_bool(amp, "amp") and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     # bundle values may arrive as command-line strings ("10", "1e-3"): parse them strictly (mfassl.options)
@@ -390,7 +502,7 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         model.train()
         images, axes = prepare_batch(batch, device)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = model(images, axes, epoch=epoch)
+            out = forward(images, axes, epoch=epoch)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {engine.state.iteration}; stopping before "
@@ -417,6 +529,9 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
     if idist.get_world_size() > 1:
         # every rank finishes its last collective before any of them goes on to tear the group down
         trainer.add_event_handler(Events.COMPLETED, lambda _: idist.barrier())
+    # a DistributedSampler shuffles by its epoch number, which nothing else sets: without this every epoch
+    # reads the data in the first epoch's order (keyed on the engine's epoch, so a resumed run gets its order)
+    trainer.add_event_handler(Events.EPOCH_STARTED, _set_sampler_epoch)
 
     settings = run_settings(core, batch_size=batch_size, steps_per_epoch=steps_per_epoch, max_epochs=max_epochs,
                             warmup_epochs=warmup_epochs, base_lr=base_lr, min_lr=min_lr, extra=run_config)
@@ -426,6 +541,7 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         to_save["scaler"] = scaler
     trainer.checkpoint_objects = to_save  # what a CheckpointSaver writes
     trainer.run_settings = settings
+    trainer.compile_settings = compile_settings
 
     if handlers is None:
         handlers = []
