@@ -108,6 +108,8 @@ class MFAViT(MFABackbone):
                                patch_size=ensure_tuple_rep(patch_size, 3), hidden_size=embed_dim,
                                mlp_dim=int(embed_dim * mlp_ratio), num_layers=depth, num_heads=num_heads,
                                proj_type="conv", classification=False, qkv_bias=True, spatial_dims=3)
+            for blk in self.encoder.blocks:  # MONAI's ViT does not pass use_flash_attention on to its blocks
+                blk.attn.use_flash_attention = True  # fused scaled_dot_product_attention, same parameters
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.trunc_normal_(self.cls_token, std=0.02)
             self.num_prefix_tokens = 1

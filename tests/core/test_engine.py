@@ -171,8 +171,6 @@ def test_two_process_gloo_run_matches_one_process_on_the_global_batch(gloo_run):
     torch.testing.assert_close(local, q.grad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="create_trainer never calls DistributedSampler.set_epoch: under DDP every "
-                                       "epoch reads the data in the first epoch's order")
 def test_two_process_gloo_run_reshuffles_every_epoch(gloo_run):
     import dist_worker as w
 
@@ -301,3 +299,26 @@ def test_handlers_from_a_list_replace_the_defaults(tmp_path):
         create_trainer(method, create_optimizer(method), len(loader), 2, handlers=[object()])
     with pytest.raises(ValueError, match="n_saved"):
         CheckpointSaver(tmp_path, n_saved=0)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_distributed_sampler_gets_each_epoch(deterministic):
+    """The epoch reaches a DistributedSampler, also behind the batch sampler DeterministicEngine builds."""
+    from ignite.engine import DeterministicEngine, Engine, Events
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from mfassl.engine import _set_sampler_epoch
+
+    sampler = DistributedSampler(list(range(16)), num_replicas=2, rank=0, shuffle=True, seed=3)
+    loader = DataLoader(list(range(16)), batch_size=4, sampler=sampler)
+    seen: list[list[int]] = []
+    engine = (DeterministicEngine if deterministic else Engine)(lambda e, b: seen.append(b.tolist()))
+    engine.add_event_handler(Events.EPOCH_STARTED, _set_sampler_epoch)
+    engine.run(loader, max_epochs=3)
+    expected = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        expected.append(sorted(order))
+    assert [sorted(sum(seen[2 * e:2 * e + 2], [])) for e in range(3)] == expected
+    assert len({tuple(x) for x in expected}) > 1  # the epochs do read different halves
