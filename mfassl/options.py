@@ -26,7 +26,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["as_bool", "as_float", "as_int", "TRUE_WORDS", "FALSE_WORDS"]
+__all__ = ["as_bool", "as_float", "as_int", "is_unset", "TRUE_WORDS", "FALSE_WORDS"]
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -35,6 +35,12 @@ _NONE_WORDS = frozenset({"none", "null"})
 
 def _is_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
+
+
+def is_unset(value: Any) -> bool:
+    """Whether an optional setting (a path, a limit) is left unset: ``None``, or a string that is empty or
+    ``none`` / ``null`` in any case (what ``python -m monai.bundle run --key none`` or ``--key ""`` hands over)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS | {""})
 
 
 def _range_text(low: float | None, high: float | None) -> str:

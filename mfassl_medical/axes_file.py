@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mfassl.options import is_unset
+
 __all__ = ["axes_key", "read_axes_file", "attach_axes"]
 
 logger = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def attach_axes(items: list[dict[str, Any]], axes_file: str | None, dataset_dir:
     Raises:
         FileNotFoundError: naming ``axes_file`` when it does not exist.
     """
-    if axes_file is None or str(axes_file).strip().lower() in ("", "none", "null"):
+    if is_unset(axes_file):
         return items
     table = read_axes_file(str(axes_file))
     found = 0

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from monai.data import Dataset
 
-from mfassl.options import as_float, as_int
+from mfassl.options import as_float, as_int, is_unset
 from mfassl_medical.axes_file import attach_axes
 from mfassl_medical.data.brats import brats_pretrain_datalist
 from mfassl_medical.data.cache import SafeCacheDataset, SharedPersistentDataset, preprocessing_hash
@@ -49,18 +49,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _none_word(value: Any) -> bool:
-    """Whether an option is unset: None, or a string that is empty, ``none`` or ``null``."""
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
-
-
 CACHE_KINDS = ("auto", "memory", "disk", "none")
 
 
 def default_num_workers(dataset_dir: str | None = None) -> int:
     """DataLoader workers: 0 for the demo data (cached in memory, workers only add start-up time),
     ``min(8, CPUs)`` for a real ``dataset_dir``."""
-    return 0 if _none_word(dataset_dir) else min(8, os.cpu_count() or 1)
+    return 0 if is_unset(dataset_dir) else min(8, os.cpu_count() or 1)
 
 
 def resolve_cache_kind(cache: str, dataset_dir: str | None = None) -> str:
@@ -74,7 +69,7 @@ def resolve_cache_kind(cache: str, dataset_dir: str | None = None) -> str:
     if kind not in CACHE_KINDS:
         raise ValueError(f"option 'cache': {cache!r} is not one of {', '.join(CACHE_KINDS)}.")
     if kind == "auto":
-        return "memory" if _none_word(dataset_dir) else "disk"
+        return "memory" if is_unset(dataset_dir) else "disk"
     return kind
 
 
@@ -112,7 +107,7 @@ def pretrain_dataset(data: Sequence[dict[str, Any]], transform: Any, cache: str 
         a :class:`~mfassl_medical.data.safe.SkipBadSamples` around the cached dataset.
     """
     kind = resolve_cache_kind(cache, dataset_dir)
-    limit = None if _none_word(max_bad_fraction) else as_float(max_bad_fraction, "max_bad_fraction", low=0.0,
+    limit = None if is_unset(max_bad_fraction) else as_float(max_bad_fraction, "max_bad_fraction", low=0.0,
                                                                   high=1.0)
     workers = as_int(num_workers, "num_workers", low=0)
     if not len(data):
@@ -122,7 +117,7 @@ def pretrain_dataset(data: Sequence[dict[str, Any]], transform: Any, cache: str 
                                 cache_rate=as_float(cache_rate, "cache_rate", low=0.0, high=1.0),
                                 num_workers=workers, progress=False)
     elif kind == "disk":
-        folder = Path(cache_dir).expanduser() if not _none_word(cache_dir) else default_cache_dir(output_dir,
+        folder = Path(cache_dir).expanduser() if not is_unset(cache_dir) else default_cache_dir(output_dir,
                                                                                                    transform)
         folder.mkdir(parents=True, exist_ok=True)
         logger.info("disk cache of the preprocessing: %s (%d items)", folder, len(data))

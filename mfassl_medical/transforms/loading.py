@@ -32,6 +32,7 @@ from monai.utils import ensure_tuple_rep
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
+from mfassl.options import is_unset
 from mfassl_medical.errors import (
     CorruptImageError,
     ImageMismatchError,
@@ -154,7 +155,7 @@ def voxel_budget(max_voxels: int | str | None = None) -> int:
         ValueError: naming ``max_voxels`` (or the variable) for a value that is not a positive integer.
     """
     name, value = "max_voxels", max_voxels
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+    if is_unset(value):
         env = os.environ.get(MAX_VOXELS_ENV, "").strip()
         if not env:
             return DEFAULT_MAX_VOXELS

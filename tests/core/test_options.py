@@ -121,3 +121,12 @@ def test_create_trainer_parses_switches_and_numbers() -> None:
         trainer.run([torch.rand(2, 1, 20, 20)], max_epochs="2.5")
     with pytest.raises(ValueError, match="'lr'"):
         create_optimizer(method, lr="inf")
+
+
+@pytest.mark.parametrize("value, unset", [(None, True), ("", True), ("  ", True), ("none", True), ("NULL", True),
+                                          (" None ", True), ("0", False), (0, False), ("off", False),
+                                          ("/data", False), (False, False)])
+def test_is_unset(value, unset):
+    from mfassl.options import is_unset
+
+    assert is_unset(value) is unset
