@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from mfassl.geometry import warp
+from mfassl.options import as_float
 from mfassl.pairing import default_split_dim
 
 __all__ = ["MultiCropViews", "random_crop_matrices"]
@@ -91,10 +92,7 @@ class MultiCropViews:
         self.global_size = self._size(global_size)
         self.local_size = self._size(local_size)
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
-        flip_prob = float(flip_prob)  # bundle values may arrive as strings ("0.5")
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}.")
-        self.flip_prob = flip_prob
+        self.flip_prob = as_float(flip_prob, "flip_prob", low=0.0, high=1.0)  # bundle values may be strings
         self.last_flips: list[torch.Tensor] = []
         self.flip_dim = default_split_dim(spatial_dims) if flip_dim is None else flip_dim
         self.brightness, self.contrast, self.noise_std = brightness, contrast, noise_std
