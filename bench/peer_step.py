@@ -24,7 +24,10 @@ The variants, on the same seeded batch of ``B`` images of 1 x 256 x 256 and the 
 - ``peer``: lightly 1.6 on the same timm ViT: DINO with ``DINOProjectionHead`` (2048/256/65536),
   ``DINOLoss`` and ``update_momentum``; MoCo-v3 with ``MoCoProjectionHead`` (3 layers, batch norm,
   4096/256) and a 2-layer predictor (lightly has no MoCo-v3 loss: the ``2 T * CE`` InfoNCE, a ``B x B``
-  matrix, is written here); AdamW with the same two parameter groups (decay / no decay).
+  matrix, is written here); AdamW with the same two parameter groups (decay / no decay) and torch's default
+  kernel, as the peer's examples write it;
+- ``peer_fused``: the same peer step given the fused AdamW kernel that ``create_optimizer`` picks (the columns
+  "ours / fused peer"), so that the rest of the step is compared on the same optimizer kernel too.
 
 The FLOP-predicted ratio of MFASSL over its baseline is the ratio of the FLOPs of the whole steps
 (forward, backward, optimizer), counted by ``torch.utils.flop_counter.FlopCounterMode``. lightly is an
@@ -68,12 +71,13 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _adamw(model: torch.nn.Module) -> torch.optim.AdamW:
-    """AdamW with the decay / no-decay groups of ``mfassl.engine.create_optimizer``, as a peer user writes it."""
+def _adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW with the decay / no-decay groups of ``mfassl.engine.create_optimizer``, as a peer user writes it
+    (torch's default kernel), or with ``fused=True`` the fused kernel ``create_optimizer`` picks."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": 0.04},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-4)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=5e-4, fused=fused or None)
 
 
 def _build_ours(model: str, objective: str, mirror: bool, dev: torch.device, compile_opts: dict | None = None):
@@ -91,9 +95,11 @@ def _build_peer_model(model: str, objective: str, dev: torch.device) -> torch.nn
     return torch.nn.Sequential(backbone, DINOProjectionHead(MODELS[model]["embed_dim"], 2048, 256, 65536)).to(dev)
 
 
-def _build_peer(model: str, objective: str, dev: torch.device, compile_opts: dict | None = None):
+def _build_peer(model: str, objective: str, dev: torch.device, compile_opts: dict | None = None,
+                fused: bool = False):
     """lightly's step on the same ViT: ``step(images, eager=False) -> loss``; ``compile_opts`` (``compile_mode``,
-    ``compile_backend``) compiles the student, teacher and predictor modules, ``eager=True`` bypasses them."""
+    ``compile_backend``) compiles the student, teacher and predictor modules, ``eager=True`` bypasses them;
+    ``fused`` gives it the fused AdamW kernel."""
     import torch.nn as nn
     import torch.nn.functional as F
     from lightly.loss import DINOLoss
@@ -122,7 +128,7 @@ def _build_peer(model: str, objective: str, dev: torch.device, compile_opts: dic
     teacher = _build_peer_model(model, objective, dev) if objective == "dino" else copy.deepcopy(student)
     teacher.load_state_dict(student.state_dict())
     deactivate_requires_grad(teacher)
-    opt = _adamw(student if objective == "dino" else nn.ModuleList([student, predictor]))
+    opt = _adamw(student if objective == "dino" else nn.ModuleList([student, predictor]), fused=fused)
     eager_modules = {"student": student, "teacher": teacher, "predictor": predictor if objective != "dino" else None}
     compiled_modules = dict(eager_modules)
     if compile_opts:
@@ -169,8 +175,8 @@ def _worker(conn, variant: str, model: str, objective: str, batch: int, device: 
     torch.set_num_threads(1)
     dev = torch.device(device)
     torch.manual_seed(0)
-    step = (_build_peer(model, objective, dev, compile_opts) if variant == "peer"
-            else _build_ours(model, objective, variant == "mfassl", dev, compile_opts))
+    step = (_build_peer(model, objective, dev, compile_opts, fused=variant == "peer_fused")
+            if variant.startswith("peer") else _build_ours(model, objective, variant == "mfassl", dev, compile_opts))
     images = torch.rand(batch, 1, 256, 256, generator=torch.Generator().manual_seed(1)).to(dev)
 
     def run(eager: bool = False) -> float:
@@ -273,23 +279,26 @@ def main(argv: list[str] | None = None) -> None:
     if not have_peer:
         print("lightly is not installed (pip install -e '.[bench]'): the peer rows are skipped.", flush=True)
     lines = ["| model | objective | peer step wall / CPU (s) | ours / peer wall | ours / peer CPU | ours / peer memory | "
-             "MFASSL / ours CPU | FLOP ratio | measured / FLOP | peak MiB peer / ours / MFASSL |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ours / fused peer wall | ours / fused peer CPU | ours / fused peer memory | "
+             "MFASSL / ours CPU | FLOP ratio | measured / FLOP | peak MiB peer / fused peer / ours / MFASSL |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model in args.models.split(","):
         for objective in args.objectives.split(","):
-            variants = ["ours", "mfassl"] + (["peer"] if have_peer else [])
+            variants = ["ours", "mfassl"] + (["peer", "peer_fused"] if have_peer else [])
             r = compare(model, objective, variants, args)
             o, m = r["ours"], r["mfassl"]
             pred = m["flops"] / o["flops"]
             if have_peer:
-                p = r["peer"]
-                # the ratios are stored relative to "ours"; invert the peer's for ours / peer
+                p, f = r["peer"], r["peer_fused"]
+                # the ratios are stored relative to "ours"; invert the peers' for ours / peer
                 peer_cols = (f"{p['wall']:.3f} / {p['cpu']:.3f} | {1 / p['wall_ratio']:.2f} | {1 / p['cpu_ratio']:.2f} | "
-                             f"{1 / p['peak_ratio']:.2f}")
-                mems = f"{p['peak']:.0f} / {o['peak']:.0f} / {m['peak']:.0f}"
+                             f"{1 / p['peak_ratio']:.2f} | {1 / f['wall_ratio']:.2f} | {1 / f['cpu_ratio']:.2f} | "
+                             f"{1 / f['peak_ratio']:.2f}")
+                mems = f"{p['peak']:.0f} / {f['peak']:.0f} / {o['peak']:.0f} / {m['peak']:.0f}"
                 flop_note = f" (peer/ours FLOPs {p['flops'] / o['flops']:.3f})"
             else:
-                peer_cols, mems, flop_note = "- | - | - | -", f"- / {o['peak']:.0f} / {m['peak']:.0f}", ""
+                peer_cols, mems, flop_note = ("- | - | - | - | - | - | -",
+                                              f"- / - / {o['peak']:.0f} / {m['peak']:.0f}", "")
             lines.append(f"| ViT-{model} | {objective} | {peer_cols} | {m['cpu_ratio']:.2f} | {pred:.2f} | "
                          f"{m['cpu_ratio'] / pred:.2f} | {mems} |")
             print(lines[-1] + flop_note, f"[ours wall {o['wall']:.3f} s cpu {o['cpu']:.3f} s; MFASSL/ours wall "

@@ -60,6 +60,7 @@ from mfassl.schedules import cosine_momentum, scaled_lr, warmup_cosine
 
 __all__ = [
     "COMPILE_MODES",
+    "FUSED_DEVICES",
     "compile_forward",
     "create_optimizer",
     "create_trainer",
@@ -76,17 +77,64 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Devices whose parameters get torch's fused AdamW kernel by default (:func:`create_optimizer`)."""
+
+
 def create_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.04,
-                     betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; biases, norms and scalars get no weight decay."""
+                     betas: tuple[float, float] = (0.9, 0.999), fused: bool | str | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases, norms and scalars get no weight decay.
+
+    Args:
+        model: the module whose trainable parameters are optimised (an ``MFASSL``, a segmentation net).
+        lr, weight_decay, betas: AdamW's (``lr`` is the starting value: ``create_trainer`` sets it each step).
+        fused: use torch's fused AdamW kernel (one kernel over all parameters instead of a dozen per-tensor ops
+            each; the same update to float32 rounding). ``None`` (default): fused when every parameter is a
+            floating-point tensor on a device of :data:`FUSED_DEVICES`, else torch's default implementation.
+            ``True`` insists (an error names a parameter that cannot take it), ``False`` declines. Bundles pass
+            strings: ``--optimizer#fused false``.
+
+    The choice is recorded in the param groups (``group["fused"]``), so checkpoints carry it;
+    :func:`create_trainer` keeps the optimizer's own choice when it resumes from a checkpoint that lacks it.
+    """
     lr, weight_decay = as_float(lr, "lr", low=0.0), as_float(weight_decay, "weight_decay", low=0.0)
+    fused = as_bool(fused, "fused", allow_none=True)
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
+    if fused is None:
+        fused = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in decay + no_decay)
+    elif fused:
+        for name, p in model.named_parameters():
+            if p.requires_grad and not (p.is_floating_point() and p.device.type in FUSED_DEVICES):
+                raise ValueError(f"create_optimizer(fused=True): parameter '{name}' ({p.dtype} on {p.device}) cannot "
+                                 f"take the fused AdamW kernel (floating point on {'/'.join(FUSED_DEVICES)}); "
+                                 "use fused=None or False.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused or None)
+
+
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+
+
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` that keeps the optimizer's own kernel choice (``fused``, ``foreach``,
+    ``capturable``): the checkpoint gives the state and hyper-parameters, the code that built the optimizer decides
+    how the update runs (a checkpoint written before AdamW was fused resumes on the fused kernel, and back).
+    Each ``step`` counter is put where that kernel wants it (fused / capturable: a float32 on the parameter's
+    device; else a CPU scalar)."""
+    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, keep in zip(optimizer.param_groups, chosen):
+        group.update(keep)
+        on_device = bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[p]["step"] = (step.to(dtype=torch.float32, device=p.device) if on_device
+                                              else step.to(dtype=torch.float32, device="cpu"))
 
 
 def default_prepare_batch(batch: Any, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -572,7 +620,10 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
                         logger.warning("%s holds no AMP scaler state: the scaler starts afresh.", path)
                         continue
                     raise KeyError(f"no '{key}' entry")
-                to_save[key].load_state_dict(ckpt[key])
+                if key == "optimizer":
+                    _load_optimizer_state(to_save[key], ckpt[key])
+                else:
+                    to_save[key].load_state_dict(ckpt[key])
         except Exception as err:
             raise ResumeError(f"cannot resume from {path}: {type(err).__name__}: {err}") from err
         if force and int(trainer.state.epoch_length or steps_per_epoch) != steps_per_epoch:
