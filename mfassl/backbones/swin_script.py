@@ -7,7 +7,10 @@ module inside a network (patch embedding, window attention, Swin block, stage, p
 ``SwinTransformer`` itself) a subclass defined here whose ``forward`` does the same computation, in the same
 order, with typed code written once for 2D and 3D. Only ``__class__`` and a few integer-list attributes change:
 the parameters, buffers and their names stay, so a state dict saved from the stock modules loads key for key and
-the outputs are those of the stock modules (``tests/core/test_swin_script.py`` pins both).
+the outputs are those of the stock modules to float rounding (``tests/core/test_swin_script.py`` pins both). The
+one computation done differently is the window attention: one ``F.scaled_dot_product_attention`` call with the
+position bias and the shifted-window mask as its additive mask, where MONAI writes the softmax out
+(``bench/swin_attention.py`` times the two).
 
 :class:`~mfassl.backbones.MFASwin` applies it to its ``swinViT``, which is what makes the BraTS pretraining
 bundle's Swin variant export with ``ckpt_export`` by scripting. :class:`ScriptableWindowAttention` splits the
@@ -158,7 +161,21 @@ class ScriptablePatchEmbed(PatchEmbed):
 
 
 class ScriptableWindowAttention(_swin.WindowAttention):
-    """MONAI ``WindowAttention`` (explicit path): ``x`` ``(B * nW, N, C)``, ``mask`` ``(nW, N, N)`` or None."""
+    """MONAI ``WindowAttention``: ``x`` ``(B * nW, N, C)``, ``mask`` ``(nW, N, N)`` or None.
+
+    :meth:`forward` runs ``F.scaled_dot_product_attention`` with the relative position bias (plus the
+    shifted-window mask) as its additive mask, in training as at inference (MONAI's own module takes the
+    fused path only without gradients); :meth:`logits` and :meth:`mix` are the explicit computation, for
+    callers that need the probabilities (:mod:`mfassl.backbones.swin_attention`). Both give the same output
+    (to float rounding; tested) from the same parameters. Which kernel torch picks is its choice: on a CPU
+    the flash kernel when nothing asks for the bias's gradient (a teacher, inference; about 4x faster than
+    the explicit path on 343-token windows), the math kernel otherwise.
+    """
+
+    def position_bias(self, n: int) -> torch.Tensor:
+        """``(H, N, N)`` relative position bias of an ``N``-token window."""
+        index = self.relative_position_index[:n, :n].reshape(-1)
+        return self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
 
     def logits(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B * nW, H, N, N)`` (scaled q.k, position bias, mask) and values ``(B * nW, H, N, C / H)``."""
@@ -166,10 +183,8 @@ class ScriptableWindowAttention(_swin.WindowAttention):
         h = self.num_heads
         qkv = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        index = self.relative_position_index.clone()[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).contiguous()
         q = q * self.scale
-        attn = q @ k.transpose(-2, -1) + bias.unsqueeze(0)
+        attn = q @ k.transpose(-2, -1) + self.position_bias(n).unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
             attn = (attn.view(b // nw, nw, h, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, h, n, n)
@@ -182,8 +197,25 @@ class ScriptableWindowAttention(_swin.WindowAttention):
         return self.proj_drop(self.proj(out))
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        attn, v = self.logits(x, mask)
-        return self.mix(self.softmax(attn), v)
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        h = self.num_heads
+        d = c // h
+        qkv = self.qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B * nW, H, N, d)
+        bias = self.position_bias(n).to(q.dtype)  # (H, N, N)
+        drop = self.attn_drop.p if self.training else 0.0
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=drop,
+                                                 scale=self.scale)
+        else:
+            # windows and heads side by side, (B, nW * H, N, d), so one (nW * H, N, N) mask serves every image
+            nw = mask.shape[0]
+            bias = (bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)).reshape(1, nw * h, n, n)
+            shape = [b // nw, nw * h, n, d]
+            out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=bias,
+                                                 dropout_p=drop, scale=self.scale)
+            out = out.reshape(b, h, n, d)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
 class ScriptableSwinTransformerBlock(_swin.SwinTransformerBlock):
@@ -337,13 +369,15 @@ def make_swin_scriptable(module: nn.Module) -> nn.Module:
     Returns:
         ``module``; its state dict and its outputs are unchanged. Calling it again changes nothing.
 
+    The window attention becomes fused (:class:`ScriptableWindowAttention`) whatever MONAI's
+    ``use_flash_attention`` said (MONAI fuses only without gradients).
+
     Raises:
         ValueError: a part uses an option without a scriptable counterpart here: Hyena stages
-            (``use_hyena``), gradient checkpointing (``use_checkpoint``) or flash attention
-            (``use_flash_attention``).
+            (``use_hyena``) or gradient checkpointing (``use_checkpoint``).
     """
     for m in module.modules():
-        for option in ("use_hyena", "use_checkpoint", "use_flash_attention"):
+        for option in ("use_hyena", "use_checkpoint"):
             if isinstance(m, (_swin.BasicLayer, _swin.SwinTransformerBlock, _swin.WindowAttention)) and \
                     getattr(m, option, False):
                 raise ValueError(f"make_swin_scriptable: {type(m).__name__} has {option}=True, which has no "

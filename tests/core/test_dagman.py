@@ -84,7 +84,8 @@ def test_noise_scale_zero_makes_the_teacher_deterministic():
         plain = net.forward_features(x)
         with SwinAttentionProbe(net, noise_std=0.0):
             probed = net.forward_features(x)
-    assert torch.equal(plain, probed)  # the probe reproduces MONAI's forward exactly
+    # the probe's explicit softmax reproduces the encoder's fused attention to float rounding
+    torch.testing.assert_close(probed, plain, rtol=1e-5, atol=1e-5)
     assert "forward" not in net.swinViT.layers1[0].blocks[0].attn.__dict__  # and is removed on exit
 
     obj = DAGMaN(net, noise_std=0.0)

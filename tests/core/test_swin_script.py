@@ -10,10 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from monai.networks.nets.swin_unetr import SwinTransformer, compute_mask
+from monai.networks.nets.swin_unetr import SwinTransformer, WindowAttention, compute_mask
 
 from mfassl.backbones import MFASwin
-from mfassl.backbones.swin_script import ScriptableSwinTransformer, make_swin_scriptable, shifted_window_mask
+from mfassl.backbones.swin_script import (
+    ScriptableSwinTransformer,
+    ScriptableWindowAttention,
+    make_swin_scriptable,
+    shifted_window_mask,
+)
 from mfassl.mfa import MirrorFusionAttention
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,7 +72,7 @@ def test_scriptable_swin_reproduces_monai_with_shifts_and_padding(dims, size, do
     x = torch.randn(2, 2, *(size,) * dims, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for a, b in zip(stock(x), ours(x)):
-            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # fused attention: float rounding
     assert make_swin_scriptable(ours) is ours  # a second call changes nothing
 
 
@@ -80,6 +85,41 @@ def test_shifted_window_mask_is_monais_partition(dims, padded, window, shift):
     assert (ours != 0).any()  # the shift does split windows
 
 
+@pytest.mark.parametrize("dims, shifted", [(2, False), (2, True), (3, False), (3, True)])
+def test_fused_window_attention_matches_the_explicit_path(dims, shifted):
+    """forward (scaled_dot_product_attention, bias and mask as its additive mask) against logits + softmax + mix:
+    the same output and the same gradients, for the position-bias table as for the weights and the input."""
+    torch.manual_seed(0)
+    window = (4,) * dims
+    attn = WindowAttention(dim=12, num_heads=3, window_size=window, qkv_bias=True)
+    attn.__class__ = ScriptableWindowAttention
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(0, 1.0)  # a bias that matters (MONAI starts it near 0)
+    n, batch = 4**dims, 2
+    n_windows = 4 if shifted else 1
+    x = torch.randn(batch * n_windows, n, 12, requires_grad=True)
+    mask = None
+    if shifted:
+        padded = [8, 8] + [4] * (dims - 2)  # 2 x 2 windows
+        mask = shifted_window_mask(padded, list(window), [2] * dims, torch.device("cpu"))
+        assert mask.shape == (n_windows, n, n) and (mask != 0).any()
+    weight = torch.linspace(-1, 1, batch * n_windows * n * 12).view(batch * n_windows, n, 12)
+
+    def run(fn):
+        out = fn()
+        grads = torch.autograd.grad((out * weight).sum(), [x, attn.relative_position_bias_table, attn.qkv.weight])
+        return out.detach(), grads
+
+    fused, fused_grads = run(lambda: attn(x, mask))
+    explicit, explicit_grads = run(lambda: attn.mix(attn.softmax(attn.logits(x, mask)[0]), attn.logits(x, mask)[1]))
+    torch.testing.assert_close(fused, explicit, rtol=0, atol=1e-5)
+    for a, b in zip(fused_grads, explicit_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert float(fused_grads[1].abs().sum()) > 0  # the position bias is trained through the fused kernel
+    with torch.no_grad():  # the teacher's / inference path
+        torch.testing.assert_close(attn(x, mask), explicit, rtol=0, atol=1e-5)
+
+
 def test_state_dict_of_the_stock_module_tree_loads_strict_with_the_same_outputs():
     """A state dict saved from the MONAI-module MFA-Swin loads strict; forward and the MFA-on paired forward agree."""
     torch.manual_seed(0)
@@ -90,12 +130,12 @@ def test_state_dict_of_the_stock_module_tree_loads_strict_with_the_same_outputs(
     gen = torch.Generator().manual_seed(2)
     x, x_l, x_r = (torch.randn(2, 4, 32, 32, 32, generator=gen) for _ in range(3))
     with torch.no_grad():
-        torch.testing.assert_close(new(x), old(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(new(x), old(x), rtol=1e-5, atol=1e-5)
         out = new.forward_paired(x_l, x_r, ramp=1.0, use_mfa=True)
         ref_l, ref_r, ref_gate = old.paired(x_l, x_r)
-    torch.testing.assert_close(out.out_l, ref_l, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.out_r, ref_r, rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.gate_l, ref_gate, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.out_l, ref_l, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.out_r, ref_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.gate_l, ref_gate, rtol=1e-5, atol=1e-5)
     assert float(out.gate_l.mean()) > 0.0  # MFA is on and changes the tokens
     assert not torch.allclose(out.out_l, new.forward_features(x_l))
 

@@ -102,23 +102,31 @@ class _PatchEmbed(PatchEmbed):
 
 
 class _WindowAttention(_swin.WindowAttention):
-    """Window attention with relative position bias; ``x`` ``(B * windows, N, C)``, ``mask`` ``(windows, N, N)``."""
+    """Window attention with relative position bias; ``x`` ``(B * windows, N, C)``, ``mask`` ``(windows, N, N)``.
+
+    Fused: ``F.scaled_dot_product_attention`` with the position bias (plus the shifted-window mask) as its additive
+    mask, in training as at inference; the same output as MONAI's explicit softmax to float rounding.
+    """
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, c = x.shape[0], x.shape[1], x.shape[2]
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        h = self.num_heads
+        d = c // h
+        qkv = self.qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        index = self.relative_position_index.clone()[:n, :n].reshape(-1)
-        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).contiguous()
-        q = q * self.scale
-        attn = q @ k.transpose(-2, -1) + bias.unsqueeze(0)
-        if mask is not None:
-            nw = mask.shape[0]
-            attn = attn.view(b // nw, nw, self.num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, n, n)
-        attn = self.attn_drop(self.softmax(attn)).to(v.dtype)
-        x = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(x))
+        index = self.relative_position_index[:n, :n].reshape(-1)
+        bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).to(q.dtype)
+        drop = self.attn_drop.p if self.training else 0.0
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=drop,
+                                                 scale=self.scale)
+        else:
+            nw = mask.shape[0]  # windows and heads side by side: one (windows * H, N, N) mask for every image
+            bias = (bias.unsqueeze(0) + mask.to(q.dtype).unsqueeze(1)).reshape(1, nw * h, n, n)
+            shape = [b // nw, nw * h, n, d]
+            out = F.scaled_dot_product_attention(q.reshape(shape), k.reshape(shape), v.reshape(shape), attn_mask=bias,
+                                                 dropout_p=drop, scale=self.scale).reshape(b, h, n, d)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
 
 
 class _SwinTransformerBlock(_swin.SwinTransformerBlock):
