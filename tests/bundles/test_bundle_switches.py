@@ -93,6 +93,22 @@ def test_bad_method_options_are_refused_naming_the_key(key, text) -> None:
     assert isinstance(cause, ValueError) and f"'{key}'" in str(cause), repr(cause)
 
 
+@pytest.mark.parametrize("name", [CHEX, BRATS])
+@pytest.mark.parametrize("text, fused", [("false", False), ("0", False), ("true", True), ("null", True)])
+def test_optimizer_kernel_typed_on_the_command_line(name, text, fused) -> None:
+    """``--optimizer#fused false`` asks for torch's default AdamW kernel; the default (null) fuses on a CPU."""
+    optimizer = _parser(name, **{"optimizer#fused": _typed(text)}).get_parsed_content("optimizer")
+    assert all(bool(g["fused"]) is fused for g in optimizer.param_groups)
+    assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_optimizer_kernel_maybe_is_refused() -> None:
+    with pytest.raises(Exception) as err:
+        _parser(CHEX, **{"optimizer#fused": _typed("maybe")}).get_parsed_content("optimizer")
+    cause = _root_cause(err.value)
+    assert isinstance(cause, ValueError) and "'fused'" in str(cause), repr(cause)
+
+
 @pytest.mark.parametrize("text, n_images", [("false", 8), ("no", 8), ("0", 8), ("true", 7), ("YES", 7)])
 def test_frontal_only_typed_on_the_command_line(tiny_chexpert, text, n_images) -> None:
     parser = _parser(CHEX, dataset_dir=str(tiny_chexpert), frontal_only=_typed(text), max_images=None)
