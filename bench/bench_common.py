@@ -101,3 +101,12 @@ def replace_section(title: str, body: str, path: Path = RESULTS, script: str | N
         header = f"## {title}" + (f" (`bench/{script}`)" if script else "")
         text = text.rstrip() + f"\n\n{header}\n\n{body.strip()}\n"
     path.write_text(text)
+
+
+def publish(table: str, note: str, title: str, *, write: bool, script: str) -> None:
+    """Print a benchmark's table and its note; with ``write`` they become the body of RESULTS.md's
+    ``## {title}`` section (:func:`replace_section`, the section created naming ``bench/{script}``)."""
+    print(table)
+    print(note)
+    if write:
+        replace_section(title, f"{table}\n\n{note}\n", script=script)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section, section_title  # noqa: E402
+from bench_common import device_name, publish, section_title  # noqa: E402
 from mfassl.backbones import create_backbone  # noqa: E402
 
 
@@ -69,10 +69,7 @@ def main() -> None:
     table = "\n".join(lines)
     note = (f"Device: {device_name(dev)}; batch {args.batch} mirror pairs of 3x224x224 (2 x {args.batch} images per pass), "
             f"the two variants alternate, median of {args.repeats} each after one warm-up; torch {torch.__version__}, Python {platform.python_version()}.")
-    print(table)
-    print(note)
-    if args.write:
-        replace_section(section_title("MFA overhead", args.device), f"{table}\n\n{note}\n", script="mfa_overhead.py")
+    publish(table, note, section_title("MFA overhead", args.device), write=args.write, script="mfa_overhead.py")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import build_mfassl_step, device_name, replace_section  # noqa: E402
+from bench_common import build_mfassl_step, device_name, publish, section_title  # noqa: E402
 
 # the peer's ViT sizes: those of bench_common.VIT_MODELS (mfassl.backbones' ViT-Ti/S/B/16 presets)
 MODELS = {"tiny": dict(embed_dim=192, depth=12, num_heads=3), "small": dict(embed_dim=384, depth=12, num_heads=6),
@@ -314,12 +314,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"{args.compile_backend}; ours through mfassl.engine.compile_forward, the peer's modules directly), "
                  f"{COMPILE_WARMUP} untimed steps first; FLOPs counted on an eager step.")
     table = "\n".join(lines)
-    print(table)
-    print(note)
-    if args.write:
-        title = SECTION + (" with torch.compile" if args.compile else "")
-        replace_section(title if args.device == "cpu" else f"{title} on GPU", f"{table}\n\n{note}\n",
-                        script="peer_step.py")
+    title = SECTION + (" with torch.compile" if args.compile else "")
+    publish(table, note, section_title(title, args.device), write=args.write, script="peer_step.py")
 
 
 def _lightly_version() -> str:

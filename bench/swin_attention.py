@@ -32,7 +32,7 @@ import torch
 from monai.networks.nets.swin_unetr import SwinTransformer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import device_name, replace_section, section_title  # noqa: E402
+from bench_common import device_name, publish, section_title  # noqa: E402
 
 from mfassl.backbones.swin_script import make_swin_scriptable  # noqa: E402
 
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.rounds} interleaved rounds after a warm-up, medians (the ratio: median of the per-round ratios); "
             f"torch {torch.__version__}.")
     table = "\n".join(lines)
-    print(table)
-    print(note)
-    if args.write:
-        replace_section(section_title(SECTION, device), f"{table}\n\n{note}\n", script="swin_attention.py")
+    publish(table, note, section_title(SECTION, device), write=args.write, script="swin_attention.py")
 
 
 if __name__ == "__main__":

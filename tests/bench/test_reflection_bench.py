@@ -3,26 +3,19 @@ the same weights and views, writes its tables, results and figure; its helpers a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "reflection.py"
+from bench_loader import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reflection", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_reflection"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("reflection")
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,13 @@ output, and the table rows carry real times."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "swin_attention.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_swin_attention", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_swin_attention"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from bench_loader import load_bench
 
 
 def test_pair_shares_weights_and_rows_are_measured():
-    bench = _bench()
+    bench = load_bench("swin_attention")
     stock, fused = bench.build_pair(2, torch.device("cpu"))
     assert type(stock).__name__ == "SwinTransformer" and type(fused).__name__ == "ScriptableSwinTransformer"
     for (name, a), (_, b) in zip(stock.state_dict().items(), fused.state_dict().items()):
