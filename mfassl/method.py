@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone, create_backbone
 from mfassl.losses import ReflectionConsistencyLoss, TokenAlignmentLoss
-from mfassl.objectives import BaseObjective, create_objective
+from mfassl.objectives import GLOBAL_FEATURES, BaseObjective, create_objective
 from mfassl.options import as_bool, as_float
 from mfassl.pairing import default_split_dim, mirror_pair, pair_key_mask
 from mfassl.schedules import ScheduleState, SymmetrySchedule
@@ -153,14 +153,17 @@ class MFASSL(nn.Module):
             ``flip_prediction > 0``, ``flip_loss`` and ``flip_acc``.
         """
         views = self.views(images)  # drawn first: the baseline and MFASSL see the same views
-        base = self.objective(views)
+        base = dict(self.objective(views))
+        features = base.pop(GLOBAL_FEATURES, None)  # (n_global * B, D) pooled student features, or None
         total = base["loss"]
         zero = total.detach() * 0.0
         out: dict[str, torch.Tensor] = {f"base_{k}" if k != "loss" else "base": v.detach() for k, v in base.items()}
         if self.flip_head is not None:
             n_global = self.views.n_global
             flipped = torch.cat(self.views.last_flips[:n_global]).to(total.device)
-            logits = self.flip_head(self.backbone(torch.cat(views[:n_global])))
+            if features is None or features.shape[0] != flipped.shape[0]:
+                features = self.backbone(torch.cat(views[:n_global]))  # the objective encoded masked views
+            logits = self.flip_head(features)
             flip_loss = F.binary_cross_entropy_with_logits(logits, flipped.float())
             total = total + self.flip_prediction * flip_loss
             out.update(flip_loss=flip_loss.detach(), flip_acc=((logits > 0) == flipped).float().mean())

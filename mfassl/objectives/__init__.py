@@ -8,6 +8,7 @@ related methods ``dagman`` (MFA-Swin) and ``mixedae`` (2D MFA-ViT). Each class r
 from __future__ import annotations
 
 from mfassl.objectives.base import (
+    GLOBAL_FEATURES,
     BaseObjective,
     PairResult,
     ViewSpec,
@@ -24,6 +25,7 @@ from mfassl.objectives.mocov3 import InfoNCELoss, MoCoV3
 from mfassl.objectives.registry import OBJECTIVES, create_objective
 
 __all__ = [
+    "GLOBAL_FEATURES",
     "OBJECTIVES",
     "create_objective",
     "BaseObjective",

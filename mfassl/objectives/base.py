@@ -9,7 +9,12 @@ heads). It has two entry points with the same output, a dict of named scalar los
   (Mirror-Fusion Attention at layer ``l``); it also returns the :class:`PairedOutput` so the method
   can compute the symmetry losses on the pre-fusion tokens.
 
-``loss`` in the returned dict is the objective's total; other entries are parts for logging.
+``loss`` in the returned dict is the objective's total; other entries are parts for logging, except
+:data:`GLOBAL_FEATURES`: an objective whose student encodes the whole global views (DINO, MoCo-v3) returns their
+pooled features under that key, ``(n_global * B, D)`` with gradient, in view order (``torch.cat`` of the
+global views), so that a head on the encoder's representation (``MFASSL``'s flip head) reuses that pass
+instead of encoding the views again. ``MFASSL`` takes the entry out before anything is logged. Objectives
+that encode masked views (MAE, DAGMaN, MixedAE) leave it out.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch.nn as nn
 from mfassl.backbones import MFABackbone, PairedOutput
 
 __all__ = [
+    "GLOBAL_FEATURES",
     "BaseObjective",
     "PairResult",
     "ViewSpec",
@@ -43,6 +49,10 @@ class ViewSpec(NamedTuple):
 
     n_global: int
     n_local: int
+
+
+GLOBAL_FEATURES = "global_features"
+"""Key of the pooled student features of the global views in an objective's output (not a loss)."""
 
 
 class PairResult(NamedTuple):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone
-from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec, group_by_shape
+from mfassl.objectives.base import GLOBAL_FEATURES, BaseObjective, PairResult, ViewSpec, group_by_shape
 from mfassl.objectives.heads import DINOHead
 from mfassl.objectives.registry import OBJECTIVES
 
@@ -108,22 +108,25 @@ class DINO(BaseObjective):
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher[0]), (self.head, self.teacher[1])]
 
-    def _logits(self, backbone: MFABackbone, head: nn.Module, views: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``(V, B, out_dim)`` logits of ``V`` views: the backbone once per view shape, the head once for all."""
+    def _logits(self, backbone: MFABackbone, head: nn.Module,
+                views: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(V, B, out_dim)`` logits of ``V`` views and their ``(V * B, D)`` pooled features (view order): the
+        backbone once per view shape, the head once for all."""
         feats: list[torch.Tensor | None] = [None] * len(views)
         for idx, batch in group_by_shape(views):
             for i, f in zip(idx, backbone(batch).chunk(len(idx))):
                 feats[i] = f
-        return head(torch.cat(feats)).unflatten(0, (len(views), -1))  # type: ignore[arg-type]
+        pooled = torch.cat(feats)  # type: ignore[arg-type]
+        return head(pooled).unflatten(0, (len(views), -1)), pooled
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         self.check_views(views)
         n_g = self.views.n_global
         with torch.no_grad():
-            teacher = self._logits(self.teacher[0], self.teacher[1], views[:n_g])
-        student = self._logits(self.backbone, self.head, views)
+            teacher, _ = self._logits(self.teacher[0], self.teacher[1], views[:n_g])
+        student, pooled = self._logits(self.backbone, self.head, views)
         loss = self.loss_fn(teacher, student)
-        return {"loss": loss}
+        return {"loss": loss, GLOBAL_FEATURES: pooled[: n_g * views[0].shape[0]]}
 
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mfassl.backbones import MFABackbone
-from mfassl.objectives.base import BaseObjective, PairResult, ViewSpec
+from mfassl.objectives.base import GLOBAL_FEATURES, BaseObjective, PairResult, ViewSpec
 from mfassl.objectives.heads import MoCoPredictionHead, MoCoProjectionHead
 from mfassl.objectives.registry import OBJECTIVES
 
@@ -76,16 +76,18 @@ class MoCoV3(BaseObjective):
         b = v1.shape[0]
         both = torch.cat([v1, v2]) if v1.shape == v2.shape else None
         if both is not None:
-            q1, q2 = self.predictor(self.projector(self.backbone(both))).split(b)
+            pooled = self.backbone(both)
+            q1, q2 = self.predictor(self.projector(pooled)).split(b)
         else:
-            q1 = self.predictor(self.projector(self.backbone(v1)))
-            q2 = self.predictor(self.projector(self.backbone(v2)))
+            f1, f2 = self.backbone(v1), self.backbone(v2)
+            q1, q2 = self.predictor(self.projector(f1)), self.predictor(self.projector(f2))
+            pooled = torch.cat([f1, f2])
         with torch.no_grad():
             if both is not None:
                 k1, k2 = self.teacher[1](self.teacher[0](both)).split(b)
             else:
                 k1, k2 = self.teacher[1](self.teacher[0](v1)), self.teacher[1](self.teacher[0](v2))
-        return {"loss": self._pair_loss(q1, q2, k1, k2)}
+        return {"loss": self._pair_loss(q1, q2, k1, k2), GLOBAL_FEATURES: pooled}
 
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:

@@ -107,6 +107,38 @@ def test_flip_head_learns_to_predict_the_flip_on_a_learnable_toy():
     assert sum(accs[-10:]) / 10 > 0.75
 
 
+OBJECTIVE_HEADS = {"dino": dict(out_dim=64, hidden_dim=32, bottleneck_dim=16),
+                   "mocov3": dict(proj_hidden_dim=32, out_dim=16, pred_hidden_dim=32), "mae": {}}
+
+
+@pytest.mark.parametrize("objective, extra_passes", [("dino", 0), ("mocov3", 0), ("mae", 1)])
+def test_flip_head_reads_the_objectives_own_pass_over_the_global_views(objective, extra_passes):
+    """DINO and MoCo-v3 hand their pooled global-view features to the flip head (no second encoder pass; the
+    same flip loss as encoding the views again); MAE encodes masked views, so the head encodes them itself."""
+    images = torch.rand(4, 1, 40, 40, generator=torch.Generator().manual_seed(1))
+    n_local = 2 if objective == "dino" else 0
+    calls = {}
+    for fp in (0.0, 1.0):
+        torch.manual_seed(0)
+        m = MFASSL(tiny_vit(), objective, OBJECTIVE_HEADS[objective], mirror=False, flip_prediction=fp,
+                   views=dict(global_size=32, local_size=16, n_local=n_local, flip_prob=0.5))
+        count = []
+        hook = m.backbone.register_forward_hook(lambda *_: count.append(1))
+        torch.manual_seed(3)
+        out = m(images, epoch=2.0)
+        hook.remove()
+        calls[fp] = len(count)
+    assert "global_features" not in out and "base_global_features" not in out
+    assert calls[1.0] == calls[0.0] + extra_passes
+    torch.manual_seed(3)
+    views = m.views(images)
+    flips = torch.cat(m.views.last_flips[:2]).float()
+    assert 0 < float(flips.sum()) < flips.numel()  # both labels occur
+    with torch.no_grad():
+        again = torch.nn.functional.binary_cross_entropy_with_logits(m.flip_head(m.backbone(torch.cat(views[:2]))), flips)
+    assert float(out["flip_loss"]) == pytest.approx(float(again), rel=1e-5)
+
+
 def test_flip_prediction_rejects_negative_weights():
     with pytest.raises(ValueError, match="flip_prediction"):
         _method(-1.0)
