@@ -94,29 +94,28 @@ def create_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0
             ``True`` insists (an error names a parameter that cannot take it), ``False`` declines. Bundles pass
             strings: ``--optimizer#fused false``.
 
-    The choice is recorded in the param groups (``group["fused"]``), so checkpoints carry it;
-    :func:`create_trainer` keeps the optimizer's own choice when it resumes from a checkpoint that lacks it.
+    The choice is recorded in the param groups (``group["fused"]``); when :func:`create_trainer` resumes, the
+    optimizer keeps its own choice whichever kernel wrote the checkpoint.
     """
     lr, weight_decay = as_float(lr, "lr", low=0.0), as_float(weight_decay, "weight_decay", low=0.0)
     fused = as_bool(fused, "fused", allow_none=True)
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    decay, no_decay, unfusable = [], [], []
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
+        if not (p.is_floating_point() and p.device.type in FUSED_DEVICES):
+            unfusable.append(f"'{name}' ({p.dtype} on {p.device})")
     if fused is None:
-        fused = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in decay + no_decay)
-    elif fused:
-        for name, p in model.named_parameters():
-            if p.requires_grad and not (p.is_floating_point() and p.device.type in FUSED_DEVICES):
-                raise ValueError(f"create_optimizer(fused=True): parameter '{name}' ({p.dtype} on {p.device}) cannot "
-                                 f"take the fused AdamW kernel (floating point on {'/'.join(FUSED_DEVICES)}); "
-                                 "use fused=None or False.")
+        fused = not unfusable
+    elif fused and unfusable:
+        raise ValueError(f"create_optimizer(fused=True): parameter {unfusable[0]} cannot take the fused AdamW kernel "
+                         f"(floating point on {'/'.join(FUSED_DEVICES)}); use fused=None or False.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, fused=fused or None)
 
 
-IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable")
 
 
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
@@ -125,7 +124,7 @@ def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, 
     how the update runs (a checkpoint written before AdamW was fused resumes on the fused kernel, and back).
     Each ``step`` counter is put where that kernel wants it (fused / capturable: a float32 on the parameter's
     device; else a CPU scalar)."""
-    chosen = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    chosen = [{k: g[k] for k in _IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, keep in zip(optimizer.param_groups, chosen):
         group.update(keep)

@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mfassl import evaluation as ev
+from mfassl.cli import strict_json
 from mfassl.options import as_bool, as_float, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 from mfassl_medical.data.brats import brats_eval_data
@@ -219,28 +220,9 @@ class SymmetryEvaluator:
                 report["figures"]["axis_overlays"] = str(out / "axis_overlays.png")
         except Exception as err:  # a figure must not fail a finished evaluation
             logger.warning("could not draw the axis overlays: %s", err)
-        (out / "report.json").write_text(json.dumps(_finite_or_null(report), indent=2, default=_json_default))
+        (out / "report.json").write_text(json.dumps(strict_json(report), indent=2, allow_nan=False))
         logger.info("%s", format_summary(report))
         return report
-
-
-def _finite_or_null(v: Any) -> Any:
-    """The report with NaN/inf (a metric undefined on the data, e.g. AUROC with one class) as JSON null."""
-    if isinstance(v, dict):
-        return {k: _finite_or_null(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite_or_null(x) for x in v]
-    if isinstance(v, (float, np.floating)) and not math.isfinite(float(v)):
-        return None
-    return v
-
-
-def _json_default(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")
 
 
 def _cell(m: dict[str, float] | None) -> str:

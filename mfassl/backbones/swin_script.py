@@ -38,7 +38,7 @@ from monai.networks.nets import swin_unetr as _swin
 
 __all__ = [
     "make_swin_scriptable", "window_partition", "window_reverse", "window_and_shift", "padded_size",
-    "shifted_window_mask",
+    "shifted_window_mask", "position_bias", "split_heads",
     "ScriptablePatchEmbed", "ScriptableWindowAttention", "ScriptableSwinTransformerBlock",
     "ScriptablePatchMerging", "ScriptableBasicLayer", "ScriptableSwinTransformer",
 ]
@@ -160,6 +160,19 @@ class ScriptablePatchEmbed(PatchEmbed):
         return x
 
 
+def position_bias(table: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    """``(H, N, N)`` relative position bias of an ``N``-token window from a ``WindowAttention``'s
+    ``relative_position_bias_table`` ``(R, H)`` and ``relative_position_index`` ``(N, N)``."""
+    return table[index[:n, :n].reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+
+
+def split_heads(qkv: torch.Tensor, num_heads: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values ``(B * nW, H, N, C / H)`` from the ``qkv`` projection ``(B * nW, N, 3C)``."""
+    b, n = qkv.shape[0], qkv.shape[1]
+    parts = qkv.reshape(b, n, 3, num_heads, qkv.shape[2] // (3 * num_heads)).permute(2, 0, 3, 1, 4)
+    return parts[0], parts[1], parts[2]
+
+
 class ScriptableWindowAttention(_swin.WindowAttention):
     """MONAI ``WindowAttention``: ``x`` ``(B * nW, N, C)``, ``mask`` ``(nW, N, N)`` or None.
 
@@ -172,19 +185,14 @@ class ScriptableWindowAttention(_swin.WindowAttention):
     the explicit path on 343-token windows), the math kernel otherwise.
     """
 
-    def position_bias(self, n: int) -> torch.Tensor:
-        """``(H, N, N)`` relative position bias of an ``N``-token window."""
-        index = self.relative_position_index[:n, :n].reshape(-1)
-        return self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
-
     def logits(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(B * nW, H, N, N)`` (scaled q.k, position bias, mask) and values ``(B * nW, H, N, C / H)``."""
-        b, n, c = x.shape[0], x.shape[1], x.shape[2]
+        b, n = x.shape[0], x.shape[1]
         h = self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = split_heads(self.qkv(x), h)
         q = q * self.scale
-        attn = q @ k.transpose(-2, -1) + self.position_bias(n).unsqueeze(0)
+        attn = q @ k.transpose(-2, -1) + position_bias(self.relative_position_bias_table, self.relative_position_index,
+                                                       n).unsqueeze(0)
         if mask is not None:
             nw = mask.shape[0]
             attn = (attn.view(b // nw, nw, h, n, n) + mask.unsqueeze(1).unsqueeze(0)).view(-1, h, n, n)
@@ -200,9 +208,8 @@ class ScriptableWindowAttention(_swin.WindowAttention):
         b, n, c = x.shape[0], x.shape[1], x.shape[2]
         h = self.num_heads
         d = c // h
-        qkv = self.qkv(x).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (B * nW, H, N, d)
-        bias = self.position_bias(n).to(q.dtype)  # (H, N, N)
+        q, k, v = split_heads(self.qkv(x), h)  # (B * nW, H, N, d)
+        bias = position_bias(self.relative_position_bias_table, self.relative_position_index, n).to(q.dtype)
         drop = self.attn_drop.p if self.training else 0.0
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), dropout_p=drop,

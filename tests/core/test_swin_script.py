@@ -120,6 +120,18 @@ def test_fused_window_attention_matches_the_explicit_path(dims, shifted):
         torch.testing.assert_close(attn(x, mask), explicit, rtol=0, atol=1e-5)
 
 
+def test_probe_attention_runs_on_a_stock_monai_window_attention():
+    """window_attention_forward reuses the explicit logits/mix on MONAI's own module, not only on the subclass."""
+    from mfassl.backbones.swin_attention import window_attention_forward
+
+    torch.manual_seed(0)
+    stock = WindowAttention(dim=12, num_heads=3, window_size=(4, 4), qkv_bias=True).eval()
+    x = torch.randn(4, 16, 12)
+    mask = shifted_window_mask([8, 8], [4, 4], [2, 2], torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(window_attention_forward(stock, x, mask), stock(x, mask), rtol=0, atol=1e-6)
+
+
 def test_state_dict_of_the_stock_module_tree_loads_strict_with_the_same_outputs():
     """A state dict saved from the MONAI-module MFA-Swin loads strict; forward and the MFA-on paired forward agree."""
     torch.manual_seed(0)
