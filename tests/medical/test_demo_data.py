@@ -280,3 +280,36 @@ def test_concurrent_builds_into_one_fresh_folder_both_succeed(tmp_path):
     assert json.loads((root / "manifest.json").read_text())["n_chexpert"] == 2
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".demo.build-")]  # no half-built folder left
 
+
+
+def test_graded_findings_span_sizes_densities_and_stay_balanced(tmp_path):
+    """``findings="graded"``: every size x density class, the same mix on each side, the classes' ranges held,
+    and the default demo images unchanged by the option (the same draws)."""
+    from mfassl_medical.demo_data.chest import FINDING_DENSITY, FINDING_SIGMA
+
+    graded = build_demo_data(tmp_path / "g", n_brats=0, n_chexpert=72, seed=0, findings="graded")
+    truth = pd.read_csv(graded.chexpert_truth)
+    les = truth[truth["side"] != "none"]
+    assert len(les) == 48 and (les["side"] == "left").sum() == 24
+    assert set(les["size"]) == {"tiny", "small", "medium", "large"} and set(les["density"]) == {"faint", "moderate",
+                                                                                                "dense"}
+    mix = les.groupby("side")[["size", "density"]].value_counts().unstack(0)
+    assert (mix["left"] == mix["right"]).all()  # left and right see the same size x density mix
+    for _, r in les.iterrows():
+        lo, hi = FINDING_DENSITY[r["density"]]
+        assert lo <= r["opacity_density"] <= hi
+    assert set(truth.loc[truth["side"] == "none", "density"]) == {"none"}
+    sigma = (les["opacity_sigma_px"] / 256.0).groupby(les["size"]).median()
+    assert sigma["tiny"] < sigma["small"] < sigma["medium"] < sigma["large"]  # ordered sizes (of the 256-px image)
+    assert FINDING_SIGMA["tiny"][0] < FINDING_SIGMA["large"][0]
+    # the default set: the option leaves its images as they were (same random draws)
+    demo_a = build_demo_data(tmp_path / "a", n_brats=0, n_chexpert=6, seed=0)
+    demo_b = build_demo_data(tmp_path / "b", n_brats=0, n_chexpert=6, seed=0, findings="demo")
+    for p in pd.read_csv(demo_a.chexpert_truth)["path"]:
+        assert (demo_a.root / p).read_bytes() == (demo_b.root / p).read_bytes()
+    assert set(pd.read_csv(demo_a.chexpert_truth)["density"]) <= {"demo", "none"}
+    # a graded folder is not taken for a demo one, and back
+    assert json.loads(graded.manifest.read_text())["findings"] == "graded"
+    with pytest.raises(ValueError, match="findings must be one of"):
+        build_demo_data(tmp_path / "x", n_brats=0, n_chexpert=3, findings="hard")
+    assert not (tmp_path / "x").exists()  # refused before anything is written
