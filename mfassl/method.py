@@ -152,6 +152,7 @@ class MFASSL(nn.Module):
             ``l_eq``, ``l_mid``, ``gate_mean``, ``w``, ``ramp``, ``mfa_on``, the objective's extras and, with
             ``flip_prediction > 0``, ``flip_loss`` and ``flip_acc``.
         """
+        self.objective.set_epoch(epoch)
         views = self.views(images)  # drawn first: the baseline and MFASSL see the same views
         base = dict(self.objective(views))
         features = base.pop(GLOBAL_FEATURES, None)  # (n_global * B, D) pooled student features, or None
