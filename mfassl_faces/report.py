@@ -68,7 +68,8 @@ def landmark_report(errors: np.ndarray, flags: np.ndarray | None = None, names: 
     out: dict[str, Any] = {
         "normalization": normalization, "threshold": float(threshold), "n": int(e.size),
         "n_failed": int(np.sum(~np.isfinite(e))),
-        "nme": ci(_finite_mean), "fr": ci(lambda x: failure_rate(x, threshold)), "auc": ci(lambda x: auc_at(x, threshold)),
+        "nme": ci(_finite_mean), "fr": ci(lambda x: failure_rate(x, threshold)),
+        "auc": ci(lambda x: auc_at(x, threshold)),
         "subsets": {},
     }
     if names:
