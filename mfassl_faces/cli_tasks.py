@@ -209,6 +209,9 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     cache = Path(args.landmarks_file) if args.landmarks_file else _out(args, default_out) / "landmarks.jsonl"
     source = None if args.landmark_source == "none" else args.landmark_source
     kwargs = {"weights_dir": args.fan_weights, "device": str(_device(args.device))} if source == "fan" else {}
+    if source == "fan" and kwargs["device"].startswith("cuda") and args.landmark_workers > 1:
+        raise SystemExit(f"error: FAN on {kwargs['device']} runs in one process; drop --landmark-workers "
+                         f"{args.landmark_workers} (forked workers cannot share the GPU).")
     records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
                                                workers=args.landmark_workers, progress=True)
     logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)

@@ -194,3 +194,9 @@ def test_device_options_are_checked_before_any_file(tmp_path, capsys) -> None:
                             "--workers", "2", "--batch-size", "4"])
     assert exit_.value.code == 2 and "one process" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+    from mfassl_faces import cli_tasks
+
+    with pytest.MonkeyPatch.context() as mp:  # as on a machine with a GPU
+        mp.setattr(cli_tasks, "_device", lambda name: torch.device("cuda:0"))
+        with pytest.raises(SystemExit, match="FAN on cuda:0 runs in one process; drop --landmark-workers 2"):
+            cli_tasks.main(["pretrain", "--images", str(tmp_path), "--landmark-source", "fan", "--landmark-workers", "2"])
