@@ -347,8 +347,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     print(format_landmark_table(res, f"{args.head} head on the {'fine-tuned' if args.finetune else 'frozen'} encoder, "
                                      f"NME normalised by the {args.normalization} distance"))
-    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "normalization", "threshold", "nme", "fr", "auc",
-                                          "subsets", "flip_nme", "ced_png", "predictions")}))
+    from mfassl.cli import json_line
+
+    print(json_line({k: res[k] for k in ("n_train", "n_test", "normalization", "threshold", "nme", "fr", "auc",
+                                         "subsets", "flip_nme", "ced_png", "predictions")}))
     return 0
 
 

@@ -166,6 +166,8 @@ def test_benchmark_on_wflw_prints_the_six_subsets(tmp_path, capsys) -> None:
     assert [ln.split()[0] for ln in lines[2:-1]] == ["full", *WFLW_ATTRIBUTES]
     assert list(res["subsets"]) == ["full", *WFLW_ATTRIBUTES] and res["normalization"] == "inter-ocular"
     assert res["subsets"]["pose"]["n"] == 2 and res["subsets"]["expression"]["n"] == 1  # faces 4 and 6; face 6
+    assert res["subsets"]["blur"] == {"n": 0, "n_failed": 0, "nme": None, "fr": None, "auc": None}  # strict JSON
+    assert "NaN" not in lines[-1] and lines[-2].split() == ["blur", "0", "-", "-", "-"]
     assert float(lines[2].split()[2]) == pytest.approx(100 * res["nme"]["value"], abs=0.006)
     preds = [json.loads(ln) for ln in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["image"] for p in preds] == ["4--Scene/img_4.jpg", "5--Scene/img_5.jpg", "6--Scene/img_6.jpg"]
