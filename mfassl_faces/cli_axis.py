@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mfassl.cli import check_png_target, json_line, overlay_paths, strict_json
-from mfassl_faces.cli_options import SOURCE_NAMES, box_arg, float_arg, int_arg
+from mfassl_faces.cli_options import SOURCE_NAMES, box_arg, check_device, float_arg, int_arg
 from mfassl_faces.errors import FaceDataError
 
 logger = logging.getLogger("mfassl_faces.axis")
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     choose.add_argument("--box", type=box_arg("--box"), metavar="X0,Y0,X1,Y1",
                         help="report the face overlapping this pixel box most")
     p.add_argument("--fan-weights", metavar="DIR", help="folder with s3fd-619a316812.pth and 2DFAN4-11f355bf06.pth.tar")
+    p.add_argument("--device", default=None,
+                   help="torch device of FAN (--landmarks fan): cpu, cuda, cuda:1... "
+                        "(default: cuda if available, else cpu)")
     p.add_argument("--min-confidence", type=float_arg("--min-confidence", 0.0, 1.0), default=0.2,
                    help="in [0, 1]; below this the image centre is used (0.2)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -68,11 +71,11 @@ def check_source_spec(spec: str) -> str:
                      "landmark file or folder.")
 
 
-def _source(spec: str, fan_weights: str | None):
+def _source(spec: str, fan_weights: str | None, device: str | None = None):
     from mfassl_faces.sources import create_source
 
     if spec == "fan":
-        return create_source("fan", weights_dir=fan_weights)
+        return create_source("fan", weights_dir=fan_weights, device=device or "cpu")
     if spec in SOURCE_NAMES:
         return create_source(spec)
     return create_source("file", path=spec)
@@ -121,10 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.landmarks = check_source_spec(args.landmarks)
         check_png_target(args.png, len(images), what="images")
+        device = check_device(args.device) if args.landmarks == "fan" else None
     except ValueError as err:
         parser.error(str(err))
     try:
-        source = _source(args.landmarks, args.fan_weights)
+        source = (_source(args.landmarks, args.fan_weights) if device is None
+                  else _source(args.landmarks, args.fan_weights, device))
     except (FileNotFoundError, ImportError, FaceDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

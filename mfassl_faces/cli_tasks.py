@@ -4,7 +4,10 @@
 - ``pretrain``: MFASSL on face crops through the shared engine (:func:`mfassl.engine.create_trainer`):
   progress bar, TensorBoard, checkpoints, ``--resume auto``; under ``torchrun`` it runs distributed
   like the bundles. The mirror axis of each crop comes from its landmarks. Writes ``backbone.pt``.
-- ``benchmark``: the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`).
+- ``benchmark``: the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`): ``--split``
+  picks a random split of ``--data`` or 300W's standard one (:mod:`mfassl_faces.protocols`), ``--threshold``
+  and ``--normalization`` the paper conventions; it prints a table (NME in percent, per subset) and then
+  one JSON line, and writes ``landmark_benchmark.json``, ``ced.png`` and ``predictions.jsonl``.
 - ``probe``: the CelebA-HQ attribute probe (:func:`mfassl_faces.benchmark.run_attribute_probe`).
 
 Each command has its entry function for ``python -m mfassl_faces`` (:func:`demo_main`, :func:`pretrain_main`,
@@ -34,7 +37,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mfassl_faces.cli_options import float_arg, int_arg
+from mfassl_faces.cli_options import NORMALIZATION_NAMES, float_arg, int_arg
 
 logger = logging.getLogger("mfassl_faces.cli")
 
@@ -75,10 +78,21 @@ def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fan-weights", help="FAN weights folder (--landmark-source fan)")
 
 
+def _add_metric_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("landmark metrics")
+    g.add_argument("--threshold", type=float_arg("--threshold", 1e-6, 1.0), default=0.1,
+                   help="NME threshold of the failure rate and the AUC (0.1; 0.08 is also common, e.g. on "
+                        "300W's private set)")
+    g.add_argument("--normalization", default="inter-ocular", choices=NORMALIZATION_NAMES,
+                   help="NME normaliser: inter-ocular (outer eye corners, the default: WFLW and most 300W papers), "
+                        "inter-pupil (eye centres), box (sqrt(w*h) of the ground-truth landmarks' box)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default=None, help="torch device of the encoder and of FAN (--landmark-source fan) "
+                                                  "(default: cuda if available, else cpu)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -115,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backbone_args(b)
     _add_landmark_data_args(b)
     _common(b)
+    b.add_argument("--split", default="random", choices=("random", "300w", "300w-private"),
+                   help="split of --data: random (a seeded --test-fraction), 300w (train: AFW + HELEN + LFPW "
+                        "trainsets; test: the full set, reported as common, challenging and full), 300w-private "
+                        "(train: all public 300W faces; test: 300W/01_Indoor + 02_Outdoor); the 300w splits read "
+                        "the iBUG layout (afw/, helen/trainset, helen/testset, lfpw/trainset, lfpw/testset, ibug/)")
+    _add_metric_args(b)
     b.add_argument("--head", default="linear", choices=["linear", "heatmap"])
     b.add_argument("--finetune", action="store_true", help="train the encoder too (default frozen)")
     b.add_argument("--epochs", type=int, default=10)
@@ -188,7 +208,10 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     table = read_celeba_landmarks(args.celeba_landmarks) if args.celeba_landmarks else None
     cache = Path(args.landmarks_file) if args.landmarks_file else _out(args, default_out) / "landmarks.jsonl"
     source = None if args.landmark_source == "none" else args.landmark_source
-    kwargs = {"weights_dir": args.fan_weights} if source == "fan" else {}
+    kwargs = {"weights_dir": args.fan_weights, "device": str(_device(args.device))} if source == "fan" else {}
+    if source == "fan" and kwargs["device"].startswith("cuda") and args.landmark_workers > 1:
+        raise SystemExit(f"error: FAN on {kwargs['device']} runs in one process; drop --landmark-workers "
+                         f"{args.landmark_workers} (forked workers cannot share the GPU).")
     records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
                                                workers=args.landmark_workers, progress=True)
     logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)
@@ -216,6 +239,16 @@ def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out:
         schema = schemas[0] if len(schemas) == 1 else "ibug68"
         return (LandmarkDataset(train, schema, size=args.size, flip_prob=flip_prob),
                 LandmarkDataset(test, schema, size=args.size), schemas[0] if len(schemas) == 1 else None)
+    split = getattr(args, "split", "random")
+    if split != "random":
+        from mfassl_faces.protocols import read_protocol
+
+        if not args.data or args.wflw_train or args.wflw_test or getattr(args, "images", None):
+            raise SystemExit(f"error: --split {split} reads --data, the 300W root (afw/, helen/, lfpw/, ibug/), "
+                             "and no --wflw-* or --images.")
+        proto = read_protocol(split, args.data)
+        test = LandmarkDataset(proto.test, proto.schema, size=args.size, attribute_names=proto.subsets)
+        return LandmarkDataset(proto.train, proto.schema, size=args.size, flip_prob=flip_prob), test, proto.schema
     if args.wflw_train or args.wflw_test:
         if not (args.wflw_train and args.wflw_test and args.wflw_images):
             raise SystemExit("error: WFLW needs --wflw-train, --wflw-test and --wflw-images.")
@@ -307,9 +340,27 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     backbone, _, _ = build_backbone(args)
     res = run_landmark_benchmark(backbone, train, test, schema, args.size, head=args.head, finetune=args.finetune,
                                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_boot=args.n_boot,
-                                 out_dir=_out(args, "faces_benchmark"), device=_device(args.device), seed=args.seed)
-    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "nme", "fr", "auc", "flip_nme", "ced_png")}))
+                                 out_dir=_out(args, "faces_benchmark"), device=_device(args.device), seed=args.seed,
+                                 threshold=args.threshold, normalization=args.normalization,
+                                 image_root=_image_root(args))
+    from mfassl_faces.report import format_landmark_table
+
+    print(format_landmark_table(res, f"{args.head} head on the {'fine-tuned' if args.finetune else 'frozen'} encoder, "
+                                     f"NME normalised by the {args.normalization} distance"))
+    from mfassl.cli import json_line
+
+    print(json_line({k: res[k] for k in ("n_train", "n_test", "normalization", "threshold", "nme", "fr", "auc",
+                                         "subsets", "flip_nme", "ced_png", "predictions")}))
     return 0
+
+
+def _image_root(args: argparse.Namespace) -> str | None:
+    """The folder the benchmark's test images are named relative to in ``predictions.jsonl``."""
+    if getattr(args, "images", None):
+        return args.images
+    if args.wflw_train or args.wflw_test:
+        return args.wflw_images
+    return args.data
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -326,7 +377,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     backbone, _, _ = build_backbone(args)
     res = run_attribute_probe(backbone, train, test, train.names, epochs=args.epochs, lr=args.lr, n_boot=args.n_boot,
                               out_dir=_out(args, "faces_probe"), device=_device(args.device), seed=args.seed)
-    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "mean_auroc", "ece", "brier")}))
+    print(json.dumps({k: res[k] for k in ("n_train", "n_test", "mean_auroc", "mean_accuracy", "mean_balanced_accuracy",
+                                          "ece", "brier")}))
     return 0
 
 

@@ -5,10 +5,19 @@ Every source is called as ``source(image, path=None) -> list[Face]`` with an ``(
 image; faces come largest first, landmarks in 0-based pixel ``(x, y)``. No face gives an empty list (the
 caller decides to skip and count); an image too small to hold a face raises
 :class:`~mfassl_faces.errors.FaceDataError` naming it (:func:`check_image`).
+
+Two more calls, for evaluation and throughput:
+
+- ``source.detect_batch(images, paths)``: the faces of several images, each list ranked as above; a
+  source with a network (``fan``) runs the landmarks of all their faces in batches;
+- ``source.landmarks_in_boxes(image, boxes, path)``: one face per given box, without the source's own
+  face search deciding which faces exist (face-alignment's ``detected_faces=``), e.g. inside WFLW's
+  boxes or 300W's ground-truth boxes; ``landmarks_in_boxes_batch`` does it for several images.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -19,7 +28,7 @@ from mfassl.registry import Registry
 from mfassl_faces.errors import FaceDataError
 
 __all__ = ["Face", "LandmarkSource", "LANDMARK_SOURCES", "create_source", "largest_face", "choose_faces", "box_iou",
-           "landmark_extent", "check_image"]
+           "landmark_extent", "check_image", "check_box"]
 
 
 @dataclass
@@ -51,12 +60,39 @@ class LandmarkSource:
     name = "base"
 
     def __call__(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
-        faces = self.detect(np.asarray(image), path)
+        return self.rank(self.detect(np.asarray(image), path))
+
+    @staticmethod
+    def rank(faces: Sequence[Face]) -> list[Face]:
+        """``faces`` in the order a source answers them (largest first)."""
         return sorted(faces, key=lambda f: -f.size)
 
     def detect(self, image: np.ndarray, path: str | os.PathLike | None) -> list[Face]:
         """The faces of an ``(H, W, 3)`` uint8 RGB ``image`` (read from ``path`` when known), in any order."""
         raise NotImplementedError
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
+        """The faces of each image, each list ranked as ``source(image)`` ranks it. Sources that batch their
+        network override this; the default answers one image after the other."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        return [self(image, path) for image, path in zip(images, paths)]
+
+    def landmarks_in_boxes(self, image: np.ndarray, boxes: Sequence[Sequence[float]],
+                           path: str | os.PathLike | None = None) -> list[Face]:
+        """One face per ``(x0, y0, x1, y1)`` pixel box of ``image``, in the order of ``boxes``.
+
+        Raises:
+            NotImplementedError: the source cannot place landmarks in a given box (``file`` reads annotations).
+        """
+        raise NotImplementedError(f"the {self.name!r} landmark source does not predict landmarks inside given boxes.")
+
+    def landmarks_in_boxes_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]],
+                                 paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
+        """:meth:`landmarks_in_boxes` for several images (``boxes[k]`` are image ``k``'s); sources that batch their
+        network override this."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        return [self.landmarks_in_boxes(image, b, path) for image, b, path in zip(images, boxes, paths)]
 
 
 LANDMARK_SOURCES: Registry[LandmarkSource] = Registry("landmark source")
@@ -136,3 +172,18 @@ def check_image(image: np.ndarray, min_side: int, path: str | os.PathLike | None
         raise FaceDataError(f"image of {img.shape[1]} x {img.shape[0]} pixels (W x H) is too small to hold a face "
                             f"(the shorter side must be at least {max(1, min_side)} px).", path)
     return img
+
+
+def check_box(box: Sequence[float], path: str | os.PathLike | None = None) -> tuple[float, float, float, float]:
+    """``box`` as ``(x0, y0, x1, y1)`` floats.
+
+    Raises:
+        FaceDataError: naming ``path``, unless the box has four finite values with ``x0 < x1`` and ``y0 < y1``.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError) as err:
+        raise FaceDataError(f"face box {box!r} is not four numbers x0, y0, x1, y1.", path) from err
+    if not (all(map(math.isfinite, (x0, y0, x1, y1))) and x0 < x1 and y0 < y1):
+        raise FaceDataError(f"face box {(x0, y0, x1, y1)} needs finite x0 < x1 and y0 < y1.", path)
+    return x0, y0, x1, y1

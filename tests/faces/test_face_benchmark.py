@@ -57,7 +57,9 @@ def test_tiny_landmark_benchmark_end_to_end(demo, tmp_path) -> None:
     assert (tmp_path / "ced.png").is_file() and json.loads((tmp_path / "landmark_benchmark.json").read_text())
 
 
-def test_attribute_probe_end_to_end(tmp_path) -> None:
+def _celeba_tree(tmp_path) -> None:
+    """16 images whose brightness sets attribute A0 (learnable); the other 39 are random; official partition:
+    10 train, 6 test."""
     rng = np.random.default_rng(0)
     names = [f"A{k}" for k in range(40)]
     n = 16
@@ -72,12 +74,36 @@ def test_attribute_probe_end_to_end(tmp_path) -> None:
         lines.append(f"{i}.jpg " + " ".join(str(v) for v in vals))
     (tmp_path / "attr.txt").write_text(f"{n}\n{' '.join(names)}\n" + "\n".join(lines) + "\n")
     (tmp_path / "part.txt").write_text("\n".join(f"{i}.jpg {0 if i < 10 else 2}" for i in range(n)) + "\n")
+
+
+def test_attribute_probe_end_to_end(tmp_path) -> None:
+    _celeba_tree(tmp_path)
     tr = CelebAHQDataset(tmp_path / "img", tmp_path / "attr.txt", "train", partition_file=tmp_path / "part.txt", size=32)
     te = CelebAHQDataset(tmp_path / "img", tmp_path / "attr.txt", "test", partition_file=tmp_path / "part.txt", size=32)
     res = run_attribute_probe(_tiny_backbone(), tr, te, epochs=50, n_boot=20, out_dir=tmp_path / "out")
     assert res["per_attribute"]["A0"] == pytest.approx(1.0)
     assert 0 <= res["ece"] <= 1 and 0 <= res["brier"] <= 1
     assert (tmp_path / "out" / "attribute_probe.json").is_file()
+    # accuracy and balanced accuracy at p = 0.5 beside AUROC, per attribute and averaged
+    a0 = res["per_attribute_metrics"]["A0"]
+    assert a0["auroc"] == pytest.approx(1.0) and a0["positive_rate"] == pytest.approx(3 / 6)
+    per = res["per_attribute_metrics"]
+    assert res["mean_accuracy"]["value"] == pytest.approx(np.mean([m["accuracy"] for m in per.values()]))
+    finite = [m["balanced_accuracy"] for m in per.values() if np.isfinite(m["balanced_accuracy"])]
+    assert res["mean_balanced_accuracy"]["value"] == pytest.approx(np.mean(finite))
+    assert 0 <= res["mean_accuracy"]["ci_low"] <= res["mean_accuracy"]["value"] <= res["mean_accuracy"]["ci_high"] <= 1
+
+
+def test_probe_command_prints_accuracy_and_balanced_accuracy(tmp_path, capsys) -> None:
+    _celeba_tree(tmp_path)
+    rc = cli_tasks.main(["probe", "--images", str(tmp_path / "img"), "--attributes", str(tmp_path / "attr.txt"),
+                         "--partition", str(tmp_path / "part.txt"), "--epochs", "30", "--n-boot", "10", "--out",
+                         str(tmp_path / "out"), *TINY])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and {"mean_auroc", "mean_accuracy", "mean_balanced_accuracy", "ece", "brier"} <= set(res)
+    assert 0 <= res["mean_balanced_accuracy"]["value"] <= 1
+    saved = json.loads((tmp_path / "out" / "attribute_probe.json").read_text())
+    assert set(saved["per_attribute_metrics"]["A5"]) == {"auroc", "accuracy", "balanced_accuracy", "positive_rate"}
 
 
 def test_cli_pretrain_resume_then_benchmark(demo, tmp_path, capsys) -> None:
