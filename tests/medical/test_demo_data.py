@@ -285,7 +285,7 @@ def test_concurrent_builds_into_one_fresh_folder_both_succeed(tmp_path):
 def test_graded_findings_span_sizes_densities_and_stay_balanced(tmp_path):
     """``findings="graded"``: every size x density class, the same mix on each side, the classes' ranges held,
     and the default demo images unchanged by the option (the same draws)."""
-    from mfassl_medical.demo_data.chest import FINDING_DENSITY, FINDING_SIGMA
+    from mfassl_medical.demo_data.chest import FINDING_DENSITY, GRADED_SIGMA
 
     graded = build_demo_data(tmp_path / "g", n_brats=0, n_chexpert=72, seed=0, findings="graded")
     truth = pd.read_csv(graded.chexpert_truth)
@@ -301,7 +301,7 @@ def test_graded_findings_span_sizes_densities_and_stay_balanced(tmp_path):
     assert set(truth.loc[truth["side"] == "none", "density"]) == {"none"}
     sigma = (les["opacity_sigma_px"] / 256.0).groupby(les["size"]).median()
     assert sigma["tiny"] < sigma["small"] < sigma["medium"] < sigma["large"]  # ordered sizes (of the 256-px image)
-    assert FINDING_SIGMA["tiny"][0] < FINDING_SIGMA["large"][0]
+    assert GRADED_SIGMA["tiny"][0] < GRADED_SIGMA["large"][0]
     # the default set: the option leaves its images as they were (same random draws)
     demo_a = build_demo_data(tmp_path / "a", n_brats=0, n_chexpert=6, seed=0)
     demo_b = build_demo_data(tmp_path / "b", n_brats=0, n_chexpert=6, seed=0, findings="demo")
