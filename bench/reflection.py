@@ -233,23 +233,25 @@ def scaled_axes(axes: torch.Tensor, k: float) -> torch.Tensor:
     return out
 
 
-def _data_cache(cfg: Config, out: Path) -> Path:
-    d = {"n_images": cfg.n_images, "image_size": cfg.image_size, "findings": cfg.findings, "v": 2}
-    return out / f"data-{hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]}.npz"
-
-
 def load_chest(cfg: Config, out: Path) -> dict[str, Any]:
     """Images ``(N, 1, S, S)`` in [0, 1], labels and the midlines ``(N, 3)`` (estimated, truth, centre).
 
-    Built once per (images, size, findings) and cached as ``data-*.npz`` under ``out`` (several unit processes
-    share it; the first one builds under a file lock)."""
+    The demo set is built (or found up to date) under ``out``; the resized images and estimated midlines are
+    cached as ``data-*.npz`` keyed by the set's truth table and the size (a changed generator or size is a new
+    cache), built once under a file lock (several unit processes share it)."""
     from filelock import FileLock
 
-    cache = _data_cache(cfg, out)
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    from mfassl_medical.demo_data import build_demo_data
+
+    root = Path(cfg.demo_root) if cfg.demo_root else out / f"demo-{cfg.findings}-{cfg.n_images}"
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / f".demo-{cfg.findings}-{cfg.n_images}.lock")):
+        paths = build_demo_data(root, n_brats=0, n_chexpert=cfg.n_images, findings=cfg.findings)
+    key = hashlib.sha1(paths.chexpert_truth.read_bytes() + f"|{cfg.image_size}|v3".encode()).hexdigest()[:10]
+    cache = out / f"data-{key}.npz"
     with FileLock(str(cache) + ".lock"):
         if not cache.is_file():
-            _build_chest(cfg, out, cache)
+            _build_chest(cfg, paths, cache)
     z = np.load(cache, allow_pickle=False)
     data = {"x": torch.from_numpy(z["x"]),
             "axes": {k: torch.from_numpy(z[f"axes_{k}"]) for k in ("estimated", "truth", "centre")},
@@ -263,15 +265,12 @@ def load_chest(cfg: Config, out: Path) -> dict[str, Any]:
     return data
 
 
-def _build_chest(cfg: Config, out: Path, cache: Path) -> None:
+def _build_chest(cfg: Config, paths: Any, cache: Path) -> None:
     from PIL import Image
 
     from mfassl.geometry import SymmetryAxis2D
     from mfassl_medical.axis import estimate_midline
-    from mfassl_medical.demo_data import build_demo_data
 
-    root = Path(cfg.demo_root) if cfg.demo_root else out / f"demo-{cfg.findings}-{cfg.n_images}"
-    paths = build_demo_data(root, n_brats=0, n_chexpert=cfg.n_images, findings=cfg.findings)
     with open(paths.chexpert_truth, newline="") as f:
         rows = list(csv.DictReader(f))
     s = cfg.image_size
