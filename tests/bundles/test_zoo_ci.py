@@ -3,7 +3,7 @@
 The zoo's ``ci/verify_bundle.py`` (called by ``ci/run_premerge_cpu.sh`` / ``run_premerge_gpu.sh``) puts the bundle
 folder first on ``sys.path`` and then, in one Python process: checks the file layout (``configs/metadata.json``,
 ``LICENSE``, ``models/model.pt``, ``configs/inference.*``), the version and changelog, ``verify_metadata`` against
-the schema, ``verify_net_in_out("network_def", config_file="configs/inference.json")`` with a random input of the
+the official schema (offline copy), ``verify_net_in_out("network_def", config_file="configs/inference.json")`` with a random input of the
 metadata's input shape, and ``ckpt_export("network_def", ...)`` by scripting (the default) from fake weights of
 the network. ``DRIVER`` below does the same steps in a child interpreter (sockets refused), with tiny network
 sizes given as the command-line strings a user types, and also checks that the exported module reproduces the
@@ -26,7 +26,7 @@ import pytest
 
 from bundle_utils import BUNDLES
 
-SCHEMA = BUNDLES / "schemas" / "meta_schema.json"
+SCHEMA = BUNDLES / "schemas" / "meta_schema_20240725.json"  # offline copy of the metadata's "schema" URL
 NAMES = ["mfassl_brats_pretrain", "mfassl_brats_segmentation", "mfassl_chexpert_pretrain"]
 
 # override strings as typed on the command line (``--network_def#embed_dim 48``): parsed like MONAI's fire CLI
