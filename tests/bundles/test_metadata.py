@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import BUNDLES, ROOT
+from bundle_utils import BUNDLES, NO_NETWORK, ROOT
 
 OFFICIAL_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA = BUNDLES / "schemas" / "meta_schema_20240725.json"  # offline copy of OFFICIAL_URL
@@ -30,22 +30,6 @@ SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"  # of the published file; the co
 STRICT = Path(__file__).parent / "data" / "mfassl_strict_metadata_schema.json"
 NAMES = sorted(p.name for p in BUNDLES.glob("mfassl_*") if p.is_dir())
 PRETRAIN = ["mfassl_brats_pretrain", "mfassl_chexpert_pretrain"]
-
-# Installed into a child interpreter (sitecustomize) so that the command-line check is offline as well.
-_NO_NETWORK = '''
-import socket
-
-
-def _refuse(*args, **kwargs):
-    raise OSError("network access attempted during an offline test")
-
-
-socket.socket.connect = _refuse
-socket.socket.connect_ex = _refuse
-socket.create_connection = _refuse
-socket.getaddrinfo = _refuse
-'''
-
 
 def _meta(name: str) -> dict:
     return json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
@@ -152,7 +136,7 @@ def test_pretrain_bundles_output_embeddings():
 
 
 def test_verify_metadata_command_line_offline(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(_NO_NETWORK)
+    (tmp_path / "sitecustomize.py").write_text(NO_NETWORK)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     guard = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
                            capture_output=True, text=True, env=env, timeout=60)
