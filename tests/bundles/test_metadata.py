@@ -233,8 +233,14 @@ def test_metadata_without_schema_field_is_rejected(tmp_path, offline):
 @pytest.mark.parametrize("name", NAMES)
 def test_model_zoo_layout(name):
     root = BUNDLES / name
-    for rel in ("LICENSE", "docs/README.md", "configs/metadata.json", "configs/train.json", "configs/logging.conf"):
+    for rel in ("LICENSE", "docs/README.md", "docs/data_license.txt", "configs/metadata.json", "configs/train.json",
+                "configs/logging.conf", "configs/inference.json", "configs/evaluate.json", "configs/multi_gpu_train.json"):
         assert (root / rel).is_file(), f"{name}: {rel} missing"
+    if name == "mfassl_brats_segmentation":
+        assert (root / "configs" / "multi_gpu_evaluate.json").is_file()
+    # the data terms name the real data set and say what the demo data is
+    terms = (root / "docs" / "data_license.txt").read_text()
+    assert ("CheXpert" if "chexpert" in name else "BraTS") in terms and "demo data" in terms
     assert (root / "models").is_dir(), f"{name}: models/ missing"
 
 
