@@ -132,7 +132,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"figures: {r.get('loss_curves_png', 'n/a')}",
         f"         {r.get('axis_overlays_png', 'n/a')}",
         f"checkpoints: {r['checkpoint_dir']}",
-        f"encoder weights: {r.get('model_file') or 'n/a'} (evaluate.json, inference.json and ckpt_export read them)",
+        f"encoder weights: {r.get('model_file') or 'n/a'} (evaluate.json, inference.json and ckpt_export read them"
+        + ("; merge configs/demo.json last, as the bundle README's demo commands do)"
+           if "/models/demo/" in str(r.get("model_file") or "").replace("\\", "/") else ")"),
         f"TensorBoard: tensorboard --logdir {r['tensorboard_dir']}",
         f"next: point dataset_dir at the real data (--dataset_dir {_REAL_DATA_HINT.get(r['bundle'], '/path/to/data')}), "
         "raise --epochs, resume with --resume_from auto, and use several GPUs with torchrun and "
