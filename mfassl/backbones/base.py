@@ -59,6 +59,8 @@ class MFABackbone(nn.Module):
     ``num_prefix_tokens`` and ``mfa``.
     ``token_masking`` says how :meth:`forward_features` treats ``token_mask``: ``"drop"`` (the masked
     tokens are removed, as in MAE) or ``"replace"`` (they are replaced by a learned mask token).
+    ``trace_refusal``: why ``torch.jit.trace`` cannot give a module that takes every input size (the forward
+    raises it while tracing, e.g. under ``ckpt_export --use_trace``), or ``""`` when a trace generalises.
     """
 
     num_prefix_tokens = 0
@@ -118,6 +120,8 @@ class MFABackbone(nn.Module):
         return tuple(int(s) // int(p) for s, p in zip(spatial_shape, ps))
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing() and self.trace_refusal:
+            raise RuntimeError(self.trace_refusal)
         if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected a (B, C, {'H, W' if self.spatial_dims == 2 else 'X, Y, Z'}) input for "
                              f"spatial_dims={self.spatial_dims}, got shape {list(x.shape)}.")

@@ -66,6 +66,9 @@ class MFASwin(MFABackbone):
         if not 0 <= mfa_stage <= 4:
             raise ValueError(f"mfa_stage must lie in [0, 4], got {mfa_stage}.")
         self.spatial_dims, self.in_chans = spatial_dims, in_chans
+        self.trace_refusal = ("MFASwin cannot be exported with torch.jit.trace (ckpt_export --use_trace): a trace keeps "
+                              "the window padding and shifts of its example size and fails on other sizes. Export by "
+                              "scripting (ckpt_export without --use_trace): the module takes any size.")
         self.swinViT = SwinTransformer(
             in_chans=in_chans, embed_dim=embed_dim, window_size=ensure_tuple_rep(window_size, spatial_dims),
             patch_size=ensure_tuple_rep(patch_size, spatial_dims), depths=depths, num_heads=num_heads,

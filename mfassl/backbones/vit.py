@@ -87,6 +87,11 @@ class MFAViT(MFABackbone):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
         self.is_2d = spatial_dims == 2
+        # timm's dynamic position-embedding resampling reads the size as Python numbers, which a trace freezes
+        self.trace_refusal = "" if spatial_dims == 3 else (
+            "the 2D MFA-ViT cannot be exported with torch.jit.trace (ckpt_export --use_trace): the trace keeps the "
+            "position-embedding grid of its example size and fails on other sizes. Export by scripting (ckpt_export "
+            "without --use_trace): the module takes any size.")
         self.in_chans = in_chans
         if spatial_dims == 2:
             if timm_name is not None:

@@ -37,6 +37,13 @@ def test_baseline_switch(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert all(r["mirror"] == 0.0 and r["l_eq"] == 0.0 for r in history)
     assert report["mfa_on_iterations"] == 0
+    # no schedule of symmetry terms that the baseline does not have, and a report that says so
+    assert not any("w" in r or "ramp" in r for r in history)
+    from mfassl_medical.pretrain_report import format_report
+
+    assert report["mirror"] is False
+    text = format_report(report)
+    assert "mirror off" in text and "w(t)" not in text
 
 
 @pytest.mark.slow
