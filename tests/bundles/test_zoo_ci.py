@@ -26,7 +26,7 @@ import pytest
 
 from bundle_utils import BUNDLES
 
-SCHEMA = BUNDLES / "schemas" / "meta_schema_20240725.json"  # offline copy of the metadata's "schema" URL
+SCHEMA = BUNDLES / "schemas" / "monai_bundle_metadata.json"  # the metadata requirements, checked offline
 NAMES = ["mfassl_brats_pretrain", "mfassl_brats_segmentation", "mfassl_chexpert_pretrain"]
 
 # override strings as typed on the command line (``--network_def#embed_dim 48``): parsed like MONAI's fire CLI
