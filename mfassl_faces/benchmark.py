@@ -24,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from mfassl.backbones import MFABackbone
 from mfassl_faces.heads import AttributeProbe, LandmarkModel
-from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ece, failure_rate, flip_nme, nme, per_subset,
-                                  plot_ced)
+from mfassl.cli import strict_json
+from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ece, failure_rate, flip_nme, mean_error, nme,
+                                  per_subset, plot_ced)
 from mfassl_faces.schemas import LandmarkSchema, get_schema
 
 __all__ = ["run_landmark_benchmark", "run_attribute_probe", "predict_landmarks"]
@@ -92,7 +93,9 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
 
     Returns:
         ``{"nme", "fr", "auc"}`` each ``{"value", "ci_low", "ci_high"}``, ``"flip_nme"``, ``"subsets"``,
-        ``"n_train"``, ``"n_test"``, ``"train_loss"`` (per epoch), ``"ced_png"``.
+        ``"n_train"``, ``"n_test"``, ``"n_nonfinite"`` (test predictions holding NaN or infinity: failures in
+        FR, left out of the NME; see :mod:`mfassl_faces.metrics`), ``"train_loss"`` (per epoch), ``"ced_png"``.
+        ``landmark_benchmark.json`` is strict JSON: a value that is not a finite number is written ``null``.
     """
     s = get_schema(schema)
     torch.manual_seed(seed)
@@ -121,13 +124,18 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         logger.info("landmark head epoch %d/%d: loss %.5f", epoch + 1, epochs, history[-1])
     res = predict_landmarks(model, _loader(test_set, batch_size, False, seed), device, flip=True)
     errors = nme(res["pred"], res["target"], s)
+    n_bad = int(np.count_nonzero(~np.isfinite(errors)))
+    if n_bad:
+        logger.warning("%d of %d test predictions are not finite: they count as failures in FR and add nothing to "
+                       "AUC; the NME is the mean over the other %d.", n_bad, errors.size, errors.size - n_bad)
     names = list(subset_names) if subset_names is not None else list(getattr(test_set, "attribute_names", []))
     out: dict[str, Any] = {
         "n_train": len(train_set), "n_test": len(test_set), "head": head, "finetune": finetune, "threshold": threshold,
-        "nme": _ci(lambda e: float(np.mean(e)), errors, n_boot=n_boot, seed=seed),
+        "n_nonfinite": n_bad,
+        "nme": _ci(mean_error, errors, n_boot=n_boot, seed=seed),
         "fr": _ci(lambda e: failure_rate(e, threshold), errors, n_boot=n_boot, seed=seed),
         "auc": _ci(lambda e: auc_at(e, threshold), errors, n_boot=n_boot, seed=seed),
-        "flip_nme": float(np.mean(flip_nme(res["pred"], res["pred_flipped"], s, img_size))),
+        "flip_nme": mean_error(flip_nme(res["pred"], res["pred_flipped"], s, img_size)),
         "subsets": per_subset(errors, res["attributes"], names, threshold) if names else {},
         "train_loss": history,
         "ced_png": None,
@@ -140,7 +148,8 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
                        if (res["attributes"][:, k] > 0).any()})
         plot_ced(curves, d / "ced.png", threshold, title=f"CED ({head} head, {'fine-tuned' if finetune else 'frozen'})")
         out["ced_png"] = str(d / "ced.png")
-        (d / "landmark_benchmark.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        (d / "landmark_benchmark.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
+                                                   encoding="utf-8")
     return out
 
 
@@ -213,5 +222,6 @@ def run_attribute_probe(backbone: MFABackbone, train_set: Dataset, test_set: Dat
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "attribute_probe.json").write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
+        (d / "attribute_probe.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
+                                                encoding="utf-8")
     return out
