@@ -59,6 +59,8 @@ def check_fan_weights(weights_dir: str | os.PathLike | None) -> dict[str, Path]:
 class FanLandmarks(LandmarkSource):
     """face-alignment's 2D FAN (68 points) with its S3FD detector, loaded from a local folder.
 
+    Faces are ranked by the S3FD probability (the size breaking ties), which is also their detection confidence.
+
     Args:
         weights_dir: folder with ``s3fd-619a316812.pth`` and ``2DFAN4-11f355bf06.pth.tar``.
         device: torch device string.
@@ -91,6 +93,8 @@ class FanLandmarks(LandmarkSource):
         faces = []
         for pts, box in zip(lms or [], boxes or []):
             x0, y0, x1, y1 = (float(v) for v in box[:4])
+            score = float(box[4]) if len(box) > 4 else None
             faces.append(Face(np.asarray(pts, dtype=np.float64)[:, :2], "ibug68", box=(x0, y0, x1, y1),
-                              size=max(x1 - x0, y1 - y0), score=float(box[4]) if len(box) > 4 else None))
+                              size=max(x1 - x0, y1 - y0), score=score,
+                              detection_confidence=1.0 if score is None else float(np.clip(score, 0.0, 1.0))))
         return faces
