@@ -104,9 +104,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-def _add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int | None) -> None:
+def _add_training_args(p: argparse.ArgumentParser, epochs: int, lr: float, batch_size: int | None,
+                       lr_help: str = "learning rate") -> None:
     p.add_argument("--epochs", type=int_arg("--epochs", low=1), default=epochs, help=f"({epochs})")
-    p.add_argument("--lr", type=float_arg("--lr", low=0.0), default=lr, help=f"learning rate ({lr:g})")
+    p.add_argument("--lr", type=float_arg("--lr", low=0.0), default=lr, help=f"{lr_help} ({lr:g})")
     if batch_size is not None:
         p.add_argument("--batch-size", type=int_arg("--batch-size", low=1), default=batch_size,
                        help=f"({batch_size})")
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--objective", default="dino", choices=("dino", "mocov3", "mae", "dagman", "mixedae"),
                     help="base objective: dino, mocov3, mae; dagman needs --backbone mfa_swin, mixedae the ViT")
     pt.add_argument("--no-mirror", action="store_true", help="baseline without the mirror branch")
-    _add_training_args(pt, epochs=2, lr=5e-4, batch_size=8)
+    _add_training_args(pt, epochs=2, lr=5e-4, batch_size=8, lr_help="peak lr at batch 256")
     pt.add_argument("--warmup-epochs", type=float_arg("--warmup-epochs", low=0.0), default=1.0)
     pt.add_argument("--resume", default=None, help="'auto', a checkpoint file or a folder")
     pt.add_argument("--resume-force", action="store_true",
@@ -328,13 +329,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from mfassl_faces.benchmark import run_landmark_benchmark
-
     torch.manual_seed(args.seed)
     train, test, schema = landmark_sets(args, flip_prob=0.5, default_out="faces_benchmark")
     if schema is None:
         raise SystemExit("error: the landmark benchmark needs one landmark layout; the --images folder mixes "
                          "several (annotations and detector landmarks).")
+    from mfassl_faces.benchmark import run_landmark_benchmark  # the networks' packages: after the data is read
+
     backbone, _, _ = build_backbone(args)
     res = run_landmark_benchmark(backbone, train, test, schema, args.size, head=args.head, finetune=args.finetune,
                                  epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, n_boot=args.n_boot,
@@ -347,7 +348,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
-    from mfassl_faces.benchmark import run_attribute_probe
     from mfassl_faces.readers import CelebAHQDataset
 
     torch.manual_seed(args.seed)
@@ -357,6 +357,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     test = CelebAHQDataset(args.images, args.attributes, args.test_split, **kw)
     if len(train) == 0 or len(test) == 0:
         raise SystemExit(f"error: empty split (train {len(train)}, {args.test_split} {len(test)} images).")
+    from mfassl_faces.benchmark import run_attribute_probe  # the networks' packages: after the data is read
+
     backbone, _, _ = build_backbone(args)
     res = run_attribute_probe(backbone, train, test, train.names, epochs=args.epochs, lr=args.lr, n_boot=args.n_boot,
                               out_dir=_out(args, "faces_probe"), device=_device(args.device), seed=args.seed)

@@ -31,7 +31,7 @@ class Face:
         landmarks: ``(N, 2)`` pixel ``(x, y)``.
         schema: the landmark layout's name.
         box: ``(x0, y0, x1, y1)`` detector box in pixels (None for annotations).
-        size: side of the detector box in pixels (the ranking key; annotations: landmark extent).
+        size: side of the detector box in pixels (the ranking's tie-break; annotations: landmark extent).
         score: detector score in the source's own units (None for annotations).
         angle: rotation (degrees) of the image at which the detector found the face.
         detection_confidence: in ``[0, 1]``, how sure the source is that this is a face (1 for annotations);
