@@ -11,7 +11,7 @@ Landmark errors are per face: ``NME = mean_i ||p_i - g_i|| / d`` with ``d`` from
 
 Over a set of faces with errors ``e_k`` and a threshold ``t`` (0.1):
 
-- ``FR@t`` = share of faces with ``e_k > t``;
+- ``FR@t`` = share of faces with ``e_k > t`` (or ``e_k`` not finite, below);
 - ``AUC@t`` = area under the cumulative error distribution (CED) on ``[0, t]`` divided by ``t``,
   which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve);
 - flip NME (:func:`flip_nme`) = the NME between the prediction and the un-flipped prediction on the
@@ -20,10 +20,12 @@ Over a set of faces with errors ``e_k`` and a threshold ``t`` (0.1):
   probabilities on an image and its mirror.)
 
 A *non-finite* per-face error (a prediction holding NaN or infinity: a diverged model, a detector
-that placed no point) is a failure, never a success: it counts in ``FR@t`` (``NaN > t`` would be false),
-adds nothing to ``AUC@t`` (its CED step lies beyond every threshold), and the NME (:func:`mean_error`)
-is the mean over the finite errors, reported beside ``n_nonfinite`` (None when no error is finite), so
-no NaN reaches a mean or an interval.
+that placed no point; the score command's missing predictions with ``--missing fail``) is a failed face,
+never a success: it counts in ``FR@t`` (``NaN > t`` would be false), adds nothing to ``AUC@t`` (its CED
+step lies beyond every threshold), and the NME (:func:`mean_error`) is the mean over the finite errors,
+reported beside ``n_failed``, the number of such faces (NaN, written ``null``, when no error is finite),
+so no NaN reaches a mean or an interval. :func:`landmark_summary`, :func:`per_subset` and
+:func:`mfassl_faces.report.landmark_report` all count this way.
 
 Attribute metrics (AUROC, ECE with 15 bins, Brier) and the bootstrap are the shared core's
 :mod:`mfassl.evaluation`, re-exported here for the face benchmark.
@@ -158,10 +160,10 @@ def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshol
 
 
 def landmark_summary(errors: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
-    """``{"n", "n_nonfinite", "nme", "fr", "auc"}`` of a set of per-face errors (see the module docstring for
-    non-finite errors)."""
+    """``{"n", "n_failed", "nme", "fr", "auc"}`` of a set of per-face errors; ``n_failed`` counts the non-finite
+    ones (see the module docstring)."""
     e = np.asarray(errors, dtype=np.float64)
-    return {"n": int(e.size), "n_nonfinite": int(np.count_nonzero(~np.isfinite(e))), "nme": mean_error(e),
+    return {"n": int(e.size), "n_failed": int(np.count_nonzero(~np.isfinite(e))), "nme": mean_error(e),
             "fr": failure_rate(e, threshold), "auc": auc_at(e, threshold)}
 
 

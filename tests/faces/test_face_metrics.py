@@ -30,7 +30,7 @@ def test_non_finite_predictions_are_failures() -> None:
     assert failure_rate(e, 0.1) == 0.5  # NaN and inf fail; before, NaN > 0.1 was False and counted as a success
     assert auc_at(e, 0.1) == pytest.approx((0.08 + 0.02) / 4 / 0.1)
     assert mean_error(e) == pytest.approx(0.05)
-    assert landmark_summary(e, 0.1) == pytest.approx({"n": 4, "n_nonfinite": 2, "nme": 0.05, "fr": 0.5, "auc": 0.25})
+    assert landmark_summary(e, 0.1) == pytest.approx({"n": 4, "n_failed": 2, "nme": 0.05, "fr": 0.5, "auc": 0.25})
     only_nan = np.full(3, np.nan)
     assert failure_rate(only_nan) == 1.0 and auc_at(only_nan) == 0.0 and np.isnan(mean_error(only_nan))
     est, lo, hi = bootstrap_ci(mean_error, e, n_boot=200, seed=0)
