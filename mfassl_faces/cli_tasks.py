@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mfassl.cli import json_line
-from mfassl_faces.cli_options import NORMALIZATION_NAMES, float_arg, int_arg
+from mfassl_faces.cli_options import NORMALIZATION_NAMES, check_device, float_arg, int_arg
 
 if TYPE_CHECKING:  # torch is imported when a command runs, so that --help stays fast
     import torch
@@ -60,6 +60,26 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth", type=int_arg("--depth", low=1), default=4)
     g.add_argument("--num-heads", type=int_arg("--num-heads", low=1), default=4)
     g.add_argument("--window-size", type=int_arg("--window-size", low=1), default=4, help="Swin window (mfa_swin only)")
+
+
+def check_task_args(args: argparse.Namespace) -> None:
+    """Check the options of ``pretrain``, ``benchmark`` and ``probe`` before any file is read: the encoder
+    sizes (:func:`check_backbone_args`), ``--device`` (resolved: ``cuda`` when available, else ``cpu``),
+    ``--split`` against the data options, and FAN on a GPU with several landmark workers.
+
+    Raises:
+        ValueError: naming the options (:func:`main` turns it into a usage error, exit status 2).
+    """
+    check_backbone_args(args)
+    args.device = check_device(args.device)
+    split = getattr(args, "split", "random")
+    if split != "random" and (not args.data or args.wflw_train or args.wflw_test or args.images):
+        raise ValueError(f"--split {split} reads --data, the 300W root (afw/, helen/, lfpw/, ibug/), and no "
+                         "--wflw-* or --images.")
+    if getattr(args, "landmark_source", None) == "fan" and args.images and args.device.startswith("cuda") \
+            and args.landmark_workers > 1:
+        raise ValueError(f"FAN on {args.device} runs in one process; drop --landmark-workers {args.landmark_workers} "
+                         "(forked workers cannot share the GPU).")
 
 
 def check_backbone_args(args: argparse.Namespace) -> None:
@@ -190,10 +210,8 @@ def _device(name: str | None) -> "torch.device":
 
 
 def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
-    if args.backbone == "mfa_swin":
+    if args.backbone == "mfa_swin":  # the sizes were checked by check_backbone_args
         heads = max(1, args.num_heads // 4)
-        if args.embed_dim % heads:
-            raise ValueError(f"--embed-dim {args.embed_dim} must be divisible by the first stage's {heads} heads.")
         return dict(spatial_dims=2, in_chans=3, embed_dim=args.embed_dim, depths=[max(1, args.depth // 4)] * 4,
                     num_heads=[heads * 2 ** i for i in range(4)], window_size=args.window_size,
                     patch_size=min(args.patch_size, 4))
@@ -236,9 +254,6 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     cache = Path(args.landmarks_file) if args.landmarks_file else _out(args, default_out) / "landmarks.jsonl"
     source = None if args.landmark_source == "none" else args.landmark_source
     kwargs = {"weights_dir": args.fan_weights, "device": str(_device(args.device))} if source == "fan" else {}
-    if source == "fan" and kwargs["device"].startswith("cuda") and args.landmark_workers > 1:
-        raise SystemExit(f"error: FAN on {kwargs['device']} runs in one process; drop --landmark-workers "
-                         f"{args.landmark_workers} (forked workers cannot share the GPU).")
     records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
                                                workers=args.landmark_workers, progress=not args.no_progress)
     logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)
@@ -272,9 +287,6 @@ def landmark_sets(args: argparse.Namespace, flip_prob: float = 0.0, default_out:
     if split != "random":
         from mfassl_faces.protocols import read_protocol
 
-        if not args.data or args.wflw_train or args.wflw_test or getattr(args, "images", None):
-            raise SystemExit(f"error: --split {split} reads --data, the 300W root (afw/, helen/, lfpw/, ibug/), "
-                             "and no --wflw-* or --images.")
         proto = read_protocol(split, args.data)
         test = LandmarkDataset(proto.test, proto.schema, size=args.size, attribute_names=proto.subsets)
         return LandmarkDataset(proto.train, proto.schema, size=args.size, flip_prob=flip_prob), test, proto.schema
@@ -425,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     if hasattr(args, "backbone"):
         try:
-            check_backbone_args(args)
+            check_task_args(args)
         except ValueError as err:
             parser.error(str(err))
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
