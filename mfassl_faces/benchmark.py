@@ -27,10 +27,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from mfassl.backbones import MFABackbone
 from mfassl_faces.heads import AttributeProbe, LandmarkModel
+from mfassl.cli import strict_json
 from mfassl_faces.predictions import image_key, write_predictions
 from mfassl_faces.readers import LandmarkDataset
 from mfassl_faces.metrics import (attribute_accuracy, auroc, balanced_accuracy, bootstrap_ci, brier, ece, flip_nme,
-                                  nme, plot_ced)
+                                  mean_error, nme, plot_ced)
 from mfassl_faces.report import landmark_report
 from mfassl_faces.schemas import LandmarkSchema, get_schema
 
@@ -101,10 +102,12 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         image_root: the folder the test images' paths in ``predictions.jsonl`` are written relative to.
 
     Returns:
-        :func:`~mfassl_faces.report.landmark_report`'s ``{"normalization", "threshold", "n", "nme", "fr",
-        "auc", "subsets"}`` (``nme``, ``fr``, ``auc`` each ``{"value", "ci_low", "ci_high"}``), plus
-        ``"flip_nme"``, ``"n_train"``, ``"n_test"``, ``"head"``, ``"finetune"``, ``"train_loss"`` (per epoch),
-        ``"ced_png"`` and ``"predictions"`` (the file, or None).
+        :func:`~mfassl_faces.report.landmark_report`'s ``{"normalization", "threshold", "n", "n_failed", "nme",
+        "fr", "auc", "subsets"}`` (``nme``, ``fr``, ``auc`` each ``{"value", "ci_low", "ci_high"}``; ``n_failed``
+        counts the test predictions holding NaN or infinity: failures in FR, left out of the NME, see
+        :mod:`mfassl_faces.metrics`), plus ``"flip_nme"``, ``"n_train"``, ``"n_test"``, ``"head"``,
+        ``"finetune"``, ``"train_loss"`` (per epoch), ``"ced_png"`` and ``"predictions"`` (the file, or None).
+        ``landmark_benchmark.json`` is strict JSON: a value that is not a finite number is written ``null``.
     """
     s = get_schema(schema)
     torch.manual_seed(seed)
@@ -133,11 +136,15 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         logger.info("landmark head epoch %d/%d: loss %.5f", epoch + 1, epochs, history[-1])
     res = predict_landmarks(model, _loader(test_set, batch_size, False, seed), device, flip=True)
     errors = nme(res["pred"], res["target"], s, normalization)
+    n_bad = int(np.count_nonzero(~np.isfinite(errors)))
+    if n_bad:
+        logger.warning("%d of %d test predictions are not finite: they count as failures in FR and add nothing to "
+                       "AUC; the NME is the mean over the other %d.", n_bad, errors.size, errors.size - n_bad)
     names = list(subset_names) if subset_names is not None else list(getattr(test_set, "attribute_names", []))
     out: dict[str, Any] = {
         "n_train": len(train_set), "n_test": len(test_set), "head": head, "finetune": finetune,
         **landmark_report(errors, res["attributes"], names, threshold, normalization, n_boot, seed),
-        "flip_nme": float(np.mean(flip_nme(res["pred"], res["pred_flipped"], s, img_size))),
+        "flip_nme": mean_error(flip_nme(res["pred"], res["pred_flipped"], s, img_size)),
         "train_loss": history,
         "ced_png": None,
         "predictions": None,
@@ -154,7 +161,8 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         rows = prediction_rows(test_set, res["pred"], errors, image_root)
         if rows is not None:
             out["predictions"] = str(write_predictions(d / "predictions.jsonl", rows))
-        (d / "landmark_benchmark.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        (d / "landmark_benchmark.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
+                                                   encoding="utf-8")
     return out
 
 
@@ -267,5 +275,6 @@ def run_attribute_probe(backbone: MFABackbone, train_set: Dataset, test_set: Dat
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "attribute_probe.json").write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
+        (d / "attribute_probe.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
+                                                encoding="utf-8")
     return out

@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
              normalization=args.normalization)
     report["ced_png"] = str(out / "ced.png")
     write_predictions(out / "face_errors.jsonl", ({k: f[k] for k in ("image", "face", "nme", "subsets")} for f in faces))
-    (out / "score.json").write_text(json.dumps(strict_json(report), indent=1), encoding="utf-8")
+    (out / "score.json").write_text(json.dumps(strict_json(report), indent=1, allow_nan=False), encoding="utf-8")
     name = args.source or Path(args.predictions).name
     print(format_landmark_table(report, f"{name}: NME normalised by the {args.normalization} distance "
                                         f"({report['schema']} points)"))

@@ -4,9 +4,11 @@
 :func:`compute_landmarks`. ``FILE`` holds one strict-JSON object per image, its ``path`` relative to
 ``DATASET_DIR`` (POSIX separators), and a ``status``:
 
-- ``ok``: the largest face: ``schema``, ``landmarks`` (``(N, 2)`` pixel ``(x, y)``), ``box``
-  ``[x0, y0, x1, y1]``, ``score``, ``n_faces``, ``face`` (0), ``width``, ``height``, ``source``, and
-  the face axis as the ``axis`` command writes it (``normal``, ``offset``, ``confidence``, ``fallback``);
+- ``ok``: the best face (the one the ``axis`` command reports by default): ``schema``, ``landmarks``
+  (``(N, 2)`` pixel ``(x, y)``), ``box`` ``[x0, y0, x1, y1]``, ``score``, ``n_faces``, ``face`` (0),
+  ``width``, ``height``, ``source``, and the face axis as the ``axis`` command writes it (``normal``,
+  ``offset``, ``confidence``, ``fallback``, ``landmark_confidence``, ``detection_confidence``,
+  ``missing_points``, ``reason``);
 - ``no_face``: the source found none;
 - ``error``: the image could not be used; ``error`` says why.
 
@@ -47,9 +49,11 @@ def list_images(dataset_dir: str | os.PathLike) -> list[Path]:
     """Every image file under ``dataset_dir`` (recursively, by suffix), sorted, as paths relative to it.
 
     Raises:
-        FaceDataError: the folder does not exist.
+        FaceDataError: the folder does not exist, or is a file.
     """
     root = Path(dataset_dir)
+    if root.is_file():
+        raise FaceDataError("is a file, not a dataset folder (give the folder that holds the images).", root)
     if not root.is_dir():
         raise FaceDataError("dataset folder does not exist.", root)
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -116,7 +120,8 @@ def landmark_record(image_path: str | os.PathLike, rel: str, source, source_name
     t0 = time.perf_counter()
     try:
         image = read_image(image_path)
-        return _faces_line(rel, source_name, image, source(image, image_path), time.perf_counter() - t0)
+        return _faces_line(rel, source_name, image, source(image, image_path), time.perf_counter() - t0,
+                           name=str(image_path))
     except Exception as err:  # one bad file costs one line
         return _error_line(rel, source_name, err)
 
@@ -126,14 +131,17 @@ def _error_line(rel: str, source_name: str, err: Exception) -> dict[str, Any]:
     return {"path": rel, "status": "error", "source": source_name, "error": " ".join(str(reason).split())}
 
 
-def _faces_line(rel: str, source_name: str, image: np.ndarray, faces: Sequence[Any], seconds: float) -> dict[str, Any]:
-    """The ``ok`` (first face) or ``no_face`` line of an image and the source's answer for it."""
+def _faces_line(rel: str, source_name: str, image: np.ndarray, faces: Sequence[Any], seconds: float,
+                name: str | None = None) -> dict[str, Any]:
+    """The ``ok`` (first face: the best) or ``no_face`` line of an image and the source's answer for it;
+    ``name`` (the image file) is named in the axis's log messages."""
     from mfassl_faces.axis import axis_from_landmarks, pixel_axis_fields
 
     if not faces:
         return {"path": rel, "status": "no_face", "source": source_name, "seconds": round(seconds, 3)}
     face = faces[0]
-    axis = axis_from_landmarks(face.landmarks, face.schema, image.shape)
+    axis = axis_from_landmarks(face.landmarks, face.schema, image.shape,
+                               detection_confidence=face.detection_confidence, name=name or rel)
     return {"path": rel, "status": "ok", "source": source_name, "schema": face.schema,
             "landmarks": np.round(face.landmarks, 3).tolist(),
             "box": None if face.box is None else [round(float(v), 3) for v in face.box],
@@ -168,7 +176,7 @@ def landmark_lines_batch(jobs: Sequence[tuple[str, str]], source, source_name: s
         seconds = (time.perf_counter() - t0) / max(len(jobs), 1)
         for k, image, faces in zip(where, images, answers):
             try:
-                lines[k] = _faces_line(jobs[k][1], source_name, image, faces, seconds)
+                lines[k] = _faces_line(jobs[k][1], source_name, image, faces, seconds, name=str(jobs[k][0]))
             except Exception as err:
                 lines[k] = _error_line(jobs[k][1], source_name, err)
     return [lines[k] for k in range(len(jobs))]
@@ -197,12 +205,17 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
     Returns:
         ``{"images", "skipped", "done", "ok", "no_face", "errors", "failed": [(path, reason), ...], "out"}``
         where ``skipped`` counts images already answered by an earlier run.
+
+    Raises:
+        FaceDataError: ``dataset_dir`` is missing, a file, or holds no image file (when ``files`` is None).
     """
     if batch_size > 1 and workers > 1:
         raise ValueError(f"batch_size {batch_size} batches in one process; it cannot go with {workers} workers.")
     root = Path(dataset_dir)
     out_path = Path(out)
     rels = [Path(f) for f in files] if files is not None else list_images(root)
+    if files is None and not rels:
+        raise FaceDataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under this folder.", root)
     out_resolved = out_path.resolve()
     rels = [r for r in rels if (root / r).resolve() != out_resolved]
     done: dict[str, dict[str, Any]] = {}

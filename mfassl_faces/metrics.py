@@ -11,13 +11,21 @@ Landmark errors are per face: ``NME = mean_i ||p_i - g_i|| / d`` with ``d`` from
 
 Over a set of faces with errors ``e_k`` and a threshold ``t`` (0.1):
 
-- ``FR@t`` = share of faces with ``e_k > t``;
+- ``FR@t`` = share of faces with ``e_k > t`` (or ``e_k`` not finite, below);
 - ``AUC@t`` = area under the cumulative error distribution (CED) on ``[0, t]`` divided by ``t``,
   which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve);
 - flip NME (:func:`flip_nme`) = the NME between the prediction and the un-flipped prediction on the
   mirror image: how far a landmark model is from flip equivariance. (The core's
   :func:`mfassl.evaluation.flip_consistency` is another measure: the agreement of classifier
   probabilities on an image and its mirror.)
+
+A *non-finite* per-face error (a prediction holding NaN or infinity: a diverged model, a detector
+that placed no point; the score command's missing predictions with ``--missing fail``) is a failed face,
+never a success: it counts in ``FR@t`` (``NaN > t`` would be false), adds nothing to ``AUC@t`` (its CED
+step lies beyond every threshold), and the NME (:func:`mean_error`) is the mean over the finite errors,
+reported beside ``n_failed``, the number of such faces (NaN, written ``null``, when no error is finite),
+so no NaN reaches a mean or an interval. :func:`landmark_summary`, :func:`per_subset` and
+:func:`mfassl_faces.report.landmark_report` all count this way.
 
 Attribute metrics (AUROC, ECE with 15 bins, Brier) and the bootstrap are the shared core's
 :mod:`mfassl.evaluation`, re-exported here for the face benchmark.
@@ -37,6 +45,7 @@ __all__ = [
     "NORMALIZATIONS",
     "normalizing_distance",
     "nme",
+    "mean_error",
     "failure_rate",
     "auc_at",
     "ced_curve",
@@ -99,16 +108,24 @@ def nme(pred: np.ndarray, target: np.ndarray, schema: str | LandmarkSchema,
     return err / np.maximum(normalizing_distance(g, s, normalization), 1e-12)
 
 
-def failure_rate(errors: np.ndarray, threshold: float = 0.1) -> float:
-    """Share of faces whose NME exceeds ``threshold``."""
+def mean_error(errors: np.ndarray) -> float:
+    """Mean of the finite per-face errors (NaN when there are none: no face, or every prediction non-finite)."""
     e = np.asarray(errors, dtype=np.float64)
-    return float(np.mean(e > threshold)) if e.size else float("nan")
+    e = e[np.isfinite(e)]
+    return float(e.mean()) if e.size else float("nan")
+
+
+def failure_rate(errors: np.ndarray, threshold: float = 0.1) -> float:
+    """Share of faces whose NME exceeds ``threshold``; a non-finite NME is a failure."""
+    e = np.asarray(errors, dtype=np.float64)
+    return float(np.mean(~(e <= threshold))) if e.size else float("nan")
 
 
 def auc_at(errors: np.ndarray, threshold: float = 0.1) -> float:
-    """Area under the CED on ``[0, threshold]``, normalised to ``[0, 1]``."""
+    """Area under the CED on ``[0, threshold]``, normalised to ``[0, 1]`` (a non-finite NME adds 0)."""
     e = np.asarray(errors, dtype=np.float64)
-    return float(np.mean(np.clip(threshold - e, 0.0, None)) / threshold) if e.size else float("nan")
+    gain = np.where(np.isfinite(e), np.clip(threshold - e, 0.0, None), 0.0)
+    return float(np.mean(gain) / threshold) if e.size else float("nan")
 
 
 def ced_curve(errors: np.ndarray, threshold: float = 0.1, steps: int = 201) -> tuple[np.ndarray, np.ndarray]:
@@ -143,9 +160,10 @@ def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshol
 
 
 def landmark_summary(errors: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
-    """``{"n", "nme", "fr", "auc"}`` of a set of per-face errors."""
+    """``{"n", "n_failed", "nme", "fr", "auc"}`` of a set of per-face errors; ``n_failed`` counts the non-finite
+    ones (see the module docstring)."""
     e = np.asarray(errors, dtype=np.float64)
-    return {"n": int(e.size), "nme": float(e.mean()) if e.size else float("nan"),
+    return {"n": int(e.size), "n_failed": int(np.count_nonzero(~np.isfinite(e))), "nme": mean_error(e),
             "fr": failure_rate(e, threshold), "auc": auc_at(e, threshold)}
 
 

@@ -259,6 +259,10 @@ def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike
 
     Returns:
         One :class:`LandmarkRecord` per line (98 landmarks, box, the six attribute flags).
+
+    Raises:
+        FaceDataError: naming the file and line: a wrong field count, a non-numeric or non-finite landmark or
+            box value, a box with ``x_max < x_min`` or ``y_max < y_min``, an attribute flag other than 0 or 1.
     """
     root = Path(image_root) if image_root is not None else Path(path).parent
     out = []
@@ -273,6 +277,19 @@ def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike
             nums = np.array([float(v) for v in parts[:206]])
         except ValueError as err:
             raise FaceDataError(f"line {k}: non-numeric value ({err}).", path) from err
+        bad = np.flatnonzero(~np.isfinite(nums[:200]))
+        if bad.size:
+            j = int(bad[0])
+            what = f"landmark {j // 2} {'xy'[j % 2]}" if j < 196 else f"box value {j - 196 + 1} of 4"
+            raise FaceDataError(f"line {k}: non-finite value {parts[j]!r} ({what}; {bad.size} non-finite in all).",
+                                path)
+        x_min, y_min, x_max, y_max = nums[196:200]
+        if x_max < x_min or y_max < y_min:
+            raise FaceDataError(f"line {k}: the box (x_min y_min x_max y_max) = {' '.join(parts[196:200])} has "
+                                f"{'x_max < x_min' if x_max < x_min else 'y_max < y_min'}.", path)
+        if not np.all(np.isin(nums[200:206], (0.0, 1.0))):
+            raise FaceDataError(f"line {k}: the six attribute flags ({', '.join(WFLW_ATTRIBUTES)}) must each be 0 or 1, "
+                                f"got {' '.join(parts[200:206])}.", path)
         flags = nums[200:206].astype(int)
         out.append(LandmarkRecord(root / parts[206], nums[:196].reshape(98, 2), tuple(float(v) for v in nums[196:200]),
                                   dict(zip(WFLW_ATTRIBUTES, (int(f) for f in flags)))))

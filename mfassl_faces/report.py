@@ -3,8 +3,11 @@ and the table the commands print (in percent, as papers report NME).
 
 :func:`landmark_report` is shared by the landmark benchmark (:func:`mfassl_faces.benchmark.run_landmark_benchmark`)
 and the score command (:mod:`mfassl_faces.cli_score`), so a trained head and an external model's prediction
-file are measured the same way. Errors are per-face NME (:func:`mfassl_faces.metrics.nme`); a non-finite
-error (a face without a usable prediction, counted as failed) is a failure for FR, scores 0 in AUC and is
+file are measured the same way. Errors are per-face NME (:func:`mfassl_faces.metrics.nme`); the statistics
+are :mod:`mfassl_faces.metrics`' own (:func:`~mfassl_faces.metrics.mean_error`,
+:func:`~mfassl_faces.metrics.failure_rate`, :func:`~mfassl_faces.metrics.auc_at`,
+:func:`~mfassl_faces.metrics.per_subset`): a non-finite error (a face without a usable prediction: a NaN
+or infinite prediction, or a missing one counted as failed) is a failure for FR, scores 0 in AUC and is
 left out of the mean NME (``n_failed`` counts these faces).
 
 The JSON keeps fractions (``nme`` 0.046); the table prints NME and FR in percent (4.60) and AUC as a
@@ -17,27 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mfassl_faces.metrics import auc_at, bootstrap_ci, failure_rate
+from mfassl_faces.metrics import auc_at, bootstrap_ci, failure_rate, mean_error, per_subset
 
-__all__ = ["landmark_report", "subset_summary", "format_landmark_table"]
-
-
-def _finite_mean(e: np.ndarray) -> float:
-    f = e[np.isfinite(e)]
-    return float(f.mean()) if f.size else float("nan")
-
-
-def _as_errors(errors: np.ndarray) -> np.ndarray:
-    """``(B,)`` float64 with every non-finite error made ``+inf`` (a failure at any threshold)."""
-    e = np.asarray(errors, dtype=np.float64).reshape(-1)
-    return np.where(np.isfinite(e), e, np.inf)
-
-
-def subset_summary(errors: np.ndarray, threshold: float = 0.1) -> dict[str, Any]:
-    """``{"n", "n_failed", "nme", "fr", "auc"}`` of ``(B,)`` per-face errors (non-finite: failed faces)."""
-    e = _as_errors(errors)
-    return {"n": int(e.size), "n_failed": int(np.sum(~np.isfinite(e))), "nme": _finite_mean(e),
-            "fr": failure_rate(e, threshold), "auc": auc_at(e, threshold)}
+__all__ = ["landmark_report", "format_landmark_table"]
 
 
 def landmark_report(errors: np.ndarray, flags: np.ndarray | None = None, names: Sequence[str] = (),
@@ -57,27 +42,21 @@ def landmark_report(errors: np.ndarray, flags: np.ndarray | None = None, names: 
     Returns:
         ``{"normalization", "threshold", "n", "n_failed", "nme", "fr", "auc", "subsets"}`` with ``nme``,
         ``fr``, ``auc`` each ``{"value", "ci_low", "ci_high"}`` and ``subsets`` ``{"full": ..., name: ...}``
-        (:func:`subset_summary`; empty without ``names``).
+        (:func:`~mfassl_faces.metrics.per_subset`; empty without ``names``).
     """
-    e = _as_errors(errors)
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
 
     def ci(stat) -> dict[str, float]:
         est, lo, hi = bootstrap_ci(stat, e, n_boot=n_boot, seed=seed)
         return {"value": est, "ci_low": lo, "ci_high": hi}
 
-    out: dict[str, Any] = {
+    return {
         "normalization": normalization, "threshold": float(threshold), "n": int(e.size),
-        "n_failed": int(np.sum(~np.isfinite(e))),
-        "nme": ci(_finite_mean), "fr": ci(lambda x: failure_rate(x, threshold)),
+        "n_failed": int(np.count_nonzero(~np.isfinite(e))),
+        "nme": ci(mean_error), "fr": ci(lambda x: failure_rate(x, threshold)),
         "auc": ci(lambda x: auc_at(x, threshold)),
-        "subsets": {},
+        "subsets": per_subset(e, flags, names, threshold) if names else {},
     }
-    if names:
-        f = np.asarray(flags).reshape(e.size, -1)
-        out["subsets"]["full"] = subset_summary(e, threshold)
-        for k, name in enumerate(names):
-            out["subsets"][name] = subset_summary(e[f[:, k] > 0], threshold)
-    return out
 
 
 def _pct(v: float | None, digits: int = 2) -> str:

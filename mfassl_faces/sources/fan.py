@@ -117,6 +117,8 @@ def _load_fan(path: Path, device: Any):
 class FanLandmarks(LandmarkSource):
     """face-alignment's 2D FAN (68 points) with its S3FD detector, loaded from a local folder.
 
+    Faces are ranked by the S3FD probability (the size breaking ties), which is also their detection confidence.
+
     Args:
         weights_dir: folder with ``s3fd-619a316812.pth`` and ``2DFAN4-11f355bf06.pth.tar`` (only the latter
             with ``detect_faces=False``).
@@ -204,7 +206,8 @@ class FanLandmarks(LandmarkSource):
 
     def detect_batch(self, images: Sequence[np.ndarray],
                      paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
-        """S3FD on each image, then FAN on all their faces in batches; each list ranked (largest first).
+        """S3FD on each image, then FAN on all their faces in batches; each list ranked best first (:meth:`rank`:
+        by the S3FD probability, the size breaking ties).
 
         Raises:
             RuntimeError: the source was built with ``detect_faces=False``.
@@ -229,8 +232,10 @@ class FanLandmarks(LandmarkSource):
             for b in bs:
                 pts, peak = next(results)
                 x0, y0, x1, y1 = (float(v) for v in b[:4])
-                faces.append(Face(pts, "ibug68", box=(x0, y0, x1, y1), size=max(x1 - x0, y1 - y0),
-                                  score=float(b[4]) if b.size > 4 else None, info={"heatmap_peak": round(peak, 4)}))
+                score = float(b[4]) if b.size > 4 else None
+                faces.append(Face(pts, "ibug68", box=(x0, y0, x1, y1), size=max(x1 - x0, y1 - y0), score=score,
+                                  detection_confidence=1.0 if score is None else float(np.clip(score, 0.0, 1.0)),
+                                  info={"heatmap_peak": round(peak, 4)}))
             out.append(self.rank(faces))
         return out
 

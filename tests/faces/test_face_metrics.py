@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ced_curve, ece, failure_rate, flip_nme, nme,
-                                  per_subset, plot_ced)
+from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ced_curve, ece, failure_rate, flip_nme,
+                                  landmark_summary, mean_error, nme, per_subset, plot_ced)
 from mfassl_faces.schemas import FIVE_POINT
 
 
@@ -22,6 +22,21 @@ def test_fr_auc_ced_by_hand() -> None:
     assert y[0] == 0 and y[2] == 0.25 and y[5] == 0.5 and y[-1] == 0.75
     xf, yf = ced_curve(e, 0.1, steps=20001)
     assert np.trapezoid(yf, xf) / 0.1 == pytest.approx(auc_at(e, 0.1), abs=1e-3)  # the curve integrates to it
+
+
+def test_non_finite_predictions_are_failures() -> None:
+    """A NaN prediction never counts as a success: a model predicting only NaN has FR 1 and AUC 0."""
+    e = np.array([0.02, np.nan, 0.08, np.inf])
+    assert failure_rate(e, 0.1) == 0.5  # NaN and inf fail; before, NaN > 0.1 was False and counted as a success
+    assert auc_at(e, 0.1) == pytest.approx((0.08 + 0.02) / 4 / 0.1)
+    assert mean_error(e) == pytest.approx(0.05)
+    assert landmark_summary(e, 0.1) == pytest.approx({"n": 4, "n_failed": 2, "nme": 0.05, "fr": 0.5, "auc": 0.25})
+    only_nan = np.full(3, np.nan)
+    assert failure_rate(only_nan) == 1.0 and auc_at(only_nan) == 0.0 and np.isnan(mean_error(only_nan))
+    est, lo, hi = bootstrap_ci(mean_error, e, n_boot=200, seed=0)
+    assert est == pytest.approx(0.05) and np.isfinite(lo) and np.isfinite(hi) and lo <= est <= hi
+    gt = np.array([[[0.0, 0.0], [10.0, 0.0], [5.0, 5.0], [2.0, 8.0], [8.0, 8.0]]])
+    assert np.isnan(nme(np.full_like(gt, np.nan), gt, FIVE_POINT)[0])
 
 
 def test_per_subset_and_plot(tmp_path) -> None:

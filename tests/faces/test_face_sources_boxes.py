@@ -197,6 +197,11 @@ def test_device_options_are_checked_before_any_file(tmp_path, capsys) -> None:
     from mfassl_faces import cli_tasks
 
     with pytest.MonkeyPatch.context() as mp:  # as on a machine with a GPU
-        mp.setattr(cli_tasks, "_device", lambda name: torch.device("cuda:0"))
-        with pytest.raises(SystemExit, match="FAN on cuda:0 runs in one process; drop --landmark-workers 2"):
+        mp.setattr(cli_tasks, "check_device", lambda name: "cuda:0")
+        with pytest.raises(SystemExit) as exit_:
             cli_tasks.main(["pretrain", "--images", str(tmp_path), "--landmark-source", "fan", "--landmark-workers", "2"])
+    assert exit_.value.code == 2
+    assert "FAN on cuda:0 runs in one process; drop --landmark-workers 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli_tasks.main(["benchmark", "--device", "not-a-device", "--data", str(tmp_path / "missing")])
+    assert exit_.value.code == 2 and "'--device'" in capsys.readouterr().err
