@@ -348,10 +348,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     data = _ImageAxis(ConcatDataset([train, test]))  # self-supervised: every crop is usable
     backbone, name, config = build_backbone(args)
     objective_kwargs = {"dino": dict(out_dim=1024, hidden_dim=256, bottleneck_dim=64)}.get(args.objective, {})
-    n_local = 2 if args.objective == "dino" else 0
     method = MFASSL(backbone, args.objective, objective_kwargs, mirror=not args.no_mirror, t_sym=args.t_sym,
                     t_mfa=args.t_mfa, t_gate=args.t_gate,
-                    views=dict(global_size=args.size, local_size=max(16, args.size // 2), n_local=n_local))
+                    views=dict(global_size=args.size, local_size=max(16, args.size // 2)))
     world = idist.get_world_size()
     loader = idist.auto_dataloader(data, batch_size=args.batch_size * world, shuffle=True, drop_last=len(data) >= args.batch_size * world,
                                    num_workers=0)

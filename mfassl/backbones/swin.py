@@ -12,7 +12,7 @@ bundle's ``swin.json`` variant runs, without ``--use_trace``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -108,12 +108,20 @@ class MFASwin(MFABackbone):
         ctx: dict[str, torch.Tensor] = {}
         return self.swinViT.pos_drop(h), ctx
 
-    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _refuse_block_fn(self, block_fn: Any) -> None:
+        if not torch.jit.is_scripting():
+            if block_fn is not None:
+                raise NotImplementedError("MFASwin runs its blocks inside its Swin stages (windows, shifts and "
+                                          "their masks): a block_fn applies to MFAViT's blocks only.")
+
+    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        self._refuse_block_fn(block_fn)
         for i in range(1, self.mfa_stage + 1):
             h = self._stage(i, h)
         return h
 
-    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        self._refuse_block_fn(block_fn)
         for i in range(self.mfa_stage + 1, 5):
             h = self._stage(i, h)
         h = self.swinViT.proj_out(h, normalize=True)

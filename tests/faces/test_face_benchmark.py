@@ -249,3 +249,30 @@ def test_help_and_the_axis_command_import_no_torch(tmp_path) -> None:
     assert run.returncode == 0, run.stderr
     assert run.stderr.strip().splitlines()[-1] == "False"
     assert _strict(run.stdout.strip().splitlines()[-1])["fallback"] is False
+
+
+class _Built(Exception):
+    """Stops ``pretrain`` once its method is built."""
+
+
+@pytest.mark.parametrize("objective,counts", [("dino", (2, 8)), ("mocov3", (2, 0)), ("mae", (1, 0))])
+def test_cli_pretrain_views_are_the_objectives_own(demo, tmp_path, monkeypatch, objective, counts) -> None:
+    """``pretrain --objective X`` draws the global and local crops X's ``ViewSpec`` asks for."""
+    import mfassl.method
+    from mfassl.objectives import OBJECTIVES
+
+    built = []
+
+    class Recorded(mfassl.method.MFASSL):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            built.append(self)
+            raise _Built
+
+    monkeypatch.setattr(mfassl.method, "MFASSL", Recorded)
+    with pytest.raises(_Built):
+        cli_tasks.main(["pretrain", "--data", str(demo), "--out", str(tmp_path / "pre"), "--objective", objective,
+                        "--no-progress", *TINY])
+    views, spec = built[0].views, OBJECTIVES.get(objective).views
+    assert (views.n_global, views.n_local) == counts == (spec.n_global, spec.n_local)
+    assert list(views.global_size) == [32, 32] and list(views.local_size) == [16, 16]
