@@ -117,7 +117,7 @@ CORE = ("flip_baseline", "random_init", "pixels", "noflip_baseline", "essl_flip"
 ABLATIONS = ("mfassl_noflip", "mfassl_centre_axis", "mfassl_axis_err_2deg", "mfassl_axis_err_5deg")
 OBJECTIVE_KWARGS: dict[str, dict[str, Any]] = {
     "mocov3": dict(proj_hidden_dim=128, out_dim=64, pred_hidden_dim=128),
-    "dino": dict(out_dim=1024, hidden_dim=128, bottleneck_dim=64),
+    "dino": dict(out_dim=1024, hidden_dim=128, bottleneck_dim=64, head_batch_norm=True),
     "mixedae": dict(mixing_ratio=0.5, proj_dim=64, decoder_dim=64, decoder_depth=1, decoder_heads=4),
     "dagman": dict(),
 }
