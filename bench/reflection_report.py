@@ -84,13 +84,14 @@ def subsets(labels: Mapping[str, np.ndarray], task: str) -> dict[str, np.ndarray
     """Masks over a task's rows for the subset table: the finding's side, size, density and zone.
 
     For presence a subset of findings is scored against ALL images without a finding (the AUROC of telling
-    that kind of finding from a clean chest); for side the subset's findings alone (left against right).
+    that kind of finding from a clean chest); for side the subset's findings alone (left against right), so
+    the side of the finding itself is no subset of the side task (one class, no AUROC).
     """
     rows = task_rows(labels, task)
     out: dict[str, np.ndarray] = {}
     none = labels["side"][rows] == "none"
     for key in ("side", "size", "density", "zone"):
-        if key not in labels:
+        if key not in labels or (key == "side" and task == "side"):
             continue
         col = labels[key][rows]
         for value in dict.fromkeys(col.tolist()):

@@ -153,6 +153,7 @@ def test_subsets_score_each_kind_of_finding_against_the_clean_images(report_mod)
     assert pres["size=tiny"].tolist() == [True, True, True, True, False, False]  # tiny findings + clean images
     side = report_mod.subsets(labels, "side")
     assert side["density=faint"].tolist() == [True, False, True, False] and "size=none" not in side
+    assert "side=left" in pres and not any(k.startswith("side=") for k in side)  # one class: no side AUROC
     assert report_mod.n_findings(pres["size=tiny"], report_mod.task_targets(labels, "presence"), "presence") == 2
 
 
