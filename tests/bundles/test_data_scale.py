@@ -457,3 +457,33 @@ def test_inference_skips_an_image_of_another_shape_and_lists_left_out_cases(tmp_
     assert [b["source"] for b in out["bad"]] == ["/d/case_x", "/d/img2.png"]
     assert "image shape (3, 32, 32)" in out["bad"][1]["reason"]
     assert np.load(tmp_path / "inf" / "embeddings.npy").shape == (3, 48)
+
+
+def test_rgb_rgba_and_single_frame_dicom_images_batch_with_grey_ones(tmp_path, chexpert):
+    """Before: one RGB(A) PNG or single-frame DICOM among the grey images stopped the pretraining and the inference
+    with "stack expects each tensor to be equal size", naming no file."""
+    import shutil
+
+    from monai.data import DataLoader
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    csv_path = chexpert / "train.csv"
+    text = csv_path.read_text()
+    for k, kind in ((2, "RGB"), (3, "RGBA"), (4, "DICOM")):
+        jpg = chexpert / f"train/patient{k:05d}/study1/view1_frontal.jpg"
+        grey = np.asarray(Image.open(jpg))
+        if kind == "DICOM":
+            new = jpg.with_suffix(".dcm")
+            shutil.copy(get_testdata_file("CT_small.dcm"), new)
+        else:
+            new = jpg.with_suffix(".png")
+            planes = [grey, grey, grey] + ([np.full_like(grey, 255)] if kind == "RGBA" else [])
+            Image.fromarray(np.dstack(planes), kind).save(new)
+        jpg.unlink()
+        text = text.replace(jpg.relative_to(chexpert.parent).as_posix(), new.relative_to(chexpert.parent).as_posix())
+    csv_path.write_text(text)
+    ds = parsed(dataset_dir=str(chexpert), cache="none", output_dir=str(tmp_path / "run"),
+                num_workers=0).get_parsed_content("train#dataset")
+    batch = next(iter(DataLoader(ds, batch_size=6, shuffle=False)))
+    assert tuple(batch["image"].shape) == (6, 1, 48, 48) and ds.bad_indices == []
