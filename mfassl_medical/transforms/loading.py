@@ -375,7 +375,7 @@ def convert_channels(img: Any, channels: int, path: str | os.PathLike | None = N
         raise MedicalDataError(f"the image has {have} channels, the model takes {channels} (only RGB -> grey and "
                                f"grey -> RGB are converted)", _source(img, path))
     if isinstance(img, MetaTensor):
-        meta = dict(img.meta)
+        meta = {k: v for k, v in img.meta.items() if k != "affine"}  # the affine is passed on its own
         meta["channels_converted"] = how
         return MetaTensor(out, affine=img.affine, meta=meta)
     return out.numpy() if isinstance(img, np.ndarray) else out
