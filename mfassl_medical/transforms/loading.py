@@ -327,7 +327,7 @@ def composite_alpha(img: Any, channel_dim: int = 0, mode: str | None = None) -> 
     colour, alpha = t[:-1].to(torch.float32), t[-1:].to(torch.float32)
     out = torch.movedim(colour * (alpha / 255.0).clamp(0.0, 1.0), 0, channel_dim)
     if isinstance(img, MetaTensor):
-        meta = dict(img.meta)
+        meta = {k: v for k, v in img.meta.items() if k != "affine"}  # the affine is passed on its own
         if mode is not None:
             meta["mode"] = _ALPHA_MODES.get(mode, mode)
         meta["alpha"] = "composited on black"
