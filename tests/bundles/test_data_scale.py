@@ -487,3 +487,38 @@ def test_rgb_rgba_and_single_frame_dicom_images_batch_with_grey_ones(tmp_path, c
                 num_workers=0).get_parsed_content("train#dataset")
     batch = next(iter(DataLoader(ds, batch_size=6, shuffle=False)))
     assert tuple(batch["image"].shape) == (6, 1, 48, 48) and ds.bad_indices == []
+
+
+def test_bundle_inference_embeds_rgb_rgba_and_single_frame_dicom_images(tmp_path, chexpert):
+    """``python -m monai.bundle run`` with inference.json over a folder mixing grey JPGs, an RGB and an RGBA PNG and
+    a single-frame DICOM. Before: the run stopped with "stack expects each tensor to be equal size", naming no
+    file, and wrote no embedding."""
+    import shutil
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, jpg in enumerate(sorted(chexpert.glob("train/*/study1/view1_frontal.jpg"))[:3]):
+        shutil.copy(jpg, images / f"grey{k}.jpg")
+    grey = np.asarray(Image.open(images / "grey0.jpg"))
+    Image.fromarray(np.dstack([grey, grey // 2, grey // 4]), "RGB").save(images / "rgb.png")
+    Image.fromarray(np.dstack([grey, grey, grey, np.full_like(grey, 255)]), "RGBA").save(images / "rgba.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), images / "one_frame.dcm")
+    model = tmp_path / "model.pt"
+    torch.save(parsed().get_parsed_content("network_def").state_dict(), model)
+    args = ["--config_file", json.dumps([str(CHEXPERT / "configs" / "train.json"),
+                                         str(CHEXPERT / "configs" / "inference.json")]),
+            "--bundle_root", str(CHEXPERT), "--input_dir", str(images), "--output_dir", str(tmp_path / "inf"),
+            "--model_file", str(model), "--batch_size", "6"]
+    for k, v in TINY["mfassl_chexpert_pretrain"].items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    res = _cli(args)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "inf" / "index.csv")))
+    assert sorted(Path(r["source"]).name for r in rows) == ["grey0.jpg", "grey1.jpg", "grey2.jpg", "one_frame.dcm",
+                                                            "rgb.png", "rgba.png"]
+    emb = np.load(tmp_path / "inf" / "embeddings.npy")
+    assert emb.shape == (6, 48) and np.isfinite(emb).all()
+    assert json.loads((tmp_path / "inf" / "inference.json").read_text())["n_bad"] == 0

@@ -250,3 +250,16 @@ def test_kill_9_of_the_command_ends_its_pool_workers(tmp_path):
         for p in workers:
             if p.is_running():
                 p.kill()
+
+
+def test_a_repeated_chexpert_row_is_refused_naming_its_lines(tmp_path, capsys):
+    """Before: the image listed twice was counted twice ("3 images", exit 0) and given two records."""
+    ds = write_chexpert(tmp_path, 3)
+    lines = (ds / "train.csv").read_text().splitlines()
+    (ds / "train.csv").write_text("\n".join([*lines, lines[2]]) + "\n")  # patient00002's row again, as line 5
+    out = tmp_path / "axes.jsonl"
+    res = _axes_cli([str(ds), "--kind", "chexpert", "--out", str(out)], capsys)
+    assert res.returncode == 2, res.stderr[-1000:]
+    assert f"error: {ds / 'train.csv'}: line 5, column 'Path'" in res.stderr
+    assert "patient00002/study1/view1_frontal.jpg' is already listed on line 3" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
