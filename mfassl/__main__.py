@@ -1,4 +1,4 @@
-"""``python -m mfassl export-encoder MODEL --to timm|monai|swinunetr --out OUT.pt``.
+"""``python -m mfassl export-encoder MODEL --to timm|monai|swinunetr --out OUT.pt|OUT.safetensors``.
 
 Writes the pretrained encoder of ``MODEL`` (a bundle's ``models/model.pt`` with its ``model.json``, a training
 checkpoint ``checkpoint_<iteration>.pt`` or a face ``backbone.pt``) as a plain state dict that a stock network
@@ -9,7 +9,11 @@ class, its constructor arguments and the two lines that load it (:func:`mfassl.c
 - ``--to monai``: MONAI ``ViT`` (the 3D MFA-ViT of BraTS) with ``classification=True`` and an identity head;
   features ``net(x)[0]``;
 - ``--to swinunetr``: the ``swinViT`` of MONAI ``SwinUNETR`` (the MFA-Swin); features
-  ``net.swinViT(x)[-1].flatten(2).mean(-1)``.
+  ``net.swinViT(x)[-1].flatten(2).mean(-1)``; the segmentation bundle's ``pretrained_checkpoint`` takes the file.
+
+``--format safetensors`` (or an ``OUT`` ending in ``.safetensors``) writes safetensors instead of ``torch.save``:
+no pickle, read by ``safetensors.torch.load_file`` and by ``timm.create_model(...,
+pretrained=True, pretrained_cfg_overlay=dict(file=OUT))``.
 
 The sidecar JSON is printed to stdout; errors go to stderr with exit status 1.
 """
@@ -32,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description=__doc__.split("\n\n")[1])
     ex.add_argument("model", metavar="MODEL", help="models/model.pt, checkpoint_<iteration>.pt or backbone.pt")
     ex.add_argument("--to", required=True, choices=("timm", "monai", "swinunetr"), help="the stock network")
-    ex.add_argument("--out", required=True, help="the state dict to write (OUT.pt; the sidecar is OUT.json)")
+    ex.add_argument("--out", required=True,
+                    help="the state dict to write (OUT.pt or OUT.safetensors; the sidecar is OUT.json)")
+    ex.add_argument("--format", choices=("pt", "safetensors"), default=None,
+                    help="torch.save (pt) or safetensors; default: from the suffix of --out")
     ex.add_argument("--config", default=None,
                     help="the network as JSON, {\"backbone\": \"mfa_vit\", \"config\": {...}}, when MODEL does not "
                          "record it")
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         meta = export_encoder(args.model, args.to, args.out, description=description,
-                              out_channels=args.out_channels, verify=not args.no_verify)
+                              out_channels=args.out_channels, verify=not args.no_verify, fmt=args.format)
     except (EncoderLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

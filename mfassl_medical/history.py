@@ -10,6 +10,8 @@ from pathlib import Path
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from mfassl.engine import step_record
+
 __all__ = ["RunHistory"]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class RunHistory:
         self.rows = kept
 
     def _record(self, engine: Engine) -> None:
-        out = dict(engine.state.output or {})
+        out = step_record(engine.state.output)
         out["iteration"] = float(engine.state.iteration)
         self.rows.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float))})
 

@@ -482,7 +482,7 @@ def test_single_frame_dicom_is_a_2d_image(tmp_path):
     parser.read_config(str(Path(__file__).resolve().parents[2] / "bundles" / "mfassl_chexpert_pretrain" / "configs"
                            / "inference.json"))
     parser["image_size"], parser["global_size"] = [40, 40], [32, 32]
-    out = parser.get_parsed_content("infer#preprocessing")({"image": path, "source": path})
+    out = parser.get_parsed_content("preprocessing")({"image": path, "source": path})
     assert tuple(out["image"].shape) == (1, 32, 32)
     assert "error" not in out["image_axis_info"], out["image_axis_info"]  # estimated, not a failure fallback
 
