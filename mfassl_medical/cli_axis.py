@@ -14,6 +14,10 @@ time, ``load_seconds`` the reading time and ``png`` the overlay written for this
 a name that is still taken gets ``-2``, ``-3``...), so no input overwrites another's overlay
 (:func:`mfassl.cli.overlay_paths`, shared with the face ``axis`` command).
 
+A DICOM series folder with a truncated or unreadable slice is an error naming the slice; with
+``--allow-missing-slices`` it is read without it and a ``warning: PATH: read without N bad slice(s): ...``
+line on stderr names the slices (without ``-v`` too).
+
 Options are checked before any file is read: an unknown ``--method``, a ``--min-confidence`` that is
 not a number in [0, 1] (``nan``, ``5``) or a ``--png`` file given for several inputs stop the command
 with a usage message and exit code 2. Then every input gets its answer, or one ``error: PATH: ...``
@@ -39,9 +43,15 @@ __all__ = ["main", "load_image", "overlay_paths", "write_overlay"]
 logger = logging.getLogger(__name__)
 
 
-def load_image(path: str) -> tuple[np.ndarray, np.ndarray]:
+def load_image(path: str, allow_missing_slices: bool = False, missing: list[str] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``path`` with :class:`~mfassl_medical.transforms.SafeLoadImage` (MONAI ``LoadImage`` after header
     checks: voxel budget, truncation; RGBA/LA composited on black; bad DICOM slices named).
+
+    Args:
+        path: an image file or a DICOM series folder.
+        allow_missing_slices: read a DICOM series without its truncated/unreadable slices instead of refusing it.
+        missing: a list that receives the slices left out (``"file problem"`` each).
 
     Returns:
         ``(C, *S)`` float32 array (channel-first; a file without channels gets ``C = 1``) and the
@@ -49,7 +59,9 @@ def load_image(path: str) -> tuple[np.ndarray, np.ndarray]:
     """
     from mfassl_medical.transforms import SafeLoadImage
 
-    img = SafeLoadImage(check=False)(path)
+    img = SafeLoadImage(check=False, on_bad_slice="warn" if allow_missing_slices else "raise")(path)
+    if missing is not None:
+        missing.extend(img.meta.get("missing_slices", []))
     affine = np.asarray(img.affine.detach().cpu(), dtype=np.float64)
     return np.asarray(img.as_tensor().detach().cpu(), dtype=np.float32), affine
 
@@ -138,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="estimator name (default auto)")
     p.add_argument("--min-confidence", type=_confidence, default=None,
                    help="fall back to the image centre below this confidence, a number in [0, 1]")
+    p.add_argument("--allow-missing-slices", action="store_true",
+                   help="read a DICOM series without its truncated/unreadable slices (a warning names them) "
+                        "instead of failing it")
     p.add_argument("-v", "--verbose", action="store_true", help="log estimator warnings")
     return p
 
@@ -166,8 +181,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not os.path.exists(path):
                 raise FileNotFoundError("no such file or folder")
             t0 = time.perf_counter()
-            data, affine = load_image(path)
+            missing: list[str] = []
+            data, affine = load_image(path, args.allow_missing_slices, missing)
             load_s = time.perf_counter() - t0
+            if missing:
+                print(f"warning: {path}: read without {len(missing)} bad slice(s): " + "; ".join(missing[:5]),
+                      file=sys.stderr, flush=True)
             t1 = time.perf_counter()
             axis = estimate_axis(data, affine, method=args.method, min_confidence=min_conf, channel_first=True)
             est_s = time.perf_counter() - t1

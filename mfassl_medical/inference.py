@@ -10,8 +10,10 @@ For a folder or a list of images (or the demo data), each image goes through the
 - ``index.csv``: one row per image, in the arrays' order: the source file(s), the axis confidence and whether
   the axis fell back to the image centre;
 - ``gate_maps.png``: the gate maps of the first images over their left halves;
-- ``bad_images.csv``: the images that could not be read (source, reason), when there are any: they are
-  skipped, logged and listed (also under ``"bad"`` in ``inference.json``), and every good image is written.
+- ``bad_images.csv``: the images that could not be used (source, reason), when there are any: unreadable
+  files, images whose shape differs from the others after the preprocessing, and the case folders the reader
+  left out (a BraTS case lacking a modality); they are skipped, logged and listed (also under ``"bad"`` in
+  ``inference.json``), and every good image is written.
 
 The data lists ``inference.json`` names (:func:`~mfassl_medical.data.chexpert.chexpert_inference_datalist`,
 :func:`~mfassl_medical.data.brats.brats_inference_datalist`) live with their readers and are re-exported here.
@@ -38,7 +40,7 @@ from mfassl.options import as_bool, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 from mfassl_medical.data.brats import brats_inference_datalist
 from mfassl_medical.data.chexpert import IMAGE_SUFFIXES, chexpert_inference_datalist
-from mfassl_medical.data.safe import find_medical_error, item_source
+from mfassl_medical.data.safe import excluded_items, find_medical_error, item_source
 from mfassl_medical.errors import MedicalDataError
 
 __all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
@@ -81,6 +83,15 @@ class EmbeddingExporter:
         self.inferer = inferer
         self.checkpoint = checkpoint
 
+    def _source(self, index: int, fallback: Any = None) -> str:
+        """The source file(s) of item ``index`` from the dataset's data list, else ``fallback`` or ``item N``."""
+        data = getattr(self.dataset, "data", None)
+        try:
+            src = item_source(data[index]) if data is not None else None
+        except Exception:  # a dataset without a data list
+            src = None
+        return str(src or fallback or f"item {index}")
+
     def _read(self, index: int) -> Any:
         """Item ``index`` of the dataset, or None for an image that cannot be used (recorded in ``self.bad``
         with its source and the reason, and logged)."""
@@ -90,12 +101,7 @@ class EmbeddingExporter:
             bad = find_medical_error(e)
             if bad is None:
                 raise
-            data = getattr(self.dataset, "data", None)
-            try:
-                src = item_source(data[index]) if data is not None else None
-            except Exception:  # a dataset without a data list
-                src = None
-            src = src or getattr(bad, "path", None) or f"item {index}"
+            src = self._source(index, getattr(bad, "path", None))
             reason = getattr(bad, "reason", str(bad))
             logger.warning("skipping image %s: %s", src, reason)
             self.bad.append({"source": str(src), "reason": str(reason)})
@@ -128,13 +134,27 @@ class EmbeddingExporter:
         feats, gates, rows, shown_x, shown_g = [], [], [], [], []
         grid: tuple[int, ...] = ()
         n = len(self.dataset)
-        self.bad: list[dict[str, str]] = []
+        self.bad: list[dict[str, str]] = excluded_items(getattr(self.dataset, "data", None))
+        shape: tuple[int, ...] | None = None  # every embedded image has the first good image's shape
         for start in tqdm(range(0, n, self.batch_size), desc="embedding", leave=False):
-            items = [it for it in (self._read(i) for i in range(start, min(n, start + self.batch_size)))
-                     if it is not None]
+            items = []
+            for i in range(start, min(n, start + self.batch_size)):
+                it = self._read(i)
+                it = it[0] if isinstance(it, list) else it
+                if it is None:
+                    continue
+                got = tuple(torch.as_tensor(it["image"]).shape)
+                shape = got if shape is None else shape
+                if got != shape:
+                    src = self._source(i, item_source(it))
+                    reason = (f"image shape {got} after the preprocessing differs from {shape} of the other images "
+                              "(channels or dimensionality the bundle does not take)")
+                    logger.warning("skipping image %s: %s", src, reason)
+                    self.bad.append({"source": src, "reason": reason})
+                    continue
+                items.append(it)
             if not items:
                 continue
-            items = [it[0] if isinstance(it, list) else it for it in items]
             x = torch.stack([torch.as_tensor(it["image"]).float() for it in items])
             f, g, grid, pair = self.embed(x)
             feats.append(f.float().cpu())

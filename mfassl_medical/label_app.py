@@ -24,6 +24,12 @@ Command line (what ``make label`` runs)::
 
 Without ``--model`` a tiny network is trained first for a few steps on the demo data (a smoke model: its
 segmentation is poor); pass a trained ``model.pt`` and the ``--network`` sizes it was trained with for real use.
+
+``serve`` checks everything it is given before the server starts, and refuses with one ``error: ...`` line
+(exit status 2) and no traceback: a ``--label-venv`` that is not a MONAI Label venv, a ``--model`` that does not
+exist, and a ``--model`` that is not the bundle's network with the ``--network`` sizes (a truncated file, another
+model's weights, an MFASSL pretraining checkpoint): it is loaded into the bundle's network exactly as the
+bundle's ``inference.json`` loads it (:func:`check_model_file`), so a server that starts can infer.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ __all__ = [
     "TINY_NETWORK",
     "APP_NAME",
     "default_bundle_dir",
+    "ModelFileError",
+    "check_model_file",
     "loopback_origins",
     "write_app_files",
     "write_label_studies",
@@ -199,10 +207,102 @@ def _monailabel(label_venv: str | os.PathLike) -> list[str]:
     """``<venv>/bin/python -m monailabel.main``: the venv's ``bin/monailabel`` wrapper runs whatever ``python`` is
     first on PATH and puts the checkout on PYTHONPATH, so it is bypassed."""
     exe = Path(label_venv).absolute() / "bin" / "python"  # absolute, not resolved (the venv python is a link)
-    if not (Path(label_venv) / "bin" / "monailabel").is_file():
-        raise FileNotFoundError(f"{exe} not found: create the MONAI Label venv first (make label, or "
-                                f"python3 -m venv {label_venv} && {label_venv}/bin/pip install monailabel==0.8.5 ...).")
+    if not (Path(label_venv) / "bin" / "monailabel").is_file() or not exe.exists():
+        what = "does not exist" if not Path(label_venv).exists() else "is not a MONAI Label venv (no bin/monailabel)"
+        raise FileNotFoundError(f"--label-venv {label_venv} {what}: create the MONAI Label venv first (make "
+                                f"label-venv, or python3 -m venv {label_venv} && {label_venv}/bin/pip install "
+                                "monailabel==0.8.5 ...), or pass the folder of one.")
     return [str(exe), "-m", "monailabel.main"]
+
+
+class ModelFileError(ValueError):
+    """A ``--model`` file that the bundle's inference cannot load (unreadable, or another network's weights)."""
+
+
+def _bundle_network(bundle_dir: Path, network: Mapping[str, Any]) -> Any:
+    """The bundle's ``network_def`` from ``configs/inference.json`` with the ``network`` sizes, built on CPU.
+
+    The bundle folder is put on ``sys.path`` for its ``scripts`` package while the network is built, as
+    ``python -m monai.bundle run`` and MONAI Label do.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "inference.json"))
+    parser.update({k: v for k, v in network.items()})
+    parser["device"] = "$torch.device('cpu')"
+    saved = {k: m for k, m in sys.modules.items() if k == "scripts" or k.startswith("scripts.")}
+    for k in saved:
+        del sys.modules[k]
+    sys.path.insert(0, str(bundle_dir))
+    try:
+        return parser.get_parsed_content("network_def")
+    finally:
+        sys.path.remove(str(bundle_dir))
+        for k in [k for k in sys.modules if k == "scripts" or k.startswith("scripts.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+def check_model_file(model_file: str | os.PathLike, network: Mapping[str, Any] | None = None,
+                     bundle_dir: str | os.PathLike | None = None) -> dict[str, int]:
+    """Load ``model_file`` into the bundle's network as its ``inference.json`` does, or refuse it.
+
+    The file is read with ``torch.load(weights_only=True)``; its state dict (the file itself, or its ``"model"``
+    entry, as the bundle's ``CheckpointLoader`` takes it) must match the network built with the ``network``
+    sizes key for key and shape for shape (``strict``).
+
+    Args:
+        model_file: the weights ``--model`` names.
+        network: the sizes (``feature_size``, ``depths``, ...) the server will use.
+        bundle_dir: the bundle (default :func:`default_bundle_dir`).
+
+    Returns:
+        ``{"tensors": N, "parameters": P}`` of the loaded state dict.
+
+    Raises:
+        FileNotFoundError: ``model_file`` does not exist.
+        ModelFileError: it cannot be read as PyTorch weights (truncated, not a PyTorch file, pickled code), holds
+            no state dict, or its keys or shapes are not those of the network; the message names the file and
+            what differs.
+    """
+    import torch
+
+    path = Path(model_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {path}: file not found.")
+    bundle = Path(bundle_dir) if bundle_dir is not None else default_bundle_dir()
+    sizes = _check_network(network)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, refused pickle
+        text = " ".join(str(e).split()).split(". ")[0]  # the reason, not torch's advice to drop weights_only
+        raise ModelFileError(f"--model {path}: cannot be read as PyTorch weights ({type(e).__name__}: {text}); the "
+                             "file may be truncated or not a model.pt") from None
+    state = obj.get("model") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else obj
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"--model {path}: holds no state dict of tensors (a {type(obj).__name__}); save the "
+                             "network's state_dict(), or a dict with it under 'model'")
+    net = _bundle_network(bundle, sizes)
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the network's {len(expected)} tensors missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors the network does not have (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} of another shape (e.g. {wrong[:2]})")
+        shown = json.dumps(sizes) if sizes else "of its inference.json"
+        raise ModelFileError(f"--model {path}: not the {BUNDLE_NAME} network with the sizes {shown}: "
+                             + "; ".join(parts) + ". Pass the weights the bundle's train.json wrote "
+                             "(models/model.pt) and the --network sizes they were trained with.")
+    net.load_state_dict(state, strict=True)
+    return {"tensors": len(state), "parameters": int(sum(int(v.numel()) for v in state.values()))}
 
 
 def write_app_files(app: str | os.PathLike) -> Path:
@@ -323,7 +423,8 @@ def _check_origin(origin: str) -> str:
 
 def label_server_env(home: str | os.PathLike, base: Mapping[str, str] | None = None,
                      app: str | os.PathLike | None = None,
-                     cors_origins: Sequence[str] | None = None) -> dict[str, str]:
+                     cors_origins: Sequence[str] | None = None, host: str | None = None,
+                     allowed_hosts: Sequence[str] | None = None) -> dict[str, str]:
     """Environment of an offline server: no zoo or telemetry download, ``HOME`` in ``home``.
 
     Args:
@@ -332,6 +433,10 @@ def label_server_env(home: str | os.PathLike, base: Mapping[str, str] | None = N
         app: the prepared app; put on ``PYTHONPATH`` so that ``--uvicorn_app mfassl_asgi:app`` imports.
         cors_origins: origins to allow besides none (sets ``MONAI_LABEL_CORS_ORIGINS``); None keeps what ``base``
             has, and the app then allows only the loopback origins of its port.
+        host: the address the server binds (``MFASSL_LABEL_HOST``): the app answers requests whose ``Host`` names
+            it or a loopback name.
+        allowed_hosts: further host names the app answers (``MFASSL_LABEL_ALLOWED_HOSTS``), e.g. the machine's
+            name when it listens on another interface.
     """
     env = dict(os.environ if base is None else base)
     Path(home).mkdir(parents=True, exist_ok=True)
@@ -342,7 +447,21 @@ def label_server_env(home: str | os.PathLike, base: Mapping[str, str] | None = N
         env["PYTHONPATH"] = str(Path(app).absolute())
     if cors_origins:
         env["MONAI_LABEL_CORS_ORIGINS"] = json.dumps([_check_origin(o) for o in cors_origins])
+    if host is not None:
+        env["MFASSL_LABEL_HOST"] = str(host)
+    if allowed_hosts:
+        env["MFASSL_LABEL_ALLOWED_HOSTS"] = json.dumps([_check_host(h) for h in allowed_hosts])
     return env
+
+
+def _check_host(name: str) -> str:
+    """A host name or address for ``--allowed-host`` (no scheme, port, path or wildcard)."""
+    text = str(name).strip()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    port = ":" in bare and not text.startswith("[") and bare.count(":") < 2  # host:port, not an IPv6 address
+    if not bare or any(c in bare for c in "/?#@* ") or port:
+        raise ValueError(f"allowed host {name!r} must be a bare host name or address (no scheme, port, path or '*').")
+    return bare.lower()
 
 
 def label_server_command(app: str | os.PathLike, studies: str | os.PathLike, label_venv: str | os.PathLike,
@@ -370,15 +489,15 @@ def label_server_command(app: str | os.PathLike, studies: str | os.PathLike, lab
 
 def start_label_server(app: str | os.PathLike, studies: str | os.PathLike, label_venv: str | os.PathLike,
                        home: str | os.PathLike, port: int = 8000, host: str = "127.0.0.1", name: str = BUNDLE_NAME,
-                       log_file: str | os.PathLike | None = None,
-                       cors_origins: Sequence[str] | None = None) -> subprocess.Popen:
+                       log_file: str | os.PathLike | None = None, cors_origins: Sequence[str] | None = None,
+                       allowed_hosts: Sequence[str] | None = None) -> subprocess.Popen:
     """Start the server in the background (stdout/stderr to ``log_file`` if given); stop it with
-    :func:`stop_label_server`. ``cors_origins``: see :func:`label_server_env`."""
+    :func:`stop_label_server`. ``cors_origins``, ``allowed_hosts``: see :func:`label_server_env`."""
     cmd = label_server_command(app, studies, label_venv, port, host, name)
     logger.info("starting: %s", " ".join(cmd))
     out = open(log_file, "wb") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen(cmd, env=label_server_env(home, app=app, cors_origins=cors_origins), stdout=out,
-                            stderr=subprocess.STDOUT, cwd=str(Path(home)))
+    env = label_server_env(home, app=app, cors_origins=cors_origins, host=host, allowed_hosts=allowed_hosts)
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(Path(home)))
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0,
@@ -436,6 +555,19 @@ def _network_arg(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"option '--network': {e}") from None
 
 
+def _answered_hosts(host: str, extra: Sequence[str] | None) -> list[str]:
+    from mfassl_medical.label_server.guards import allowed_hosts
+
+    return allowed_hosts(host, extra or ())
+
+
+def _host_arg(text: str) -> str:
+    try:
+        return _check_host(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"option '--allowed-host': {e}") from None
+
+
 def _origin_arg(text: str) -> str:
     try:
         return _check_origin(text)
@@ -448,9 +580,9 @@ def _serve(args: argparse.Namespace) -> int:
     network = dict(TINY_NETWORK) if args.network is None else args.network
     _monailabel(args.label_venv)  # fail before any training when the MONAI Label venv is missing
     model = args.model
-    if model is not None and not Path(model).is_file():
-        raise FileNotFoundError(f"--model {model}: file not found.")
-    if model is None:
+    if model is not None:
+        check_model_file(model, network)  # refused here, not with a bare 500 at the first infer
+    else:
         overrides = {**network, "epochs": args.train_epochs, "epoch_length": args.train_steps,
                      "val_interval": args.train_epochs + 1, "learning_rate": 1e-3}
         if args.dataset_dir:
@@ -458,14 +590,16 @@ def _serve(args: argparse.Namespace) -> int:
         if args.pretrained_checkpoint:
             overrides["pretrained_checkpoint"] = args.pretrained_checkpoint
         model = train_bundle(work / "train", overrides=overrides)
+        check_model_file(model, network)
     app = prepare_label_app(work, model, args.label_venv, network=network)
     studies = work / "studies"  # kept across restarts: saved labels and uploaded images stay
     ids = write_label_studies(studies, args.dataset_dir, with_labels=args.with_labels)
     cmd = label_server_command(app, studies, args.label_venv, args.port, args.host)
-    env = label_server_env(work / "home", app=app, cors_origins=args.cors_origin)
+    env = label_server_env(work / "home", app=app, cors_origins=args.cors_origin, host=args.host,
+                           allowed_hosts=args.allowed_host)
     origins = args.cors_origin or loopback_origins(args.port)
     print(f"serving {len(ids)} studies from {studies} on http://{args.host}:{args.port} (CORS origins: "
-          f"{', '.join(origins)})\n"
+          f"{', '.join(origins)}; Host names answered: {', '.join(_answered_hosts(args.host, args.allowed_host))})\n"
           f"  curl -X POST 'http://{args.host}:{args.port}/infer/{BUNDLE_NAME}?image={ids[0]}&output=image' -o seg.nii.gz",
           flush=True)
     os.chdir(work / "home")  # relative names in requests never resolve against the user's folder
@@ -487,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cors-origin", action="append", type=_origin_arg, default=None, metavar="URL",
                    help="a browser origin allowed to call the server (repeatable; default: http://127.0.0.1:PORT "
                         "and http://localhost:PORT only)")
+    s.add_argument("--allowed-host", action="append", type=_host_arg, default=None, metavar="NAME",
+                   help="a further host name the server answers in the Host header (repeatable; default: the --host "
+                        "address and 127.0.0.1, localhost, ::1 only: other names are refused against DNS rebinding)")
     s.add_argument("--model", help="trained model.pt (default: train a tiny one first)")
     s.add_argument("--network", type=_network_arg,
                    help="JSON of the network sizes the model has (default: the tiny sizes)")
@@ -505,13 +642,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; 2 with one ``error: ...`` line on stderr for what it refuses (a missing or wrong ``--model``,
+    a ``--label-venv`` that is not one, a data set it cannot read), 1 when the tiny training fails."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.cmd == "studies":
-        ids = write_label_studies(args.out_dir, args.dataset_dir, with_labels=args.with_labels)
-        print(f"{len(ids)} studies in {args.out_dir}")
-        return 0
-    return _serve(args)
+    try:
+        if args.cmd == "studies":
+            ids = write_label_studies(args.out_dir, args.dataset_dir, with_labels=args.with_labels)
+            print(f"{len(ids)} studies in {args.out_dir}")
+            return 0
+        return _serve(args)
+    except (FileNotFoundError, ValueError) as err:  # ModelFileError, DatasetLayoutError, bad ids are ValueErrors
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as err:
+        print(f"error: the training of the smoke model failed (exit status {err.returncode}): {' '.join(err.cmd)}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from mfassl_medical.axes_file import attach_axes
 from mfassl_medical.data.brats import brats_pretrain_datalist
 from mfassl_medical.data.cache import SafeCacheDataset, SharedPersistentDataset, preprocessing_hash
 from mfassl_medical.data.chexpert import chexpert_pretrain_datalist
-from mfassl_medical.data.safe import SkipBadSamples
+from mfassl_medical.data.safe import SkipBadSamples, excluded_items
 from mfassl_medical.history import RunHistory
 from mfassl_medical.pretrain_report import bad_sample_report, write_report
 
@@ -101,7 +101,9 @@ def pretrain_dataset(data: Sequence[dict[str, Any]], transform: Any, cache: str 
         cache_rate: share of items ``CacheDataset`` keeps (memory cache).
         num_workers: ``CacheDataset`` caching threads (memory cache).
         max_bad_fraction: the largest share of unreadable samples the run accepts (skipped, counted, logged
-            and listed in the report) before it stops with an error naming them; None: no limit.
+            and listed in the report) before it stops with an error naming them; None: no limit. The items
+            the reader left out of ``data`` (a :class:`~mfassl_medical.data.safe.DataList`'s ``excluded``: BraTS
+            case folders lacking a modality) count as bad samples.
 
     Returns:
         a :class:`~mfassl_medical.data.safe.SkipBadSamples` around the cached dataset.
@@ -124,7 +126,7 @@ def pretrain_dataset(data: Sequence[dict[str, Any]], transform: Any, cache: str 
         base = SharedPersistentDataset(data=list(data), transform=transform, cache_dir=folder)
     else:
         base = Dataset(data=list(data), transform=transform)
-    return SkipBadSamples(base, max_bad_fraction=limit)
+    return SkipBadSamples(base, max_bad_fraction=limit, excluded=excluded_items(data))
 
 
 def prepare_canonical_batch(batch: Any, device: torch.device | str) -> tuple[torch.Tensor, None]:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from mfassl.options import as_float, as_int
 from mfassl_medical.axes_file import attach_axes
+from mfassl_medical.data.safe import DataList
 from mfassl_medical.demo_data import dataset_dir_or_demo
 from mfassl_medical.errors import DatasetLayoutError
 from mfassl_medical.transforms.lesion import LESION_LABELS
@@ -110,15 +111,16 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
         root: folder whose sub-folders are cases (one folder per case, sorted by name).
         require_seg: a case without a ``seg`` file is incomplete.
         on_incomplete: ``"raise"`` (default): an incomplete case folder raises, naming the folder and
-            what it lacks or holds; ``"skip"``: it is left out with a warning, and one summary warning
-            gives the number skipped.
+            what it lacks or holds; ``"skip"``: it is left out with a warning, one summary warning gives the
+            number skipped, and the returned list names it in ``excluded`` (so a run counts it as a bad sample).
         modalities: the channel order of ``image`` (default ``t1, t1ce, t2, flair``).
 
     Returns:
-        one dict per case: ``image`` = list of paths in ``modalities`` order (load with
-        ``LoadImaged`` + ``EnsureChannelFirstd`` to a ``(4, X, Y, Z)`` tensor), ``label`` = the seg
-        path when there is one, ``case`` (the folder name), ``patient`` (same as ``case``, for
-        :func:`~mfassl_medical.data.chexpert.split_by_patient`) and ``naming`` (``"2021"``/``"2023"``).
+        a :class:`~mfassl_medical.data.safe.DataList` (a list) of one dict per case: ``image`` = list of paths in
+        ``modalities`` order (load with ``LoadImaged`` + ``EnsureChannelFirstd`` to a ``(4, X, Y, Z)`` tensor),
+        ``label`` = the seg path when there is one, ``case`` (the folder name), ``patient`` (same as ``case``,
+        for :func:`~mfassl_medical.data.chexpert.split_by_patient`) and ``naming`` (``"2021"``/``"2023"``); its
+        ``excluded`` lists the skipped folders as ``{"source": folder, "reason": ...}``.
 
     Raises:
         DatasetLayoutError: (a :class:`MedicalDataError`) ``root`` is not a folder, holds no usable
@@ -131,6 +133,7 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
         raise DatasetLayoutError("BraTS root is not a folder", root)
     cases: list[dict[str, Any]] = []
     skipped: list[str] = []
+    excluded: list[dict[str, str]] = []
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
     need = list(modalities) + (["seg"] if require_seg else [])
     for case_dir in folders:
@@ -149,6 +152,7 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
                 raise err
             logger.warning("skipping incomplete BraTS case: %s", err)
             skipped.append(case_dir.name)
+            excluded.append({"source": str(case_dir), "reason": err.reason})
             continue
         rec: dict[str, Any] = {
             "image": [files[m] for m in modalities],
@@ -167,7 +171,7 @@ def find_brats_cases(root: str | os.PathLike, require_seg: bool = False, on_inco
                                  "NIfTI files) found" + (f"; {len(skipped)} incomplete folder(s) skipped"
                                                          if skipped else ""), root)
     logger.info("BraTS %s: %d cases", root, len(cases))
-    return cases
+    return DataList(cases, excluded=excluded)
 
 
 def brats_pretrain_datalist(dataset_dir: str | None = None, max_cases: int | None = None,
@@ -180,15 +184,22 @@ def brats_pretrain_datalist(dataset_dir: str | None = None, max_cases: int | Non
         max_cases: keep only the first cases (quick runs).
         axes_file: precomputed axes (``python -m mfassl_medical axes DIR --kind brats``); each case found in it
             gets ``image_axis_precomputed`` and is not estimated in the loader. None: estimate lazily.
+
+    Returns:
+        a :class:`~mfassl_medical.data.safe.DataList`: the case folders lacking a modality (or holding only
+        DICOM) are left out and listed in its ``excluded``; the bundles count them as bad samples (named in
+        ``report.json``, counted toward ``max_bad_fraction``).
     """
     max_cases = as_int(max_cases, "max_cases", low=0, allow_none=True)
     root = dataset_dir_or_demo(dataset_dir, "brats")
     cases = find_brats_cases(root, require_seg=False, on_incomplete="skip")
-    if not cases:
-        raise FileNotFoundError(f"no BraTS case folders found under {root}.")
     items = [{"image": c["image"], "source": list(c["image"]), "case": c.get("case", "")} for c in cases]
-    items = items[:max_cases] if max_cases else items
-    return attach_axes(items, axes_file, root, "brats")
+    excluded = cases.excluded
+    if max_cases and len(items) > max_cases:  # a quick run over the first cases: the folders left out among them
+        items = items[:max_cases]
+        last = items[-1]["case"]
+        excluded = [e for e in excluded if Path(e["source"]).name < last]
+    return DataList(attach_axes(items, axes_file, root, "brats"), excluded=excluded)
 
 
 def brats_datalists(dataset_dir: str | os.PathLike | None = None, val_fraction: float = 0.25, seed: int = 0,

@@ -9,7 +9,9 @@ memory cache that survives bad files.
   cache) that move is a copy, and another rank can read a half-written file (``torch.load`` then raises a
   ``RuntimeError`` that MONAI re-raises). Here the temporary file is written inside ``cache_dir`` under a
   name unique to the process and renamed with ``os.replace`` (atomic on POSIX), and an unreadable cache
-  file is recomputed, never fatal.
+  file is recomputed, never fatal. An item's cache file is named after the item *and* the identity of the
+  files it names (:func:`file_identity`: size and modification time), so an image replaced by another file
+  of the same name is computed again instead of being read back stale.
 * :class:`SafeCacheDataset` is MONAI's ``CacheDataset`` whose caching step records a bad sample (an image
   whose loading raises :class:`~mfassl_medical.errors.MedicalDataError`) instead of failing the whole
   cache; reading that item raises the error again, so :class:`~mfassl_medical.data.safe.SkipBadSamples`
@@ -37,7 +39,7 @@ from monai.utils import convert_to_tensor
 from mfassl_medical.data.safe import find_medical_error
 from mfassl_medical.errors import MedicalDataError
 
-__all__ = ["preprocessing_hash", "SharedPersistentDataset", "SafeCacheDataset", "BAD_SAMPLE_KEY"]
+__all__ = ["preprocessing_hash", "file_identity", "SharedPersistentDataset", "SafeCacheDataset", "BAD_SAMPLE_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,47 @@ def _describe(obj: Any, depth: int = 0) -> Any:
     return {"class": name, **fields}
 
 
+def _paths(value: Any) -> list[str]:
+    """The strings inside a data-list item's values that look like paths (absolute, or holding a separator)."""
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        return [text] if isinstance(text, str) and (os.path.isabs(text) or os.sep in text) else []
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _paths(v)]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths(v)]
+    return []
+
+
+def _stat_key(path: str) -> list[Any]:
+    st = os.stat(path)
+    return [path, int(st.st_size), int(st.st_mtime_ns)]
+
+
+def file_identity(item: Any) -> str:
+    """A hex digest of the identity of every file a data-list item names: path, size and ``st_mtime_ns``.
+
+    Paths are the item's string values (and those inside lists and dicts) that are absolute or hold a path
+    separator and exist; a folder (a DICOM series) stands for the files directly inside it. A file replaced
+    by another one (a new size or modification time) changes the digest; a path that does not exist adds
+    nothing (loading it fails anyway).
+
+    Args:
+        item: a data dictionary (``{"image": path or [paths], ...}``) or a path.
+    """
+    entries: list[Any] = []
+    for path in _paths(item):
+        try:
+            if os.path.isdir(path):
+                entries.append([path, [_stat_key(os.path.join(path, n)) for n in sorted(os.listdir(path))
+                                       if os.path.isfile(os.path.join(path, n))]])
+            elif os.path.exists(path):
+                entries.append(_stat_key(path))
+        except OSError:  # vanished in between: loading it will say so
+            continue
+    return hashlib.md5(json.dumps(entries).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
 def preprocessing_hash(transform: Callable | Sequence[Callable], length: int = 12) -> str:
     """A short hex digest of the deterministic part of ``transform`` (its transforms up to the first random
     one, with their settings): equal for equal preprocessing, different when a size, spacing or reader changes.
@@ -89,10 +132,13 @@ class SharedPersistentDataset(PersistentDataset):
 
     Items are computed lazily by the process that first needs them (DataLoader workers included), converted
     to tensors as MONAI stores them (a computed item and a cached one have the same types), written to
-    ``cache_dir/<item hash>.pt`` through a temporary file in the same folder and ``os.replace`` (readers see
-    the whole file or none), and read back with ``torch.load(weights_only=True)``. Two processes computing
-    the same item at once both write; the last rename wins and both files are identical. A cache file that
-    cannot be read (cut short by a full disk, a killed copy) is logged, removed and recomputed.
+    ``cache_dir/<item hash><file identity><preprocessing hash>.pt`` through a temporary file in the same folder
+    and ``os.replace`` (readers see the whole file or none), and read back with
+    ``torch.load(weights_only=True)``. The file identity (:func:`file_identity`: size and modification time of
+    the files the item names) makes an image replaced under the same name a cache miss, so it is computed from
+    the new file (the old item's file stays in the folder until the folder is removed). Two processes
+    computing the same item at once both write; the last rename wins and both files are identical. A cache
+    file that cannot be read (cut short by a full disk, a killed copy) is logged, removed and recomputed.
 
     Args:
         data: the data list (dicts of paths and precomputed values; they are hashed for the file name).
@@ -113,7 +159,9 @@ class SharedPersistentDataset(PersistentDataset):
 
     def _cachecheck(self, item_transformed: Any) -> Any:
         assert self.cache_dir is not None
-        name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+        # the item's files' identity is part of the name: a file replaced under the same name is recomputed
+        name = (self.hash_func(item_transformed).decode("utf-8") + file_identity(item_transformed)[:16]
+                + self.transform_hash)
         hashfile = self.cache_dir / f"{name}.pt"
         if hashfile.is_file():
             try:

@@ -159,8 +159,10 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
 
     Labels are never changed silently: a row with fewer fields than the header (a cut-off line), a
     cell that is not ``1``/``0``/``-1``/blank (``nan`` included), an unknown ``Frontal/Lateral`` value,
-    a bad ``Age``, an empty ``Path`` or (with ``check_files``) a missing image is a bad row; a
-    duplicated column, a missing required column or a CSV without rows is a bad table.
+    a bad ``Age``, an empty ``Path``, (with ``check_files``) a missing image, or a ``Path`` already listed
+    on an earlier line (a repeated row: one image would get two records, counted twice in training and
+    in the scores) is a bad row; a duplicated column, a missing required column or a CSV without rows is
+    a bad table.
 
     Args:
         root: the dataset folder holding ``train.csv`` and ``valid.csv`` (e.g. ``.../CheXpert-v1.0-small``),
@@ -176,7 +178,8 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
         masked_value: the label value written where ``label_mask`` is 0 (0.0 by default so that a
             loss multiplied by the mask stays finite; pass ``float("nan")`` to make them loud).
         on_bad_row: ``"raise"`` (default): the first bad row raises; ``"skip"``: bad rows are left out,
-            counted and reported in one warning (the count and the first rows). A bad table always raises.
+            counted and reported in one warning (the count and the first rows); of a repeated ``Path`` the
+            first row is kept. A bad table always raises.
 
     Returns:
         one dict per image: ``image`` (absolute path str), ``label`` float32 ``(L,)``, ``label_mask``
@@ -217,10 +220,18 @@ def read_chexpert(root: str | os.PathLike, split: str = "train", uncertainty: st
     records: list[dict[str, Any]] = []
     bad: list[TableError] = []
     n_frontal_dropped = 0
+    first_line: dict[str, int] = {}  # image -> the line that listed it first
     for line, fields in rows:
         try:
             rec = _record(csv_path, root, header, col, extra, line, fields, labels, frontal_only, check_files,
                           blank, uncertainty, masked_value)
+            if rec is not None:
+                key = os.path.normpath(rec["image"])
+                if key in first_line:
+                    raise TableError(f"line {line}, column 'Path': {rec['path']!r} is already listed on line "
+                                     f"{first_line[key]}; a repeated row would give one image two records",
+                                     csv_path, row=line, column="Path", value=rec["path"])
+                first_line[key] = line
         except TableError as e:
             if on_bad_row == "raise":
                 raise

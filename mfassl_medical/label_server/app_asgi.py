@@ -1,8 +1,12 @@
 """The ASGI application MONAI Label serves for the MFASSL app (copied to ``<app>/mfassl_asgi.py``).
 
 ``monailabel start_server ... --uvicorn_app mfassl_asgi:app`` runs MONAI Label's own FastAPI application
-(``monailabel.app:app``) with three changes, made before it starts:
+(``monailabel.app:app``) with four changes, made before it starts:
 
+- **Host and Origin** (``mfassl_guards.HostOriginGuard``, outermost): a ``Host`` header that is not the bound
+  address, a loopback name or a host allowed with ``--allowed-host`` (``MFASSL_LABEL_ALLOWED_HOSTS``) answers 400
+  (DNS rebinding); a ``POST``/``PUT``/``DELETE``/``PATCH`` whose ``Origin`` is not an allowed CORS origin answers
+  403 before it runs.
 - **CORS**: MONAI Label allows every origin (``*``) with credentials unless ``MONAI_LABEL_CORS_ORIGINS`` is set,
   and when it is set, pydantic turns ``http://host:port`` into ``http://host:port/``, which never equals a
   browser's ``Origin``. Here the allowed origins are ``MONAI_LABEL_CORS_ORIGINS`` (trailing ``/`` removed) or, by
@@ -11,7 +15,8 @@
 - **Ids in the query**: a request whose ``image``, ``label``, ``id`` or ``tag`` query parameter is not an
   acceptable id (``mfassl_ids``: no path separator, no ``..``, no absolute path, no NUL) is answered 400 before
   MONAI Label reads it.
-- **Errors**: ``InvalidIdError``, invalid JSON in a form field and request validation errors answer 400;
+- **Errors**: ``InvalidIdError``, ``InvalidLabelError`` (an uploaded label that is not a label map of its image),
+  invalid JSON in a form field and request validation errors answer 400;
   ``NotFoundError`` and MONAI Label's image/label not found answer 404; other MONAI Label errors with
   ``INVALID_INPUT`` answer 400. Each answer is JSON ``{"detail": "..."}`` naming the value.
 """
@@ -24,7 +29,9 @@ from typing import Any, Awaitable, Callable, List
 from urllib.parse import parse_qsl
 
 from fastapi.exceptions import RequestValidationError
+from mfassl_guards import HostOriginGuard, hosts_from_env
 from mfassl_ids import InvalidIdError, NotFoundError, id_problem
+from mfassl_labels import InvalidLabelError
 from monailabel.app import app
 from monailabel.config import settings
 from monailabel.interfaces.exception import (
@@ -104,22 +111,26 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 def _install(asgi_app: Any) -> None:
-    """Replace MONAI Label's CORS middleware, add the query guard and the error answers (before start-up)."""
+    """Replace MONAI Label's CORS middleware, add the host/origin and query guards and the error answers (before
+    start-up)."""
     origins = allowed_origins()
+    hosts = hosts_from_env()
     asgi_app.user_middleware = [m for m in asgi_app.user_middleware if m.cls is not CORSMiddleware]
     asgi_app.user_middleware[0:0] = [
+        Middleware(HostOriginGuard, hosts=hosts, origins=origins),
         Middleware(CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"],
                    allow_headers=["*"]),
         Middleware(QueryIdGuard),
     ]
     asgi_app.add_exception_handler(InvalidIdError, _answer(400))
+    asgi_app.add_exception_handler(InvalidLabelError, _answer(400))
     asgi_app.add_exception_handler(NotFoundError, _answer(404))
     asgi_app.add_exception_handler(ImageNotFoundException, _answer(404))
     asgi_app.add_exception_handler(LabelNotFoundException, _answer(404))
     asgi_app.add_exception_handler(MONAILabelException, _monailabel_error)
     asgi_app.add_exception_handler(json.JSONDecodeError, _bad_json)
     asgi_app.add_exception_handler(RequestValidationError, _validation_error)
-    logger.info("CORS allowed origins (MFASSL app): %s", origins)
+    logger.info("CORS allowed origins (MFASSL app): %s; hosts answered: %s", origins, hosts)
 
 
 

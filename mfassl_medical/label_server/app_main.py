@@ -5,14 +5,16 @@ Label's ``BundleInferTask`` (and ``BundleTrainTask`` where the bundle is trainab
 (``random``, ``first``). It differs from the ``monaibundle`` sample app in what it lets a request name:
 
 - its datastore (:class:`StudiesDatastore`) accepts only image ids and label tags that name one file inside the
-  studies folder (rules in ``mfassl_ids``) and only the datastore's file extensions;
+  studies folder (rules in ``mfassl_ids``) and only the datastore's file extensions, and stores a label only when
+  it is a label map of its image (``mfassl_labels``: a readable NIfTI on the image's grid holding the served
+  bundles' label values);
 - the label names it reports are those of the bundle's ``label_map`` output when its metadata has one (the values
   its inference writes), not the network's region channels;
 - ``infer`` takes an image *id* of the datastore (or a file MONAI Label itself received for this request: an
   upload or a session), never a path a client typed; an unknown model or image is a ``NotFoundError``.
 
-The errors (``mfassl_ids.InvalidIdError`` -> 400, ``NotFoundError`` and MONAI Label's image/label not found ->
-404) are turned into HTTP answers by ``mfassl_asgi``.
+The errors (``mfassl_ids.InvalidIdError`` and ``mfassl_labels.InvalidLabelError`` -> 400, ``NotFoundError`` and
+MONAI Label's image/label not found -> 404) are turned into HTTP answers by ``mfassl_asgi``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import monailabel
 from mfassl_ids import InvalidIdError, NotFoundError, check_id, id_problem
+from mfassl_labels import InvalidLabelError, bundle_label_values, label_problem, label_value_sets
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -71,11 +74,22 @@ class StudiesDatastore(LocalDatastore):
     Every public method that takes an image id, label id or label tag checks it with ``mfassl_ids.check_id``
     before MONAI Label builds a path from it; ``add_image`` / ``save_label`` also require the file's extension to
     be one of the datastore's (``MONAI_LABEL_DATASTORE_FILE_EXT``), and that the destination lies in the studies
-    folder.
+    folder. ``save_label`` stores only a label map of its image (``mfassl_labels.label_problem``).
+
+    Args:
+        label_values: the served bundles' ``label_map`` values; a label holds these (or, for BraTS 2021 values,
+            the BraTS 2023 ones: ``mfassl_labels.label_value_sets``); None: any whole numbers.
+        args, kwargs: those of MONAI Label's ``LocalDatastore``.
 
     Raises (from those methods):
         InvalidIdError: a bad id, tag or extension.
+        InvalidLabelError: (``save_label``) an upload that is not a readable NIfTI on its image's grid with the
+            label values.
     """
+
+    def __init__(self, *args: Any, label_values: Optional[Iterable[int]] = None, **kwargs: Any) -> None:
+        self.label_values = None if label_values is None else sorted({int(v) for v in label_values})
+        super().__init__(*args, **kwargs)
 
     def _check_ext(self, filename: str, what: str) -> str:
         _, ext = self._to_id(os.path.basename(filename))
@@ -101,6 +115,12 @@ class StudiesDatastore(LocalDatastore):
         check_id(label_tag, "label tag")
         ext = self._check_ext(label_filename, "label")
         self._check_dest(os.path.join(self._datastore.label_path(label_tag), self._filename(image_id, ext)))
+        image = super().get_image_uri(image_id)
+        if image:  # an unknown image ("") is MONAI Label's own 404 below
+            problem = label_problem(label_filename, image, label_value_sets(self.label_values))
+            if problem is not None:
+                raise InvalidLabelError(f"label for image {image_id!r} (tag {label_tag!r}) {problem}; nothing was "
+                                        "stored.")
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def remove_image(self, image_id: str) -> None:
@@ -151,10 +171,16 @@ class MFASSLLabelApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
-        logger.info("studies datastore (ids checked): %s", self.studies)
+        values: Optional[set] = None
+        for path in self.models.values():
+            found = bundle_label_values(path)
+            if found is not None:
+                values = found if values is None else values | found
+        logger.info("studies datastore (ids and labels checked; label values %s): %s",
+                    sorted(values) if values is not None else "any", self.studies)
         return StudiesDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
                                 auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-                                read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
+                                read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY, label_values=values)
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}

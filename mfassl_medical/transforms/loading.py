@@ -7,8 +7,10 @@ Bad input is never passed on silently:
 * :class:`SafeLoadImaged` wraps MONAI ``LoadImage`` so a missing, corrupt or truncated NIfTI/DICOM/PNG
   raises a ``MedicalDataError`` naming the file and the reader's complaint; headers are checked first
   (:func:`check_image_header`: voxel budget, truncated NIfTI, modalities on one grid), the one file at
-  fault of a multi-file image is named, RGBA/LA images are composited on black and a DICOM series with
-  a bad slice is read with a warning naming the slice.
+  fault of a multi-file image is named (also the one file holding NaN/Inf), RGBA/LA images are composited on
+  black, images can be converted to the channel count a model takes (``channels``) and a single-frame 2D
+  image read as ``(C, H, W, 1)`` loses its size-1 axis (``spatial_dims=2``); a DICOM series with a bad slice
+  is refused naming the slice, unless missing slices are allowed (``on_bad_slice="warn"``).
 
 To skip (and count) such samples in a long run, wrap the dataset in
 :class:`~mfassl_medical.data.SkipBadSamples`.
@@ -27,12 +29,12 @@ import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, Transform
+from monai.transforms import LoadImage, MapTransform, SqueezeDim, Transform
 from monai.utils import ensure_tuple_rep
 from PIL import Image
 from pydicom.errors import InvalidDicomError
 
-from mfassl.options import is_unset
+from mfassl.options import as_int, is_unset
 from mfassl_medical.errors import (
     CorruptImageError,
     ImageMismatchError,
@@ -54,6 +56,8 @@ __all__ = [
     "MAX_VOXELS_ENV",
     "check_image_header",
     "composite_alpha",
+    "convert_channels",
+    "BAD_SLICE_POLICIES",
     "image_header",
     "voxel_budget",
 ]
@@ -323,7 +327,7 @@ def composite_alpha(img: Any, channel_dim: int = 0, mode: str | None = None) -> 
     colour, alpha = t[:-1].to(torch.float32), t[-1:].to(torch.float32)
     out = torch.movedim(colour * (alpha / 255.0).clamp(0.0, 1.0), 0, channel_dim)
     if isinstance(img, MetaTensor):
-        meta = dict(img.meta)
+        meta = {k: v for k, v in img.meta.items() if k != "affine"}  # the affine is passed on its own
         if mode is not None:
             meta["mode"] = _ALPHA_MODES.get(mode, mode)
         meta["alpha"] = "composited on black"
@@ -331,6 +335,78 @@ def composite_alpha(img: Any, channel_dim: int = 0, mode: str | None = None) -> 
     if isinstance(img, np.ndarray):
         return out.numpy()
     return out
+
+
+#: ITU-R BT.601 luma weights: what PIL's ``convert("L")`` (and most viewers) make of an RGB image.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_channels(img: Any, channels: int, path: str | os.PathLike | None = None) -> Any:
+    """Bring a channel-first image to ``channels`` channels, the way a model with that input expects it.
+
+    * 3 (RGB) -> 1: the luma ``0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601, PIL's ``convert("L")``);
+    * 1 -> 3: the grey channel repeated;
+    * the same count: unchanged.
+
+    The conversion is recorded in the MetaTensor's meta (``"channels_converted": "3 -> 1 (luma)"``). Composite
+    an alpha channel first (:func:`composite_alpha`; :class:`SafeLoadImage` does).
+
+    Args:
+        img: ``(C, *S)`` array, tensor or MetaTensor.
+        channels: the channel count wanted (1 or 3 convert; any other must already match).
+        path: the file, for the error.
+
+    Returns:
+        ``(channels, *S)``, the same type (MetaTensor meta kept).
+
+    Raises:
+        MedicalDataError: any other pair of counts, naming the file.
+    """
+    have = int(img.shape[0])
+    if have == channels:
+        return img
+    t = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img)
+    if have == 3 and channels == 1:
+        w = torch.tensor(_LUMA, dtype=torch.float32).reshape(3, *([1] * (t.dim() - 1)))
+        out, how = (t.to(torch.float32) * w).sum(0, keepdim=True), "3 -> 1 (luma 0.299 R + 0.587 G + 0.114 B)"
+    elif have == 1 and channels == 3:
+        out, how = t.expand(3, *t.shape[1:]).clone(), "1 -> 3 (grey repeated)"
+    else:
+        raise MedicalDataError(f"the image has {have} channels, the model takes {channels} (only RGB -> grey and "
+                               f"grey -> RGB are converted)", _source(img, path))
+    if isinstance(img, MetaTensor):
+        meta = {k: v for k, v in img.meta.items() if k != "affine"}  # the affine is passed on its own
+        meta["channels_converted"] = how
+        return MetaTensor(out, affine=img.affine, meta=meta)
+    return out.numpy() if isinstance(img, np.ndarray) else out
+
+
+def _drop_single_frame_axes(img: Any, spatial_dims: int) -> Any:
+    """``(C, H, W, 1)`` -> ``(C, H, W)`` (affine row and column dropped too) when ``spatial_dims`` is 2: a
+    single-frame DICOM or a one-slice volume read as 3D. Trailing size-1 spatial axes only; anything else is
+    returned unchanged (and :func:`check_image` then names the dimensionality)."""
+    while img.dim() - 1 > spatial_dims and int(img.shape[-1]) == 1:
+        img = SqueezeDim(dim=img.dim() - 1, update_meta=True)(img)
+    return img
+
+
+def _nonfinite_file(img: Any, names: Sequence[Any]) -> str | None:
+    """The file of the first channel holding NaN/Inf when each of ``names`` gave one channel, else None."""
+    if len(names) < 2 or int(img.shape[0]) != len(names):
+        return None
+    t = torch.as_tensor(img.as_tensor() if isinstance(img, MetaTensor) else img)
+    if not t.is_floating_point():
+        return None
+    for k, name in enumerate(names):
+        if not bool(torch.isfinite(t[k]).all()):
+            return str(name)
+    return None
+
+
+BAD_SLICE_POLICIES = ("raise", "warn")
+"""What :class:`SafeLoadImage` does with a truncated/unreadable slice of a DICOM series folder: ``"raise"``
+(default: the series is refused, naming the slice) or ``"warn"`` (missing slices allowed: read without them,
+a warning names them and the image's meta lists them under ``"missing_slices"``)."""
 
 
 def _odd_one_out(values: dict[str, Any], same: Callable[[Any, Any], bool]) -> tuple[str, str] | None:
@@ -354,20 +430,28 @@ class SafeLoadImage(Transform):
     modalities) must agree on spatial shape and affine (the odd one out is named). A failure of the
     reader becomes a :class:`CorruptImageError` naming the file (for several files, each is read alone
     to find the one at fault). An image with an alpha channel (RGBA/LA PNG) is composited on black
-    (:func:`composite_alpha`). A DICOM series folder with a truncated or unreadable slice is read
-    without it and a warning names the slice (``on_bad_slice="raise"`` refuses it). Finally the result
-    is checked with :func:`check_image`.
+    (:func:`composite_alpha`). With ``spatial_dims=2`` a single-frame image read as ``(C, H, W, 1)`` (a
+    one-frame DICOM file) becomes ``(C, H, W)`` with a 2D affine; with ``channels`` the image is brought to
+    that many channels (:func:`convert_channels`: RGB -> grey luma, grey -> RGB). A DICOM series folder with
+    a truncated or unreadable slice is refused naming the slice (``on_bad_slice="warn"`` allows missing
+    slices: it is read without them, a warning names them and ``meta["missing_slices"]`` lists them).
+    Finally the result is checked with :func:`check_image`; NaN/Inf in one file of a multi-file image names
+    that file.
 
     Args:
         reader: passed to ``LoadImage`` (None: MONAI picks by suffix; NIfTI -> Nibabel, DICOM -> ITK).
         ensure_channel_first: add/move the channel dim first (output ``(C, *S)``).
-        spatial_dims: expected spatial dims after loading (2 or 3); None skips the check.
+        spatial_dims: expected spatial dims after loading (2 or 3); None skips the check. With 2, trailing
+            size-1 spatial axes are dropped first (a single-frame DICOM).
         allow_constant: accept constant images (label maps of healthy cases).
         check: run :func:`check_image` at all.
         max_voxels: the voxel budget of one load (all files of a multi-file image together); None:
             ``$MFASSL_MAX_VOXELS`` or :data:`DEFAULT_MAX_VOXELS`. An int or a numeric string.
-        on_bad_slice: ``"warn"`` (default) or ``"raise"`` for a truncated/unreadable slice in a DICOM
-            series folder (a series that cannot be assembled always raises, naming the bad slices).
+        on_bad_slice: ``"raise"`` (default) or ``"warn"`` for a truncated/unreadable slice in a DICOM series
+            folder (:data:`BAD_SLICE_POLICIES`; a series that cannot be assembled always raises, naming the bad
+            slices).
+        channels: the channel count of the output (e.g. a bundle's ``in_channels``); None keeps what the file
+            has. Needs ``ensure_channel_first``.
         kwargs: further ``LoadImage`` arguments (``dtype``, ``simple_keys``, ...).
 
     Output: a MetaTensor ``(C, *S)`` with its affine (``ensure_channel_first=True``).
@@ -378,18 +462,25 @@ class SafeLoadImage(Transform):
 
     def __init__(self, reader: Any = None, ensure_channel_first: bool = True, spatial_dims: int | None = None,
                  allow_constant: bool = False, check: bool = True, max_voxels: int | str | None = None,
-                 on_bad_slice: str = "warn", **kwargs: Any) -> None:
+                 on_bad_slice: str = "raise", channels: int | str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("image_only", True)
-        if on_bad_slice not in ("warn", "raise"):
-            raise ValueError(f"on_bad_slice must be 'warn' or 'raise', got {on_bad_slice!r}.")
+        if on_bad_slice not in BAD_SLICE_POLICIES:
+            raise ValueError(f"on_bad_slice must be one of {BAD_SLICE_POLICIES}, got {on_bad_slice!r}.")
+        if not is_unset(channels):
+            channels = as_int(channels, "channels", low=1)
+            if not ensure_channel_first:
+                raise ValueError("channels= needs ensure_channel_first=True.")
+        if not is_unset(spatial_dims):
+            spatial_dims = as_int(spatial_dims, "spatial_dims", low=1)
         self.loader = LoadImage(reader=reader, ensure_channel_first=ensure_channel_first, **kwargs)
         self.reader = reader
         self.ensure_channel_first = ensure_channel_first
-        self.spatial_dims = spatial_dims
+        self.spatial_dims = None if is_unset(spatial_dims) else spatial_dims
         self.allow_constant = allow_constant
         self.check = check
         self.max_voxels = None if max_voxels is None else voxel_budget(max_voxels)
         self.on_bad_slice = on_bad_slice
+        self.channels = None if is_unset(channels) else channels
 
     def _check_headers(self, names: list[Any]) -> dict[str, dict[str, Any] | None]:
         budget = voxel_budget(self.max_voxels)
@@ -450,8 +541,9 @@ class SafeLoadImage(Transform):
         bad_slices = [(f, why) for f, why in (series or {}).get("slices", []) if why]
         if bad_slices and self.on_bad_slice == "raise":
             raise CorruptImageError(f"DICOM slice {bad_slices[0][0]} {bad_slices[0][1]}"
-                                    + (f" (and {len(bad_slices) - 1} more bad slice(s))" if len(bad_slices) > 1 else ""),
-                                    names[0])
+                                    + (f" (and {len(bad_slices) - 1} more bad slice(s))" if len(bad_slices) > 1 else "")
+                                    + "; the series is refused (allow missing slices with on_bad_slice='warn', "
+                                      "--allow-missing-slices on the command line)", names[0])
         try:
             img = self.loader(filename)
         except Exception as e:  # readers raise many types (RuntimeError, EOFError, zlib.error, InvalidDicomError...)
@@ -464,13 +556,23 @@ class SafeLoadImage(Transform):
             raise CorruptImageError(f"cannot read the image ({type(cause).__name__}: {cause}); the file may be "
                                     f"corrupt, truncated or not an image", shown) from e
         if bad_slices:
-            logger.warning("%s: DICOM series has %d bad slice file(s) of %d (the reader leaves them out; read "
+            logger.warning("%s: DICOM series read without %d bad slice file(s) of %d (missing slices allowed; read "
                            "shape %s): %s", names[0], len(bad_slices), len(series["slices"]), tuple(img.shape),
                            "; ".join(f"{f} {why}" for f, why in bad_slices[:5]))
+            if isinstance(img, MetaTensor):
+                img.meta["missing_slices"] = [f"{f} {why}" for f, why in bad_slices]
         mode = img.meta.get("mode") if isinstance(img, MetaTensor) else None
         if len(names) == 1 and isinstance(mode, str) and mode in _ALPHA_MODES:
             img = composite_alpha(img, 0 if self.ensure_channel_first else -1, mode)
+        if self.spatial_dims == 2 and self.ensure_channel_first and isinstance(img, torch.Tensor):
+            img = _drop_single_frame_axes(img, 2)
+        if self.channels is not None:
+            img = convert_channels(img, self.channels, shown)
         if self.check:
+            odd = _nonfinite_file(img, names)
+            if odd is not None:
+                k = [str(n) for n in names].index(odd)
+                check_image(img[k:k + 1], odd, None, True, allow_constant=True)
             check_image(img, shown, self.spatial_dims, True, self.allow_constant)
         return img
 
@@ -490,8 +592,8 @@ class SafeLoadImaged(MapTransform):
         reader, ensure_channel_first, spatial_dims, check: see :class:`SafeLoadImage`.
         allow_constant: per key or one for all (True for label maps).
         allow_missing_keys: do not raise when a key is absent.
-        kwargs: ``max_voxels``, ``on_bad_slice`` (see :class:`SafeLoadImage`) and further ``LoadImage``
-            arguments.
+        kwargs: ``max_voxels``, ``on_bad_slice``, ``channels`` (see :class:`SafeLoadImage`) and further
+            ``LoadImage`` arguments.
 
     Raises:
         MedicalDataError: naming the file, for a missing/corrupt/truncated file, wrong dims, NaN/Inf or

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,214 @@ def test_evaluation_data_skips_and_lists_a_bad_image(tmp_path, chexpert):
     x, y, items = _stack(ds, "test images", skipped)
     assert tuple(x.shape) == (5, 1, 48, 48) and tuple(y.shape) == (5, 1)
     assert [b["source"] for b in skipped] == [str(bad)] and "empty" in skipped[0]["reason"]
+
+
+# ----------------------------------------------------------------------------------------------- issue 23
+def test_disk_cache_recomputes_an_image_replaced_under_the_same_name(tmp_path, chexpert):
+    """Before: the item was keyed by its path only; the old pixels came back (``bad_samples 0``)."""
+    from PIL import Image
+
+    first = parsed(dataset_dir=str(chexpert), output_dir=str(tmp_path / "r" / "a")).get_parsed_content(
+        "train#dataset")
+    old = [first[i] for i in range(len(first))]
+    target = chexpert / "train/patient00002/study1/view1_frontal.jpg"
+    flipped = np.asarray(Image.open(target))[:, ::-1].copy()  # another image, the same name
+    Image.fromarray(flipped).save(target, quality=95)
+    os.utime(target, ns=(target.stat().st_atime_ns, target.stat().st_mtime_ns + 5_000_000_000))
+    second = parsed(dataset_dir=str(chexpert), output_dir=str(tmp_path / "r" / "b")).get_parsed_content(
+        "train#dataset")
+    new = [second[i] for i in range(len(second))]
+    assert second.dataset.computed == 1 and second.dataset.loaded == 5
+    idx = [i for i, it in enumerate(new) if it["source"] == str(target)]
+    assert len(idx) == 1
+    assert not torch.equal(torch.as_tensor(old[idx[0]]["image"]), torch.as_tensor(new[idx[0]]["image"]))
+    for i, (x, y) in enumerate(zip(old, new)):
+        if i != idx[0]:
+            assert torch.equal(torch.as_tensor(x["image"]), torch.as_tensor(y["image"]))
+
+
+def test_file_identity_follows_size_and_mtime(tmp_path):
+    from mfassl_medical.data.cache import file_identity
+
+    f = tmp_path / "a.png"
+    f.write_bytes(b"12345")
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "1.dcm").write_bytes(b"x")
+    item = {"image": str(f), "source": str(f), "case": "c", "series": [str(series)]}
+    before = file_identity(item)
+    assert file_identity(dict(item)) == before  # the same files, the same identity
+    os.utime(f, ns=(0, f.stat().st_mtime_ns + 1))
+    assert file_identity(item) != before
+    mid = file_identity(item)
+    (series / "2.dcm").write_bytes(b"y")  # a slice added to a series folder
+    assert file_identity(item) != mid
+
+
+class _Ok(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.data = [{"image": f"img{i}.png"} for i in range(n)]
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)])
+
+
+def test_excluded_items_are_bad_samples_from_the_start():
+    from mfassl_medical.data.safe import DataList
+
+    excluded = [{"source": "/data/BraTS_9", "reason": "case is missing modality file(s) ['t2']"}]
+    ds = SkipBadSamples(_Ok(9), max_bad_fraction=0.2, excluded=excluded)
+    s = ds.summary()
+    assert s["bad_samples"] == 1 and s["bad_fraction"] == pytest.approx(0.1) and s["bad_files"] == ["/data/BraTS_9"]
+    assert s["excluded"] == excluded and ds.total == 10
+    with pytest.raises(TooManyBadSamples, match=r"1 of 10 samples .*max_bad_fraction 0.05.*/data/BraTS_9"):
+        SkipBadSamples(_Ok(9), max_bad_fraction=0.05, excluded=excluded)  # refused before the first step
+    wrapped = _Ok(3)
+    wrapped.data = DataList(wrapped.data, excluded=excluded)  # taken from the wrapped dataset's DataList
+    assert SkipBadSamples(wrapped).bad_files() == ["/data/BraTS_9"]
+
+
+def _brats_cases(root: Path, n: int, shape=(12, 12, 10)) -> Path:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        case = root / f"BraTS2021_{i:05d}"
+        case.mkdir(parents=True)
+        for m in ("t1", "t1ce", "t2", "flair"):
+            nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) + 0.1, np.eye(4)),
+                     str(case / f"{case.name}_{m}.nii.gz"))
+    return root
+
+
+def test_brats_case_folders_left_out_count_in_the_bundle_report_and_limit(tmp_path):
+    """Before: a case folder lacking a modality (or holding only DICOM) vanished: ``bad_samples 0`` in report.json,
+    and it never counted toward max_bad_fraction."""
+    from monai.bundle import ConfigParser
+
+    from mfassl_medical.pretrain_report import bad_sample_report
+
+    root = _brats_cases(tmp_path / "brats", 4)
+    (root / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz").unlink()
+    (root / "BraTS2021_00009" / "DICOM").mkdir(parents=True)
+    (root / "BraTS2021_00009" / "DICOM" / "IM1.dcm").write_bytes(b"\0" * 132)
+
+    def dataset(limit: float):
+        p = ConfigParser()
+        p.read_config(str(BUNDLES / "mfassl_brats_pretrain" / "configs" / "train.json"))
+        p.update({"bundle_root": str(BUNDLES / "mfassl_brats_pretrain"), **TINY["mfassl_brats_pretrain"],
+                  "max_cases": None, "dataset_dir": str(root), "cache": "none", "max_bad_fraction": limit,
+                  "output_dir": str(tmp_path / "run")})
+        return p.get_parsed_content("train#dataset")
+
+    report = bad_sample_report(dataset(0.5))
+    assert report["bad_samples"] == 2 and report["bad_fraction"] == pytest.approx(2 / 5)
+    assert report["bad_files"] == [str(root / "BraTS2021_00001"), str(root / "BraTS2021_00009")]
+    assert "missing modality file(s) ['flair']" in report["excluded"][0]["reason"]
+    assert "DICOM series?" in report["excluded"][1]["reason"]
+    from mfassl_medical.data.safe import find_medical_error
+
+    with pytest.raises(Exception) as err:  # refused before the first step (the config wraps the error)
+        dataset(0.1)
+    cause = find_medical_error(err.value, (TooManyBadSamples,))
+    assert cause is not None and re.search(r"2 of 5 samples .*max_bad_fraction 0.1.*BraTS2021_00001", str(cause))
+
+
+def test_inference_skips_an_image_of_another_shape_and_lists_left_out_cases(tmp_path, chexpert):
+    """Before: one image of another shape stopped the whole inference with "stack expects each tensor to be equal
+    size", naming no file."""
+    from mfassl_medical.data.safe import DataList
+    from mfassl_medical.inference import EmbeddingExporter
+
+    good = [torch.rand(1, 32, 32) for _ in range(3)]
+
+    class _Data(torch.utils.data.Dataset):
+        def __init__(self):
+            self.data = DataList([{"image": f"/d/img{i}.png", "source": f"/d/img{i}.png"} for i in range(4)],
+                                 excluded=[{"source": "/d/case_x", "reason": "case is missing modality file(s)"}])
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            img = torch.rand(3, 32, 32) if i == 2 else good[min(i, 2)]
+            return {"image": img, "source": f"/d/img{i}.png"}
+
+    from monai.bundle import ConfigParser
+
+    p = ConfigParser()
+    p.read_config([str(CHEXPERT / "configs" / "train.json"), str(CHEXPERT / "configs" / "inference.json")])
+    p.update({"bundle_root": str(CHEXPERT), **TINY["mfassl_chexpert_pretrain"]})
+    out = EmbeddingExporter(p.get_parsed_content("network_def"), _Data(), str(tmp_path / "inf"), batch_size=4).run()
+    assert out["n"] == 3 and out["n_bad"] == 2
+    assert [b["source"] for b in out["bad"]] == ["/d/case_x", "/d/img2.png"]
+    assert "image shape (3, 32, 32)" in out["bad"][1]["reason"]
+    assert np.load(tmp_path / "inf" / "embeddings.npy").shape == (3, 48)
+
+
+def test_rgb_rgba_and_single_frame_dicom_images_batch_with_grey_ones(tmp_path, chexpert):
+    """Before: one RGB(A) PNG or single-frame DICOM among the grey images stopped the pretraining and the inference
+    with "stack expects each tensor to be equal size", naming no file."""
+    import shutil
+
+    from monai.data import DataLoader
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    csv_path = chexpert / "train.csv"
+    text = csv_path.read_text()
+    for k, kind in ((2, "RGB"), (3, "RGBA"), (4, "DICOM")):
+        jpg = chexpert / f"train/patient{k:05d}/study1/view1_frontal.jpg"
+        grey = np.asarray(Image.open(jpg))
+        if kind == "DICOM":
+            new = jpg.with_suffix(".dcm")
+            shutil.copy(get_testdata_file("CT_small.dcm"), new)
+        else:
+            new = jpg.with_suffix(".png")
+            planes = [grey, grey, grey] + ([np.full_like(grey, 255)] if kind == "RGBA" else [])
+            Image.fromarray(np.dstack(planes), kind).save(new)
+        jpg.unlink()
+        text = text.replace(jpg.relative_to(chexpert.parent).as_posix(), new.relative_to(chexpert.parent).as_posix())
+    csv_path.write_text(text)
+    ds = parsed(dataset_dir=str(chexpert), cache="none", output_dir=str(tmp_path / "run"),
+                num_workers=0).get_parsed_content("train#dataset")
+    batch = next(iter(DataLoader(ds, batch_size=6, shuffle=False)))
+    assert tuple(batch["image"].shape) == (6, 1, 48, 48) and ds.bad_indices == []
+
+
+def test_bundle_inference_embeds_rgb_rgba_and_single_frame_dicom_images(tmp_path, chexpert):
+    """``python -m monai.bundle run`` with inference.json over a folder mixing grey JPGs, an RGB and an RGBA PNG and
+    a single-frame DICOM. Before: the run stopped with "stack expects each tensor to be equal size", naming no
+    file, and wrote no embedding."""
+    import shutil
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, jpg in enumerate(sorted(chexpert.glob("train/*/study1/view1_frontal.jpg"))[:3]):
+        shutil.copy(jpg, images / f"grey{k}.jpg")
+    grey = np.asarray(Image.open(images / "grey0.jpg"))
+    Image.fromarray(np.dstack([grey, grey // 2, grey // 4]), "RGB").save(images / "rgb.png")
+    Image.fromarray(np.dstack([grey, grey, grey, np.full_like(grey, 255)]), "RGBA").save(images / "rgba.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), images / "one_frame.dcm")
+    model = tmp_path / "model.pt"
+    torch.save(parsed().get_parsed_content("network_def").state_dict(), model)
+    args = ["--config_file", json.dumps([str(CHEXPERT / "configs" / "train.json"),
+                                         str(CHEXPERT / "configs" / "inference.json")]),
+            "--bundle_root", str(CHEXPERT), "--input_dir", str(images), "--output_dir", str(tmp_path / "inf"),
+            "--model_file", str(model), "--batch_size", "6"]
+    for k, v in TINY["mfassl_chexpert_pretrain"].items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    res = _cli(args)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "inf" / "index.csv")))
+    assert sorted(Path(r["source"]).name for r in rows) == ["grey0.jpg", "grey1.jpg", "grey2.jpg", "one_frame.dcm",
+                                                            "rgb.png", "rgba.png"]
+    emb = np.load(tmp_path / "inf" / "embeddings.npy")
+    assert emb.shape == (6, 48) and np.isfinite(emb).all()
+    assert json.loads((tmp_path / "inf" / "inference.json").read_text())["n_bad"] == 0

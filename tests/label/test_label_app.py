@@ -93,6 +93,26 @@ def _fake_venv(tmp_path: Path) -> Path:
     return venv
 
 
+_TINY_MODEL: dict[str, bytes] = {}
+
+
+def _tiny_model(path: Path, wrap: bool = False) -> Path:
+    """The state dict of the bundle's network with the tiny sizes (``serve``'s default ``--network``), saved."""
+    import io
+
+    import torch
+
+    if "sd" not in _TINY_MODEL:
+        net = label_app._bundle_network(label_app.default_bundle_dir(), label_app.TINY_NETWORK)
+        buf = io.BytesIO()
+        torch.save(net.state_dict(), buf)
+        _TINY_MODEL["sd"] = buf.getvalue()
+    path.write_bytes(_TINY_MODEL["sd"])
+    if wrap:
+        torch.save({"model": torch.load(path, weights_only=True), "epoch": 3}, path)
+    return path
+
+
 def test_serve_restart_keeps_saved_labels_and_uploads(tmp_path, brats, monkeypatch):
     monkeypatch.chdir(tmp_path)
     calls: list[tuple[list[str], dict[str, str]]] = []
@@ -102,8 +122,7 @@ def test_serve_restart_keeps_saved_labels_and_uploads(tmp_path, brats, monkeypat
         raise _Exec
 
     monkeypatch.setattr(label_app.os, "execve", fake_execve)
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"weights")
+    model = _tiny_model(tmp_path / "model.pt")
     work = tmp_path / "work"
     argv = ["serve", "--workdir", str(work), "--label-venv", str(_fake_venv(tmp_path)), "--model", str(model),
             "--dataset-dir", str(brats), "--port", "8123"]
@@ -121,8 +140,10 @@ def test_serve_restart_keeps_saved_labels_and_uploads(tmp_path, brats, monkeypat
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "8123"
     assert cmd[cmd.index("--uvicorn_app") + 1] == "mfassl_asgi:app"
     assert env["PYTHONPATH"] == str(app) and "MONAI_LABEL_CORS_ORIGINS" not in env
-    assert {"main.py", "mfassl_asgi.py", "mfassl_ids.py"} <= {p.name for p in app.iterdir()}
-    assert (app / "model" / BUNDLE_NAME / "models" / "model.pt").read_bytes() == b"weights"
+    assert {"main.py", "mfassl_asgi.py", "mfassl_ids.py", "mfassl_guards.py", "mfassl_labels.py"} <= {
+        p.name for p in app.iterdir()}
+    assert (app / "model" / BUNDLE_NAME / "models" / "model.pt").read_bytes() == model.read_bytes()
+    assert env["MFASSL_LABEL_HOST"] == "127.0.0.1" and "MFASSL_LABEL_ALLOWED_HOSTS" not in env
     assert Path.cwd() == work / "home"
 
 
@@ -199,7 +220,7 @@ def test_good_ids_pass(good):
 def test_app_templates_name_the_checks(tmp_path):
     """The app files are written (the id rules byte for byte) with the folders MONAI Label expects."""
     app = label_app.write_app_files(tmp_path / "app")
-    for name in ("main.py", "mfassl_asgi.py", "mfassl_ids.py"):
+    for name in ("main.py", "mfassl_asgi.py", "mfassl_ids.py", "mfassl_guards.py", "mfassl_labels.py"):
         compile((app / name).read_text(), str(app / name), "exec")  # valid Python for the server's interpreter
     assert (app / "mfassl_ids.py").read_bytes() == (Path(label_app.__file__).parent / "label_server" /
                                                     "ids.py").read_bytes()
@@ -264,3 +285,152 @@ def test_studies_datastore_refuses_ids_outside_the_studies(tmp_path):
     assert (studies / "labels" / "final" / "new_case.nii.gz").is_file()
     assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["studies"]
     assert not (tmp_path / "x.nii.gz").exists() and not Path("/tmp/abs.nii.gz").exists()
+
+
+# ------------------------------------------------------------------ serve refuses before it starts (issue 23)
+def _serve_refuses(tmp_path, monkeypatch, capsys, extra: list[str]) -> str:
+    """Run ``serve`` with ``extra``; it must stop with exit status 2 and one error line, the server never started."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(label_app.os, "execve", lambda path, argv, env: started.append(list(argv)))
+    code = main(["serve", "--workdir", str(tmp_path / "work"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and started == [], (code, err)
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_serve_refuses_a_missing_venv_or_model_with_one_line(tmp_path, monkeypatch, capsys):
+    """Before: raw tracebacks."""
+    err = _serve_refuses(tmp_path, monkeypatch, capsys, ["--label-venv", "/nonexistent"])
+    assert "--label-venv /nonexistent does not exist" in err and "make label-venv" in err
+    (tmp_path / "notavenv").mkdir()
+    err = _serve_refuses(tmp_path, monkeypatch, capsys, ["--label-venv", str(tmp_path / "notavenv")])
+    assert "is not a MONAI Label venv (no bin/monailabel)" in err
+    venv = _fake_venv(tmp_path)
+    err = _serve_refuses(tmp_path, monkeypatch, capsys, ["--label-venv", str(venv), "--model",
+                                                         str(tmp_path / "missing.pt")])
+    assert f"--model {tmp_path / 'missing.pt'}: file not found" in err
+
+
+def test_serve_refuses_a_model_the_bundle_cannot_load(tmp_path, monkeypatch, capsys):
+    """Before: the server started, then answered every infer with a bare 500."""
+    import torch
+
+    venv = _fake_venv(tmp_path)
+    good = _tiny_model(tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"objective.backbone.cls_token": torch.zeros(1, 1, 8)}, wrong)  # another network's weights
+    text = tmp_path / "notes.pt"
+    text.write_text('{"model": "x"}')
+    for model, says in ((truncated, "cannot be read as PyTorch weights"), (text, "cannot be read as PyTorch weights"),
+                        (wrong, "not the mfassl_brats_segmentation network")):
+        err = _serve_refuses(tmp_path, monkeypatch, capsys, ["--label-venv", str(venv), "--model", str(model)])
+        assert f"--model {model}: {says}" in err, err
+    err = _serve_refuses(tmp_path, monkeypatch, capsys, ["--label-venv", str(venv), "--model", str(good),
+                                                         "--network", '{"feature_size": 24}'])
+    assert "of another shape" in err and "--network sizes" in err
+    assert label_app.check_model_file(_tiny_model(tmp_path / "wrapped.pt", wrap=True),
+                                      label_app.TINY_NETWORK)["tensors"] > 50  # {"model": state dict} loads too
+
+
+# ------------------------------------------------------------------ the server answers only its own host (issue 23)
+def _asgi_call(guard, method: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": "/infer/m", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(guard(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_host_and_origin_guard():
+    from mfassl_medical.label_server.guards import HostOriginGuard, allowed_hosts, hosts_from_env
+
+    async def app(scope, receive, send):  # what the guard protects: answers 200
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ran"})
+
+    hosts = allowed_hosts("127.0.0.1", ["lab-gpu.local"])
+    guard = HostOriginGuard(app, hosts=hosts, origins=["http://127.0.0.1:8011", "http://localhost:8011"])
+    cases = [  # (method, headers, status, body contains)
+        ("GET", {"Host": "evil.example:8011"}, 400, b"Host 'evil.example:8011' is not this server"),
+        ("POST", {"Host": "evil.example:8011"}, 400, b"evil.example"),
+        ("GET", {}, 400, b"no Host header"),
+        ("GET", {"Host": "127.0.0.1:8011"}, 200, b"ran"),
+        ("GET", {"Host": "LOCALHOST:8011"}, 200, b"ran"),
+        ("GET", {"Host": "[::1]:8011"}, 200, b"ran"),
+        ("GET", {"Host": "lab-gpu.local:8011"}, 200, b"ran"),  # allowed with --allowed-host
+        ("POST", {"Host": "127.0.0.1:8011", "Origin": "http://evil.example"}, 403,
+         b"Origin 'http://evil.example' may not POST here"),
+        ("PUT", {"Host": "127.0.0.1:8011", "Origin": "null"}, 403, b"may not PUT"),
+        ("DELETE", {"Host": "127.0.0.1:8011", "Origin": "http://127.0.0.1:1"}, 403, b"may not DELETE"),
+        ("POST", {"Host": "127.0.0.1:8011", "Origin": "http://localhost:8011"}, 200, b"ran"),
+        ("POST", {"Host": "127.0.0.1:8011"}, 200, b"ran"),  # curl and scripts send no Origin
+        ("GET", {"Host": "127.0.0.1:8011", "Origin": "http://evil.example"}, 200, b"ran"),  # CORS keeps the answer
+    ]
+    for method, headers, status, says in cases:
+        got, body = _asgi_call(guard, method, headers)
+        assert got == status and says in body, (method, headers, got, body)
+    assert hosts_from_env({"MFASSL_LABEL_HOST": "0.0.0.0", "MFASSL_LABEL_ALLOWED_HOSTS": '["Lab-GPU"]'}) == [
+        "127.0.0.1", "localhost", "::1", "lab-gpu"]  # a wildcard bind is no name a client uses
+
+
+def test_allowed_hosts_option_reaches_the_server(tmp_path):
+    env = label_server_env(tmp_path / "home", base={}, host="10.1.2.3", allowed_hosts=["Lab-GPU.local", "[fe80::1]"])
+    assert env["MFASSL_LABEL_HOST"] == "10.1.2.3"
+    assert json.loads(env["MFASSL_LABEL_ALLOWED_HOSTS"]) == ["lab-gpu.local", "fe80::1"]
+    for bad in ("http://x", "x:8000", "*", "a/b"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--allowed-host", bad])
+
+
+def test_label_problem_names_what_is_wrong(tmp_path):
+    from mfassl_medical.label_server.labels import bundle_label_values, label_problem, label_value_sets
+
+    assert bundle_label_values(str(label_app.default_bundle_dir())) == {0, 1, 2, 4}
+    values = label_value_sets(bundle_label_values(str(label_app.default_bundle_dir())))
+    assert values == [{0, 1, 2, 4}, {0, 1, 2, 3}]  # BraTS 2021, and 2023's numbering that the training reads
+    image = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 4, 4), np.float32), np.diag([1.0, 1.0, 2.0, 1.0])), str(image))
+    seg = np.zeros((6, 5, 4), np.uint8)
+    seg[1:3, 1:3, 1:3] = 2
+    seg[2, 2, 2] = 4
+
+    def label(name: str, arr, affine=np.diag([1.0, 1.0, 2.0, 1.0])) -> str:
+        nib.save(nib.Nifti1Image(arr, affine), str(tmp_path / name))
+        return str(tmp_path / name)
+
+    assert label_problem(label("ok.nii.gz", seg), str(image), values) is None
+    assert label_problem(label("ok4d.nii.gz", seg[..., None]), str(image), values) is None
+    (tmp_path / "random.nii.gz").write_bytes(np.random.default_rng(0).bytes(3000))
+    assert "is not a readable NIfTI label map" in label_problem(str(tmp_path / "random.nii.gz"), str(image), values)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes((tmp_path / "ok.nii.gz").read_bytes()[:60])
+    assert "is not a readable NIfTI label map" in label_problem(str(cut), str(image), values)
+    assert "has shape (5, 5, 5); its image's grid is (6, 5, 4)" in label_problem(
+        label("grid.nii.gz", np.zeros((5, 5, 5), np.uint8)), str(image), values)
+    assert "affine" in label_problem(label("aff.nii.gz", seg, np.eye(4)), str(image), values)
+    bad = seg.copy()
+    bad[0, 0, 0] = 7
+    assert "holds the value(s) [7], not among the label values [0, 1, 2, 4] (or [0, 1, 2, 3])" in label_problem(
+        label("seven.nii.gz", bad), str(image), values)
+    mixed = seg.copy()
+    mixed[0, 0, 0] = 3  # 3 (2023's ET) and 4 (2021's ET) in one map: neither numbering
+    assert "holds the value(s) [3]" in label_problem(label("mixed.nii.gz", mixed), str(image), values)
+    assert label_problem(label("brats2023.nii.gz", np.where(seg == 4, 3, seg).astype(np.uint8)), str(image),
+                         values) is None
+    frac = seg.astype(np.float32)
+    frac[0, 0, 0] = 0.5
+    assert "[0.5]; a label map holds whole label values" in label_problem(label("frac.nii.gz", frac), str(image),
+                                                                        values)
+    assert label_problem(label("any.nii.gz", bad), str(image), None) is None  # no label set: any whole value

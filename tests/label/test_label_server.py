@@ -8,7 +8,10 @@ the whole-tumour Dice it measured against the demo mask (``-rA`` or the JUnit re
 
 The same server start also checks what the MFASSL app guards: ids that name files outside the studies folder
 (``PUT /datastore/image``, ``PUT /datastore/label``, ``POST /infer``) answer 400 and write or read nothing there,
-unknown models and images answer 404, a bad ``params`` JSON 400, and CORS answers only loopback origins.
+unknown models and images answer 404, a bad ``params`` JSON 400, and CORS answers only loopback origins; a
+``Host`` that is not this server answers 400 (DNS rebinding), a state-changing request from a foreign ``Origin``
+403 before it runs, and a label that is not a label map of its image (random bytes, another grid, a value outside
+the bundle's labels) 400, leaving the stored label as it was.
 """
 
 from __future__ import annotations
@@ -75,8 +78,23 @@ def _multipart(field: str, filename: str, data: bytes, extra: dict[str, str] | N
         "Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
+def _nifti_bytes(arr: np.ndarray, affine: np.ndarray) -> bytes:
+    """``arr`` as the bytes of a ``.nii.gz`` file."""
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    buf = io.BytesIO()
+    img = nib.Nifti1Image(arr, affine)
+    img.to_file_map(nib.Nifti1Image.make_file_map({"image": buf, "header": buf}))
+    return gzip.compress(buf.getvalue())
+
+
 def _check_guards(url: str, port: int, studies: Path, lesion: str, healthy: str, sentinel_root: Path) -> None:
-    """Traversal, 400/404 and CORS cases against the running server (no inference runs)."""
+    """Traversal, 400/404, Host, Origin, label and CORS cases against the running server (no inference runs)."""
+    import nibabel as nib
+
     nifti = (studies / "labels" / "final" / f"{healthy}.nii.gz").read_bytes()
     before = sorted(p.name for p in sentinel_root.iterdir())
     cases = [  # (method, path and query, multipart field or None, expected status)
@@ -111,6 +129,33 @@ def _check_guards(url: str, port: int, studies: Path, lesion: str, healthy: str,
     status, _, text = _call("PUT", f"{url}/datastore/label?image={healthy}&tag=mfassl_test", body, headers)
     assert status == 200, text[:300]
     assert (studies / "labels" / "mfassl_test" / f"{healthy}.nii.gz").read_bytes() == nifti
+
+    # Host: DNS rebinding (a foreign name pointing at 127.0.0.1) is refused; the loopback names are answered
+    for host, want in ((f"evil.example:{port}", 400), (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)):
+        status, _, text = _call("GET", f"{url}/info/", headers={"Host": host})
+        assert status == want, (host, status, text[:300])
+    assert b"is not this server" in _call("GET", f"{url}/datastore/?output=all", headers={"Host": "evil.example"})[2]
+    # Origin: a foreign page may not change anything (inference, upload, removal); nothing ran or changed
+    final = studies / "labels" / "final" / f"{lesion}.nii.gz"
+    kept = final.read_bytes()
+    evil = {"Origin": "http://evil.example"}
+    status, _, text = _call("POST", f"{url}/infer/{BUNDLE_NAME}?image={lesion}&output=image", b"", evil)
+    assert status == 403 and b"may not POST" in text, (status, text[:300])
+    body, headers = _multipart("label", "x.nii.gz", nifti)
+    status, _, text = _call("PUT", f"{url}/datastore/label?image={lesion}&tag=final", body, {**headers, **evil})
+    assert status == 403 and final.read_bytes() == kept, (status, text[:300])
+    status, _, text = _call("DELETE", f"{url}/datastore/label?id={lesion}&tag=final", None, evil)
+    assert status == 403 and final.read_bytes() == kept, (status, text[:300])
+    # a label must be a label map of its image: refused with the problem named, the stored label unchanged
+    bad_values = np.asarray(nib.load(str(final)).dataobj).astype(np.uint8)
+    bad_values[0, 0, 0] = 7
+    for data, says in ((os.urandom(3000), b"not a readable NIfTI"),
+                       (_nifti_bytes(np.zeros((5, 5, 5), np.uint8), np.eye(4)), b"its image's grid is"),
+                       (_nifti_bytes(bad_values, nib.load(str(final)).affine), b"not among the label values")):
+        body, headers = _multipart("label", "x.nii.gz", data)
+        status, _, text = _call("PUT", f"{url}/datastore/label?image={lesion}&tag=final", body, headers)
+        assert status == 400 and says in text, (status, text[:300])
+        assert final.read_bytes() == kept
 
     # CORS: a foreign origin gets no allow header (simple and preflight requests); a loopback origin does
     for origin, allowed in (("http://evil.example", False), (f"http://127.0.0.1:{port}", True),

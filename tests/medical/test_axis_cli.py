@@ -243,3 +243,33 @@ def test_json_output_is_strict(tmp_path, capsys, monkeypatch) -> None:
 
     rec = json.loads(line, parse_constant=refuse)
     assert rec["normal"] == [1.0, None] and rec["offset"] is None and rec["confidence"] is None
+
+
+def test_dicom_series_with_a_truncated_slice_fails_unless_missing_slices_are_allowed(tmp_path, capsys) -> None:
+    """Before: read without the slice, exit 0, and the warning shown only with ``-v``."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series = tmp_path / "series"
+    series.mkdir()
+    uid = generate_uid()
+    for k in range(4):
+        ds = src.copy()
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [float(v) for v in src.ImagePositionPatient[:2]] + [
+            float(src.ImagePositionPatient[2]) + 5.0 * k]
+        ds.save_as(str(series / f"slice{k}.dcm"))
+    cut = series / "slice1.dcm"
+    cut.write_bytes(cut.read_bytes()[:-8000])
+    assert main([str(series), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and f"error: {series}: cannot process" in err and "slice1.dcm is truncated" in err
+    assert "--allow-missing-slices" in err
+    assert main([str(series), "--json", "--allow-missing-slices"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["dims"] == 3
+    assert f"warning: {series}: read without 1 bad slice(s): {cut} is truncated" in err  # shown without -v

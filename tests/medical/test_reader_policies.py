@@ -391,19 +391,21 @@ def _series(folder, n=4):
     return [folder / f"slice{k}.dcm" for k in range(n)]
 
 
-def test_dicom_series_with_truncated_slice_warns_naming_it(tmp_path, caplog):
+def test_dicom_series_with_truncated_slice_is_refused_unless_missing_slices_are_allowed(tmp_path, caplog):
+    """Before: read without the slice by default, the warning only in the log."""
     files = _series(tmp_path / "series")
     data = files[2].read_bytes()
     files[2].write_bytes(data[: len(data) - 8000])
+    with pytest.raises(CorruptImageError, match=r"series: DICOM slice .*slice2.dcm is truncated.*series is refused"):
+        SafeLoadImage()(str(tmp_path / "series"))  # the default refuses the series, naming the slice
     caplog.set_level(logging.WARNING)
-    img = SafeLoadImage()(str(tmp_path / "series"))
+    img = SafeLoadImage(on_bad_slice="warn")(str(tmp_path / "series"))
     assert img.shape[-1] == 3  # read without the bad slice ...
     msgs = [r.getMessage() for r in caplog.records if "slice2.dcm" in r.getMessage()]
     assert len(msgs) == 1 and "truncated" in msgs[0] and "pixel data holds" in msgs[0]  # ... and said so
-    with pytest.raises(CorruptImageError, match=r"series: DICOM slice .*slice2.dcm is truncated"):
-        SafeLoadImage(on_bad_slice="raise")(str(tmp_path / "series"))
+    assert len(img.meta["missing_slices"]) == 1 and "slice2.dcm is truncated" in img.meta["missing_slices"][0]
     with pytest.raises(CorruptImageError, match=r"slice2.dcm: the DICOM file is truncated"):
-        SafeLoadImage()(str(files[2]))  # one file alone cannot be read without its pixels
+        SafeLoadImage(on_bad_slice="warn")(str(files[2]))  # one file alone cannot be read without its pixels
 
 
 def test_dicom_series_intact_reads_without_warning(tmp_path, caplog):
@@ -430,3 +432,81 @@ def test_dicom_header_check_on_real_samples(tmp_path, name):
     cut.write_bytes(open(path, "rb").read()[: el.file_tell + len(el.value) // 2])
     problem = image_header(cut)["slices"][0][1]
     assert problem is not None and f"holds {len(el.value) // 2} of" in problem
+
+
+# ------------------------------------------------------------------ channels and single-frame images (issue 23)
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_channels_option_gives_the_model_its_channel_count(tmp_path, mode):
+    """Before: an RGB(A) PNG loaded as 3 channels among 1-channel images; the batch failed with "stack expects
+    each tensor to be equal size", naming no file."""
+    from PIL import Image
+
+    grey, alpha = _chest_like()
+    rgb = np.stack([grey, (grey * 0.5).astype(np.uint8), (grey * 0.25).astype(np.uint8)], -1)
+    img = {"RGB": rgb, "RGBA": np.dstack([rgb, np.full_like(grey, 255)]), "L": grey}[mode]
+    Image.fromarray(img, mode).save(tmp_path / "x.png")
+    one = SafeLoadImage(spatial_dims=2, channels=1)(str(tmp_path / "x.png"))
+    assert tuple(one.shape) == (1, 64, 64)
+    want = np.asarray(Image.fromarray(img, mode).convert("L"), np.float32).T  # PIL's own luma, (W, H) as MONAI
+    assert np.abs(one[0].numpy() - want).max() <= 1.0  # PIL rounds to uint8
+    assert one.meta.get("channels_converted", "none") == ("none" if mode == "L" else
+                                                          "3 -> 1 (luma 0.299 R + 0.587 G + 0.114 B)")
+    three = SafeLoadImaged("image", spatial_dims=2, channels="3")({"image": str(tmp_path / "x.png")})["image"]
+    assert tuple(three.shape) == (3, 64, 64)
+    if mode == "L":
+        assert torch.equal(three[0], three[2]) and three.meta["channels_converted"] == "1 -> 3 (grey repeated)"
+
+
+def test_channels_option_refuses_what_it_cannot_convert(tmp_path):
+    _nii(tmp_path / "two.nii.gz", np.random.default_rng(0).random((6, 5, 2)).astype(np.float32))
+    with pytest.raises(MedicalDataError, match=r"two.nii.gz: the image has 2 channels, the model takes 1"):
+        SafeLoadImage(channels=1, ensure_channel_first=True, channel_dim=-1)(str(tmp_path / "two.nii.gz"))
+    with pytest.raises(ValueError, match="channels"):
+        SafeLoadImage(channels=0)
+
+
+def test_single_frame_dicom_is_a_2d_image(tmp_path):
+    """Before: a one-frame DICOM loaded as (1, H, W, 1); the bundle's axis estimation failed with "matrix must be
+    (3, 3), got (4, 4)" and the resize stopped the whole run."""
+    from monai.bundle import ConfigParser
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    img = SafeLoadImage(spatial_dims=2, channels=1)(path)
+    assert tuple(img.shape) == (1, 128, 128) and tuple(img.affine.shape) == (3, 3)
+    assert img.affine[0, 0] == pytest.approx(-0.661468, abs=1e-5)  # the pixel spacing (LPS -> RAS) is kept
+    assert tuple(SafeLoadImage()(path).shape) == (1, 128, 128, 1)  # without spatial_dims=2: as MONAI reads it
+    from pathlib import Path
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[2] / "bundles" / "mfassl_chexpert_pretrain" / "configs"
+                           / "inference.json"))
+    parser["image_size"], parser["global_size"] = [40, 40], [32, 32]
+    out = parser.get_parsed_content("preprocessing")({"image": path, "source": path})
+    assert tuple(out["image"].shape) == (1, 32, 32)
+    assert "error" not in out["image_axis_info"], out["image_axis_info"]  # estimated, not a failure fallback
+
+
+def test_nan_in_one_modality_names_that_file(tmp_path):
+    """Before: NaN in one BraTS modality listed all four files."""
+    files = _four(tmp_path)
+    arr = np.asarray(nib.load(str(files[2])).dataobj).copy()
+    arr[1, 2, 3] = np.nan
+    _nii(files[2], arr)
+    with pytest.raises(MedicalDataError) as err:
+        SafeLoadImage()([str(f) for f in files])
+    assert err.value.path == str(files[2]) and "1 non-finite values (1 NaN)" in err.value.reason
+
+
+# ------------------------------------------------------------------ CheXpert: a repeated row (issue 23)
+def test_chexpert_repeated_row_is_a_bad_row(tmp_path):
+    """Before: the image got two records, silently."""
+    lines = [",".join(HEADER), _line(_fields(1)), _line(_fields(2)), _line(_fields(3)), _line(_fields(2, card="0.0"))]
+    root = _write(tmp_path, lines)
+    with pytest.raises(TableError, match=r"line 5, column 'Path': '.*patient00002.*' is already listed on line 3; "
+                                         r"a repeated row would give one image two records") as err:
+        read_chexpert(root, check_files=False)
+    assert (err.value.row, err.value.column) == (5, "Path")
+    recs = read_chexpert(root, check_files=False, on_bad_row="skip")  # skipped and counted: the first row kept
+    assert [r["patient"] for r in recs] == ["patient00001", "patient00002", "patient00003"]
+    assert recs[1]["label"][I_CARD] == 1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,8 +198,13 @@ def test_inference_datalist_reads_brats_case_folders_and_4d_files(tmp_path):
                                                                         "t2f.nii.gz"]
     assert items[2]["image"] == str(tmp_path / "BraTS2021_00003.nii.gz")
     (tmp_path / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz").unlink()
-    with pytest.raises(ValueError, match=r"BraTS2021_00001 lacks the modality file\(s\) \['_t2'\]"):
-        data.inference_datalist(str(tmp_path))
+    (tmp_path / "BraTS2021_00004" / "DICOM").mkdir(parents=True)
+    (tmp_path / "BraTS2021_00004" / "DICOM" / "IM0001").write_bytes(b"\0" * 128 + b"DICM")
+    items = data.inference_datalist(str(tmp_path))  # the folders that cannot be used are items with an error
+    bad = {i["case"]: i for i in items if "error" in i}
+    assert sorted(bad) == ["BraTS2021_00001", "BraTS2021_00004"] and "labels" not in {i["case"] for i in items}
+    assert re.search(r"BraTS2021_00001 lacks the modality file\(s\) \['_t2'\]", bad["BraTS2021_00001"]["error"])
+    assert "holds DICOM files, no NIfTI modality files" in bad["BraTS2021_00004"]["error"]
     fmt = data.CaseNameFormatter()
     assert fmt({"filename_or_obj": "/d/BraTS2021_00001/BraTS2021_00001_t1.nii.gz"}, None)["subject"] == \
         "/d/BraTS2021_00001/BraTS2021_00001.nii.gz"
@@ -223,6 +229,61 @@ def test_scriptable_swinunetr_equals_monai_and_scripts(spatial_dims, shape, kw):
         ref = stock(x)
         torch.testing.assert_close(ours(x), ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(scripted(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def _seg_case(root: Path, case: str, shape=(64, 64, 64), seed: int = 0) -> list[Path]:
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    (root / case).mkdir(parents=True)
+    files = []
+    for m in ("t1", "t1ce", "t2", "flair"):
+        files.append(root / case / f"{case}_{m}.nii.gz")
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32) + 0.1, np.eye(4)), str(files[-1]))
+    return files
+
+
+def test_inference_names_the_file_at_fault_and_goes_on_with_the_other_cases(tmp_path):
+    """Before: a truncated modality stopped the run with ``EOFError ... LoadImaged`` naming no file, a case folder
+    lacking a modality stopped it too, NaN in a modality gave a label map silently and a DICOM-only case folder
+    vanished."""
+    import nibabel as nib
+
+    from mfassl_medical.label_app import _bundle_network
+
+    data = tmp_path / "cases"
+    _seg_case(data, "BraTS2021_00000")
+    cut = _seg_case(data, "BraTS2021_00001", seed=1)[1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    nan = _seg_case(data, "BraTS2021_00002", seed=2)[3]
+    arr = np.asarray(nib.load(str(nan)).dataobj).copy()
+    arr[5, 6, 7] = np.nan
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(nan))
+    _seg_case(data, "BraTS2021_00003", seed=3)[2].unlink()
+    (data / "BraTS2021_00004" / "series").mkdir(parents=True)
+    (data / "BraTS2021_00004" / "series" / "IM1.dcm").write_bytes(b"\0" * 132)
+    (tmp_path / "bundle" / "models").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(_bundle_network(BUNDLE, TINY_NETWORK).state_dict(), tmp_path / "bundle" / "models" / "model.pt")
+    res = _run_inference(tmp_path, "--dataset_dir", str(data))
+    log = res.stdout + res.stderr
+    assert res.returncode == 0, log[-3000:]
+    written = sorted(p.name for p in (tmp_path / "bundle" / "predictions").glob("*.nii.gz"))
+    assert written == ["BraTS2021_00000_seg.nii.gz"]
+    rows = {r["case"]: r for r in csv.DictReader(open(tmp_path / "bundle" / "predictions" / "bad_cases.csv"))}
+    assert sorted(rows) == ["BraTS2021_00001", "BraTS2021_00002", "BraTS2021_00003", "BraTS2021_00004"]
+    assert rows["BraTS2021_00001"]["source"] == str(cut) and "cannot read the image (EOFError" in \
+        rows["BraTS2021_00001"]["reason"]
+    assert rows["BraTS2021_00002"]["source"] == str(nan) and "1 non-finite values (1 NaN)" in \
+        rows["BraTS2021_00002"]["reason"]
+    assert "lacks the modality file(s) ['_t2']" in rows["BraTS2021_00003"]["reason"]
+    assert "holds DICOM files" in rows["BraTS2021_00004"]["reason"]
+    assert f"case BraTS2021_00001 skipped: {cut}: cannot read the image" in log
+    assert "segmented 1 of 5 case(s); 4 skipped" in log and "Traceback" not in log
+    # every case bad: the run fails, naming them
+    (data / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz").write_bytes(b"\x1f\x8b broken")
+    res = _run_inference(tmp_path, "--dataset_dir", str(data))
+    assert res.returncode != 0 and "none of the 5 case(s) could be read" in res.stdout + res.stderr
 
 
 @pytest.mark.slow

@@ -3,7 +3,9 @@
 ``inference_datalist(dataset_dir)`` lists a folder the way ``configs/inference.json`` reads it: BraTS case
 folders (2021 ``<case>_{t1,t1ce,t2,flair}.nii.gz`` or 2023 ``<case>-{t1n,t1c,t2w,t2f}.nii.gz``, four files per
 case, stacked as channels by ``LoadImaged`` + ``EnsureChannelFirstd``) and 4D NIfTI files with the modalities
-last (MONAI Label's studies layout), side by side. ``CaseNameFormatter`` names each output ``<case>_seg.nii.gz``.
+last (MONAI Label's studies layout), side by side. A case folder that lacks a modality, or holds DICOM files
+instead of NIfTI, becomes an item with an ``error`` entry, so the inference names it and goes on with the other
+cases (:class:`scripts.loading.SkipBadCases`). ``CaseNameFormatter`` names each output ``<case>_seg.nii.gz``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,35 @@ def _stem(name: str) -> str | None:
     return None
 
 
+def _holds_dicom(folder: str, depth: int = 2) -> bool:
+    """Whether ``folder`` (or a sub-folder, ``depth`` levels down) holds a DICOM file (``.dcm`` or ``DICM`` magic)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return False
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            if name.lower().endswith(".dcm"):
+                return True
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(128)
+                    if fh.read(4) == b"DICM":
+                        return True
+            except OSError:
+                continue
+        elif depth > 0 and os.path.isdir(path) and _holds_dicom(path, depth - 1):
+            return True
+    return False
+
+
 def _case_files(folder: str) -> list[str] | None:
-    """The four modality files of a case folder in channel order, None when it holds none of them."""
+    """The four modality files of a case folder in channel order, None when it holds none of them.
+
+    Raises:
+        ValueError: the folder holds some of the modality files but not all (the message names them).
+    """
     stems = {}
     for name in sorted(os.listdir(folder)):
         stem = _stem(name)
@@ -64,10 +93,13 @@ def inference_datalist(dataset_dir: str | os.PathLike | None) -> list[dict[str, 
         dataset_dir: the folder to segment (see the module docstring).
 
     Returns:
-        dicts with ``image`` (four paths in t1, t1ce, t2, flair order, or one 4D NIfTI path) and ``case``.
+        dicts with ``image`` (four paths in t1, t1ce, t2, flair order, or one 4D NIfTI path) and ``case``; a case
+        folder that lacks a modality or holds DICOM files instead of NIfTI gives ``{"image": folder, "case",
+        "error": reason}`` (logged; the inference lists it in ``bad_cases.csv`` and goes on). Folders holding
+        neither (``labels/`` of a MONAI Label studies folder) are not cases.
 
     Raises:
-        ValueError: ``dataset_dir`` is unset, or a case folder lacks a modality (the message names it).
+        ValueError: ``dataset_dir`` is unset.
         FileNotFoundError: ``dataset_dir`` is not a folder, or holds no case.
     """
     if dataset_dir is None or str(dataset_dir).strip() in ("", "None", "null"):
@@ -81,14 +113,27 @@ def inference_datalist(dataset_dir: str | os.PathLike | None) -> list[dict[str, 
         if os.path.isfile(path) and _stem(name) is not None:
             items.append({"image": path, "case": _stem(name)})
         elif os.path.isdir(path):
-            files = _case_files(path)
+            try:
+                files = _case_files(path)
+            except ValueError as e:
+                logger.info("inference_datalist: %s", e)
+                items.append({"image": path, "case": name, "error": str(e)})
+                continue
             if files is None:
-                logger.info("inference_datalist: %s holds no modality file, not a case folder", path)
+                if _holds_dicom(path):
+                    reason = (f"case folder {path} holds DICOM files, no NIfTI modality files; convert the series "
+                              f"to NIfTI ({_HELP})")
+                    logger.info("inference_datalist: %s", reason)
+                    items.append({"image": path, "case": name, "error": reason})
+                else:
+                    logger.info("inference_datalist: %s holds no modality file, not a case folder", path)
                 continue
             items.append({"image": files, "case": name})
     if not items:
         raise FileNotFoundError(f"dataset_dir {root} holds no case: it must be {_HELP}.")
-    logger.info("inference_datalist: %d case(s) in %s", len(items), root)
+    bad = [it for it in items if "error" in it]
+    logger.info("inference_datalist: %d case(s) in %s%s", len(items) - len(bad), root,
+                f", {len(bad)} case folder(s) that cannot be used" if bad else "")
     return items
 
 
