@@ -258,6 +258,18 @@ def _ci(v: Sequence[float]) -> str:
     return "-" if v is None else f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
+def _step_columns(steps: Sequence[int]) -> tuple[list[int], dict[int, int]]:
+    """Table columns of checkpoint steps: steps one apart (a run of ``epochs x steps_per_epoch`` = 2,401 steps
+    and the supervised reference's 2,400) share the column of the larger; returns the columns and the map."""
+    groups: list[list[int]] = []
+    for s in steps:
+        if groups and s - groups[-1][-1] <= 1:
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return [g[-1] for g in groups], {s: g[-1] for g in groups for s in g}
+
+
 def _order(methods: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[int, int, int]]:
     return lambda r: (TASKS.index(r["task"]), READOUTS.index(r["readout"]), list(methods).index(r["method"]))
 
@@ -298,7 +310,7 @@ def format_tables(result: Mapping[str, Any]) -> str:
             lines.append(f"- {task}, {readout}: {detectable_difference(rows, task, readout):.3f}")
     cv = result.get("curves") or {}
     if cv:
-        steps = sorted({s for c in cv.values() for s in c["steps"]})
+        steps, column = _step_columns(sorted({s for c in cv.values() for s in c["steps"]}))
         lines += ["", "Learning curves: probe AUROC at each checkpoint of the same run (mean over seeds):", "",
                   "| method | readout, task | " + " | ".join(f"step {s}" for s in steps) + " |",
                   "|---|---|" + "---|" * len(steps)]
@@ -306,7 +318,7 @@ def format_tables(result: Mapping[str, Any]) -> str:
             if m not in cv:
                 continue
             for key in (f"{r}|{t}" for t in TASKS for r in READOUTS):
-                vals = dict(zip(cv[m]["steps"], cv[m][key]["mean"]))
+                vals = {column[s]: v for s, v in zip(cv[m]["steps"], cv[m][key]["mean"])}
                 lines.append(f"| {m} | {key.replace('|', ', ')} | "
                              + " | ".join(f"{vals[s]:.2f}" if s in vals and np.isfinite(vals[s]) else "-"
                                           for s in steps) + " |")
@@ -316,7 +328,7 @@ def format_tables(result: Mapping[str, Any]) -> str:
                       "| method | quantity | " + " | ".join(f"step {s}" for s in steps) + " |",
                       "|---|---|" + "---|" * len(steps)]
             for m, k, c in diag_rows:
-                vals = dict(zip(c["steps"], c["diag"][k]))
+                vals = {column[s]: v for s, v in zip(c["steps"], c["diag"][k])}
                 lines.append(f"| {m} | {k} | " + " | ".join(f"{vals[s]:.3g}" if s in vals and np.isfinite(vals[s])
                                                            else "-" for s in steps) + " |")
     cost = result.get("cost") or {}

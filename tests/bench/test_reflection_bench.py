@@ -220,3 +220,8 @@ def test_results_of_other_settings_are_not_pooled(bench, tiny_run, tmp_path):
     (other / "mfassl__seed1.json").write_text("{not json")
     with pytest.raises(ValueError, match="mfassl__seed1.json: not a readable JSON"):
         bench.merge([other], tmp_path / "m")
+
+
+def test_checkpoint_steps_one_apart_share_a_table_column(report_mod):
+    cols, column = report_mod._step_columns([0, 150, 2400, 2401])
+    assert cols == [0, 150, 2401] and column[2400] == column[2401] == 2401 and column[150] == 150
