@@ -35,6 +35,7 @@ import torch
 from ignite.engine import CallableEventWithFilter, Engine, Events, EventsList
 from ignite.handlers import LambdaStateScheduler, ParamScheduler
 
+from mfassl.options import require
 from mfassl.schedules import cosine_momentum, warmup_cosine
 
 __all__ = [
@@ -152,8 +153,10 @@ def weight_decay_schedule(optimizer: torch.optim.Optimizer, start: float, end: f
     :func:`~mfassl.engine.create_optimizer` keep 0); ``weight_decay`` in the record.
 
     Raises:
-        ValueError: no param group has weight decay.
+        ValueError: no param group has weight decay, or a value of the wrong type or out of range.
     """
+    start, end = require(start, "start", float, low=0.0), require(end, "end", float, low=0.0)
+    total_steps = require(total_steps, "total_steps", int, low=1)
     groups = [i for i, g in enumerate(optimizer.param_groups) if g.get("weight_decay", 0.0) > 0]
     if not groups:
         raise ValueError("weight_decay_schedule: no param group of the optimizer has weight decay to schedule.")

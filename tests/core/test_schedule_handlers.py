@@ -113,3 +113,6 @@ def test_weight_decay_schedule_needs_a_decaying_group() -> None:
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], weight_decay=0.0)
     with pytest.raises(ValueError, match="no param group"):
         weight_decay_schedule(optimizer, 0.04, 0.4, total_steps=4)
+    decaying = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], weight_decay=0.04)
+    with pytest.raises(ValueError, match="'total_steps': '4' is a string"):
+        weight_decay_schedule(decaying, 0.04, 0.4, total_steps="4")
