@@ -447,5 +447,8 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
     if path is not None:
         resume(trainer, path, to_save, settings, device=device, force=resume_force)
     for h in handlers:
-        h.attach(trainer, to_save) if isinstance(h, CheckpointSaver) else h.attach(trainer)
+        if isinstance(h, CheckpointSaver):
+            h.attach(trainer, to_save)  # the entries it writes, handed over explicitly
+        else:
+            h.attach(trainer)
     return trainer
