@@ -41,6 +41,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from mfassl.options import require
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "ENCODER_PREFIXES",
@@ -728,33 +730,46 @@ class CheckpointSaver:
     """Handler that writes a full training checkpoint every ``every`` epochs and when the run completes,
     keeping the newest ``n_saved`` in ``save_dir``.
 
-    Attach it through :func:`mfassl.engine.create_trainer` (``handlers=[...]``), which hands it the objects to
-    save (model, optimizer, trainer state with RNG, AMP scaler, run settings). Each file is written atomically
-    (:func:`atomic_save`); only after it is in place are older ones removed, so a failed save (full disk) leaves
-    the last good checkpoint and no temporary file. Checkpoints already in the folder count towards
-    ``n_saved`` (a resumed run prunes them too); files of a later iteration than the one just written are
-    left alone.
+    What it writes is a ``to_save`` mapping, as for ignite's ``Checkpoint``: ``{name: object with state_dict()}``,
+    one ``state_dict()`` per entry in the file. :func:`mfassl.engine.create_trainer` hands its mapping (model,
+    optimizer, trainer state with RNG, AMP scaler, run settings) to the savers among its ``handlers``
+    (``saver.attach(trainer, to_save)``); a saver of another engine is given its mapping at construction or on
+    ``attach``. Each file is written atomically (:func:`atomic_save`); only after it is in place are older ones
+    removed, so a failed save (full disk) leaves the last good checkpoint and no temporary file. Checkpoints
+    already in the folder count towards ``n_saved`` (a resumed run prunes them too); files of a later iteration
+    than the one just written are left alone (ignite's ``Checkpoint`` counts only the files it wrote itself).
 
     Args:
         save_dir: the folder (``<output_dir>/checkpoints``).
-        n_saved: full checkpoints kept (at least 1).
-        every: epochs between checkpoints (the last epoch is always saved).
+        n_saved: full checkpoints kept (an int, at least 1).
+        every: epochs between checkpoints (an int, at least 1; the last epoch is always saved).
+        to_save: the entries to write (default: those given to :meth:`attach`).
     """
 
-    def __init__(self, save_dir: str | os.PathLike, n_saved: int = 2, every: int = 1) -> None:
+    def __init__(self, save_dir: str | os.PathLike, n_saved: int = 2, every: int = 1,
+                 to_save: Mapping[str, Any] | None = None) -> None:
         self.save_dir = Path(save_dir)
-        self.n_saved = _positive_int(n_saved, "n_saved")
-        self.every = _positive_int(every, "checkpoint_every")
-        self.objects: Mapping[str, Any] | None = None
+        self.n_saved = require(n_saved, "n_saved", int, low=1)
+        self.every = require(every, "checkpoint_every", int, low=1)
+        self.objects: Mapping[str, Any] | None = to_save
         self._last = -1
 
-    def attach(self, engine: Any) -> "CheckpointSaver":
+    def attach(self, engine: Any, to_save: Mapping[str, Any] | None = None) -> "CheckpointSaver":
+        """Save ``to_save`` (or the mapping given at construction) on ``engine``'s ``EPOCH_COMPLETED(every)`` and
+        ``COMPLETED``; ``engine.state.checkpoint_dir`` names the folder.
+
+        Raises:
+            TypeError: no mapping, or an entry without ``state_dict()``.
+        """
         from ignite.engine import Events
 
-        objects = getattr(engine, "checkpoint_objects", None)
+        objects = to_save if to_save is not None else self.objects
         if not isinstance(objects, Mapping):
-            raise TypeError("CheckpointSaver needs the trainer of mfassl.engine.create_trainer (its "
-                            "checkpoint_objects); pass it in create_trainer(handlers=[...]).")
+            raise TypeError(f"CheckpointSaver({self.save_dir}) has nothing to save: give it a to_save mapping "
+                            "(create_trainer(handlers=[...]) hands it the trainer's).")
+        for name, obj in objects.items():
+            if not callable(getattr(obj, "state_dict", None)):
+                raise TypeError(f"CheckpointSaver: to_save[{name!r}] ({type(obj).__name__}) has no state_dict().")
         self.objects = objects
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.every) | Events.COMPLETED, self)
         engine.state.checkpoint_dir = str(self.save_dir)
@@ -791,13 +806,3 @@ class CheckpointSaver:
             with contextlib.suppress(OSError):
                 stale.unlink()
         return removed
-
-
-def _positive_int(value: Any, key: str) -> int:
-    try:
-        out = int(str(value).strip()) if not isinstance(value, bool) else None
-    except ValueError:
-        out = None
-    if out is None or out < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}.")
-    return out

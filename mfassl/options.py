@@ -10,6 +10,10 @@ that names the option and the value:
 - :func:`as_float` / :func:`as_int`: numbers or numeric strings, finite unless told otherwise, inside an
   optional closed range ``[low, high]``.
 
+These parse, and belong where text comes in: a command line's parser, a bundle's JSON
+(``"$as_bool(@amp, 'amp')"``). Library code below that boundary takes typed values and checks them with
+:func:`require`, which refuses a string (an option nobody parsed) naming the option and the parser to use.
+
 Every function takes ``allow_none``: ``None`` (and, for the strings, ``"none"``/``"null"``) then passes
 through as ``None``; without it ``None`` is refused.
 
@@ -26,7 +30,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["as_bool", "as_float", "as_int", "is_unset", "TRUE_WORDS", "FALSE_WORDS"]
+__all__ = ["as_bool", "as_float", "as_int", "is_unset", "require", "TRUE_WORDS", "FALSE_WORDS"]
 
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off"})
@@ -159,3 +163,50 @@ def as_int(value: Any, key: str, *, low: int | None = None, high: int | None = N
         result = int(f)
     _check_range(result, value, key, low, high)
     return result
+
+
+_PARSERS = {bool: "as_bool", int: "as_int", float: "as_float"}
+_KINDS = {bool: "a bool", int: "an int", float: "a float"}
+
+
+def require(value: Any, key: str, kind: type, *, low: float | None = None, high: float | None = None,
+            allow_none: bool = False) -> Any:
+    """``value`` itself when it already is a ``kind`` (``bool``, ``int`` or ``float``) inside ``[low, high]``.
+
+    The check of typed options (a trainer's, a handler's): nothing is parsed. An ``int`` is a ``float`` here, a
+    ``bool`` is not a number, numpy and torch scalars are taken by their ``item()``.
+
+    Args:
+        value: the option's value.
+        key: the option's name, used in the error.
+        kind: ``bool``, ``int`` or ``float``.
+        low, high: inclusive bounds for numbers (None: unbounded); NaN and infinities are refused.
+        allow_none: let ``None`` through.
+
+    Raises:
+        ValueError: naming ``key`` and ``value``: a string (naming the parser, e.g. :func:`as_bool`, that the
+            command line or bundle should apply where the text comes in), another type, NaN, inf, or a value
+            outside the range.
+    """
+    if value is None and allow_none:
+        return None
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
+        value = value.item()
+    parser, name = _PARSERS[kind], _KINDS[kind]
+    if isinstance(value, str):
+        raise ValueError(f"option '{key}': {value!r} is a string, not {name}; parse text where it comes in "
+                         f"(mfassl.options.{parser}: a bundle writes \"${parser}(@{key}, '{key}')\").")
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok:
+        raise ValueError(f"option '{key}': {value!r} ({type(value).__name__}) is not {name}"
+                         f"{' or None' if allow_none else ''}.")
+    if kind is not bool:
+        if not math.isfinite(value):
+            raise ValueError(f"option '{key}': {value!r} is not finite; give a number in {_range_text(low, high)}.")
+        _check_range(value, value, key, low, high)
+    return value

@@ -145,11 +145,37 @@ def test_trainer_switches_typed_on_the_command_line(tmp_path, key, text) -> None
     assert _has_progress_bar(trainer) is (key != "progress")  # "false" attaches no bar (bool("false") did)
 
 
-def test_epochs_as_a_numeric_string_builds_the_schedule(tmp_path) -> None:
-    parser = _parser(CHEX, **_trainer_overrides(tmp_path, epochs="3", warmup_epochs="0.5", base_lr="1e-3"))
+class _RunRecorder:
+    """Stands in for the trainer in the bundle's ``run`` section: records what ``run`` is handed."""
+
+    def run(self, data, max_epochs):
+        return max_epochs
+
+
+@pytest.mark.parametrize("name", [CHEX, BRATS])
+def test_epochs_as_a_numeric_string_builds_the_schedule(tmp_path, name) -> None:
+    """The bundle parses its text keys where they come in; the trainer gets ints, floats and bools."""
+    parser = _parser(name, **_trainer_overrides(tmp_path, epochs="3", warmup_epochs="0.5", base_lr="1e-3",
+                                                batch_size="2", min_lr="0", clip_grad="none", amp="false",
+                                                resume_force="no", compile="off", n_saved="1",
+                                                checkpoint_every="2", progress="true"))
     trainer = parser.get_parsed_content("train#trainer")
-    assert trainer is not None
-    assert trainer.run.__name__ == "strict_run"  # the bundle's trainer.run(loader, @epochs) takes "3" as 3
+    settings = trainer.run_settings
+    assert (settings["max_epochs"], settings["warmup_epochs"], settings["base_lr"], settings["batch_size"]) == \
+        (3, 0.5, 1e-3, 2)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 1e-3]  # create_optimizer parses its own
+    saver = parser.get_parsed_content("train#handlers#4")
+    assert (saver.n_saved, saver.every) == (1, 2)
+    assert _has_progress_bar(trainer)
+    # the run section hands trainer.run the parsed epochs ("3" -> 3); a fraction is refused naming the key
+    parser = _parser(name, **_trainer_overrides(tmp_path, epochs="3"))
+    parser["train#trainer"] = _RunRecorder()
+    assert parser.get_parsed_content("run") == [3]
+    parser = _parser(name, **_trainer_overrides(tmp_path, epochs="2.5"))
+    parser["train#trainer"] = _RunRecorder()
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("run")
+    assert "option 'epochs': '2.5' is not an integer" in str(_root_cause(err.value))
     for key, text, words in (("base_lr", "nan", "lr': 'nan' is NaN"), ("warmup_epochs", "-1", "'warmup_epochs': -1"),
                              ("batch_size", "'four'", "'batch_size': 'four'")):
         with pytest.raises(Exception) as err:

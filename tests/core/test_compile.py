@@ -62,7 +62,7 @@ def _train(out: Path | None, steps: int = STEPS, **kw: Any) -> tuple[list[float]
 
 def _check_same_run(tmp_path: Path, backend: str, steps: int, exact: bool) -> None:
     eager_losses, _, eager = _train(tmp_path / "eager", steps)
-    losses, trainer, compiled = _train(tmp_path / "compiled", steps, compile="true", compile_backend=backend)
+    losses, trainer, compiled = _train(tmp_path / "compiled", steps, compile=True, compile_backend=backend)
     assert trainer.compile_settings == {"mode": "default", "backend": backend}
     assert len(losses) == steps and len({round(v, 6) for v in losses}) == steps  # the steps differ
     tol = dict(rel=0, abs=0) if exact else dict(rel=1e-5, abs=1e-6)
@@ -106,9 +106,15 @@ def _build(**kw: Any):
                           device="cpu", progress=False, **kw)
 
 
+def test_compile_false_leaves_the_step_eager() -> None:
+    assert _build(compile=False).compile_settings is None
+
+
 @pytest.mark.parametrize("text", ["false", "False", "0", "no", "off"])
-def test_compile_false_texts_leave_the_step_eager(text: str) -> None:
-    assert _build(compile=text).compile_settings is None
+def test_compile_text_is_parsed_at_the_boundary_not_by_the_trainer(text: str) -> None:
+    """The trainer takes a bool; text (a command line's) is refused naming the parser that reads it."""
+    with pytest.raises(ValueError, match=r"option 'compile': '.*' is a string, not a bool; .*as_bool"):
+        _build(compile=text)
 
 
 @pytest.mark.parametrize("kw, key", [
@@ -155,7 +161,7 @@ def _root_cause(err: BaseException) -> BaseException:
 
 @pytest.mark.parametrize("name", [CHEX, "mfassl_brats_pretrain"])
 @pytest.mark.parametrize("text, expected", [("true", {"mode": "default", "backend": "eager"}), ("False", None),
-                                            ("maybe", "refused")])
+                                            ("false", None), ("off", None), ("maybe", "refused")])
 def test_bundle_compile_key_reaches_the_trainer(tmp_path: Path, name: str, text: str, expected: Any) -> None:
     from monai.bundle import ConfigParser
 

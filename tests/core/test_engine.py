@@ -259,7 +259,7 @@ def test_resume_with_other_settings_is_refused_unless_forced(two_epochs, change,
         else:
             _trainer(tmp_path, **change)
     assert "resume_force" in str(info.value)
-    trainer, loader = _trainer(tmp_path, resume_force="true", **{k: v for k, v in change.items() if k != "warmup_epochs"})
+    trainer, loader = _trainer(tmp_path, resume_force=True, **{k: v for k, v in change.items() if k != "warmup_epochs"})
     assert trainer.state.iteration == 8
 
 
@@ -272,7 +272,7 @@ def test_resume_with_another_network_names_checkpoint_and_keys(two_epochs):
     torch.manual_seed(0)
     wide = MFAViT(2, img_size=32, patch_size=8, in_chans=1, embed_dim=48, depth=3, num_heads=4)
     method = MFASSL(wide, "dino", OBJECTIVE_KWARGS["dino"], views=dict(global_size=32, local_size=16, n_local=2))
-    for force in ("false", "true"):  # a network that does not fit is refused even when forced
+    for force in (False, True):  # a network that does not fit is refused even when forced
         with pytest.raises(ResumeError, match=r"(?s)checkpoint_8\.pt: it was written by another network.*"
                                               r"network\.embed_dim: 32 in the checkpoint, 48 now.*cls_token"):
             _trainer(two_epochs, method=method, resume_force=force)
@@ -290,9 +290,9 @@ def test_handlers_from_a_list_replace_the_defaults(tmp_path):
 
     method = tiny_method("dino")
     loader = DataLoader(DATA, batch_size=4, shuffle=True)
-    saver = CheckpointSaver(tmp_path / "ck", n_saved="1")
+    saver = CheckpointSaver(tmp_path / "ck", n_saved=1)
     trainer = create_trainer(method, create_optimizer(method), len(loader), 2, batch_size=4, output_dir=None,
-                             handlers=[saver, TensorBoardHandler(tmp_path / "tb", enabled="false")])
+                             handlers=[saver, TensorBoardHandler(tmp_path / "tb", enabled=False)])
     trainer.run(loader, max_epochs=2)
     assert _ckpts(tmp_path / "ck") == ["checkpoint_8.pt"] and not (tmp_path / "tb").exists()
     with pytest.raises(TypeError, match=r"handlers\[0\]"):
@@ -307,13 +307,13 @@ def test_distributed_sampler_gets_each_epoch(deterministic):
     from ignite.engine import DeterministicEngine, Engine, Events
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from mfassl.engine import _set_sampler_epoch
+    from mfassl.handlers import set_sampler_epoch
 
     sampler = DistributedSampler(list(range(16)), num_replicas=2, rank=0, shuffle=True, seed=3)
     loader = DataLoader(list(range(16)), batch_size=4, sampler=sampler)
     seen: list[list[int]] = []
     engine = (DeterministicEngine if deterministic else Engine)(lambda e, b: seen.append(b.tolist()))
-    engine.add_event_handler(Events.EPOCH_STARTED, _set_sampler_epoch)
+    engine.add_event_handler(Events.EPOCH_STARTED, set_sampler_epoch)
     engine.run(loader, max_epochs=3)
     expected = []
     for epoch in range(3):
@@ -343,7 +343,7 @@ def test_monai_handlers_read_the_decollated_output_lr_inferer_and_epoch_metrics(
     loader = DataLoader(DATA, batch_size=4)
     optimizer = create_optimizer(method)
     trainer = create_trainer(method, optimizer, len(loader), 2, batch_size=4, warmup_epochs=1, progress=False,
-                             handlers=[EpochMetrics()], inferer=CountingInferer(), decollate="true")
+                             handlers=[EpochMetrics()], inferer=CountingInferer(), decollate=True)
     seen, means = [], []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(
         (from_engine(["loss"], first=True)(e.state.output), step_record(e.state.output))))

@@ -101,24 +101,37 @@ def test_mfassl_mirror_true_string_and_refusals() -> None:
         _tiny_method(beta="nan")
 
 
-def test_create_trainer_parses_switches_and_numbers() -> None:
-    from mfassl.engine import create_optimizer, create_trainer
+def test_create_trainer_takes_typed_options_and_refuses_text_naming_the_option() -> None:
+    """Text is parsed where it comes in (a bundle's JSON, a command line's parser); the trainer and its handlers
+    take ints, floats and bools, and refuse a string naming the option and the parser to use."""
+    from mfassl.checkpoints import CheckpointSaver
+    from mfassl.engine import ProgressHandler, TensorBoardHandler, create_optimizer, create_trainer
 
     method = _tiny_method(mirror=False)
-    opt = create_optimizer(method, lr="1e-3")
+    opt = create_optimizer(method, lr="1e-3")  # a bundle component overridden directly (--optimizer#fused)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
-    trainer = create_trainer(method, opt, steps_per_epoch=1, max_epochs="2", batch_size="2", base_lr="1e-3",
-                             warmup_epochs="0", amp="false", progress="false", device="cpu", output_dir=None)
-    trainer.run([torch.rand(2, 1, 20, 20)], max_epochs="2")  # a numeric string from a bundle's --epochs
+    trainer = create_trainer(method, opt, steps_per_epoch=1, max_epochs=2, batch_size=2, base_lr=1e-3,
+                             warmup_epochs=0, amp=False, progress=False, device="cpu", output_dir=None)
+    trainer.run([torch.rand(2, 1, 20, 20)], max_epochs=2)
     assert trainer.state.epoch == 2 and trainer.state.iteration == 2
     assert math.isfinite(trainer.state.output["loss"])
-    for bad in ({"progress": "maybe"}, {"amp": 2}, {"base_lr": "nan"}, {"max_epochs": "0"}, {"batch_size": "two"}):
-        key = next(iter(bad))
-        with pytest.raises(ValueError, match=key):
+    for bad, words in (({"progress": "false"}, "'progress': 'false' is a string, not a bool; .*as_bool"),
+                       ({"amp": 1}, "'amp': 1 \\(int\\) is not a bool"),
+                       ({"max_epochs": "2"}, "'max_epochs': '2' is a string, not an int; .*as_int"),
+                       ({"base_lr": float("nan")}, "'base_lr': nan is not finite"),
+                       ({"max_epochs": 0}, "'max_epochs': 0 is outside"),
+                       ({"batch_size": True}, "'batch_size': True \\(bool\\) is not an int"),
+                       ({"clip_grad": "none"}, "'clip_grad': 'none' is a string"),
+                       ({"momentum_end": 1.5}, "'momentum_end': 1.5 is outside")):
+        with pytest.raises(ValueError, match=words):
             create_trainer(method, opt, **{"steps_per_epoch": 1, "max_epochs": 1, "device": "cpu",
                                            "output_dir": None, **bad})
-    with pytest.raises(ValueError, match="epochs"):
-        trainer.run([torch.rand(2, 1, 20, 20)], max_epochs="2.5")
+    for build, key in ((lambda: ProgressHandler(enabled="false"), "progress"),
+                       (lambda: TensorBoardHandler("tb", enabled="no"), "tensorboard"),
+                       (lambda: CheckpointSaver("ck", n_saved="1"), "n_saved"),
+                       (lambda: CheckpointSaver("ck", every=0), "checkpoint_every")):
+        with pytest.raises(ValueError, match=f"'{key}'"):
+            build()
     with pytest.raises(ValueError, match="'lr'"):
         create_optimizer(method, lr="inf")
 
