@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from mfassl.files import OutputGuard, atomic_path, atomic_write
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -143,40 +144,25 @@ class EncoderLoadReport:
 
 # ---------------------------------------------------------------------------------------------- files
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file in the same folder and a rename.
+    """``torch.save(obj)`` to ``path`` atomically (:func:`mfassl.files.atomic_write`).
 
     Whatever fails (``torch.save`` itself, the final flush on a full disk, an interrupt), the temporary file
-    is removed and an earlier file at ``path`` is left untouched.
+    is removed and an earlier file at ``path`` is left untouched; a full disk raises
+    :class:`~mfassl.files.NoSpaceError` (``no space left on <path>``) instead of torch's ``unexpected pos``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _save_with_sidecar(state: Mapping[str, Any], path: Path, meta: Mapping[str, Any] | None, indent: int) -> None:
+    """Write ``state`` to ``path`` and ``meta`` to its sidecar together: both files are complete before either
+    replaces an earlier one, so a full disk leaves the earlier pair as it was."""
+    with contextlib.ExitStack() as stack:
+        weights = stack.enter_context(atomic_path(path))
+        side = stack.enter_context(atomic_path(_sidecar(path))) if meta is not None else None
+        with open(weights, "wb") as f:
+            torch.save(state, f)
+        if side is not None:
+            side.write_text(json.dumps(meta, indent=indent) + "\n")
 
 
 _STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}_(\d+)\.pt$")
@@ -303,15 +289,14 @@ def save_encoder(model: nn.Module, path: str | os.PathLike, description: Mapping
     path = Path(path)
     enc = encoder_of(model)
     state = encoder_state_dict(enc)
-    atomic_save(state, path)
     if description is None:
         try:
             description = describe_encoder(enc)
         except EncoderLoadError as err:
             logger.info("no description written beside %s: %s", path, err)
-    if description is not None:
-        meta = {"format": "mfassl-encoder", "weights": path.name, "tensors": len(state), **dict(description)}
-        _atomic_write_text(json.dumps(meta, indent=4) + "\n", _sidecar(path))
+    meta = None if description is None else {"format": "mfassl-encoder", "weights": path.name, "tensors": len(state),
+                                             **dict(description)}
+    _save_with_sidecar(state, path, meta, indent=4)
     logger.info("saved the encoder (%d tensors) to %s", len(state), path)
     return path
 
@@ -564,9 +549,34 @@ def _stock_features(to: str, kwargs: Mapping[str, Any], state: Mapping[str, torc
     return net.eval().swinViT(x)[-1].flatten(2).mean(-1)
 
 
+def _export_sidecar_reason(path: Path, weights: str | None = None) -> str | None:
+    """None when ``path`` is a sidecar :func:`export_encoder` wrote (for the weights file ``weights``), else why not."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return "not a JSON file"
+    if not (isinstance(meta, dict) and meta.get("target") in EXPORT_TARGETS and "class" in meta and "kwargs" in meta):
+        return "not the description of an export-encoder file"
+    if weights is not None and meta.get("weights") != weights:
+        return f"it describes {meta.get('weights')!r}, not {weights!r}"
+    return None
+
+
+def _check_export_outputs(checkpoint: Any, out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is the model read (or its sidecar), or a foreign file unless ``overwrite``."""
+    inputs = [] if isinstance(checkpoint, Mapping) else [Path(checkpoint), _sidecar(Path(checkpoint))]
+    guard = OutputGuard(inputs, overwrite=overwrite)
+    kind = "a file of python -m mfassl export-encoder"
+    guard.check(out, "--out", what="the weights file", kind=kind,
+                recognise=lambda p: None if _export_sidecar_reason(_sidecar(p), p.name) is None else
+                "no export-encoder description beside it names it")
+    guard.check(_sidecar(out), "--out", value=out, what="its description", recognise=_export_sidecar_reason,
+                kind=kind)
+
+
 def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, out: str | os.PathLike,
                    description: Mapping[str, Any] | None = None, out_channels: int = 3,
-                   verify: bool = True) -> dict[str, Any]:
+                   verify: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Write a pretrained encoder as a plain state dict for a stock network, and a sidecar JSON saying how.
 
     Args:
@@ -580,6 +590,7 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
             part of the export).
         verify: build the stock network here, load the file with ``strict=True`` and check that its features
             equal the encoder's plain forward on a random input (max abs difference recorded).
+        overwrite: replace an ``out`` (or ``OUT.json``) that exists and was not written by this function.
 
     Returns:
         the sidecar: ``{"target", "class", "kwargs", "weights", "load", "features", "input_shape", ...}``.
@@ -587,11 +598,17 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
     Raises:
         ValueError: ``to`` is unknown or does not fit the encoder (e.g. ``timm`` for a Swin).
         EncoderLoadError: the file cannot be read or loaded, or the stock network disagrees with the encoder.
+        mfassl.files.OutputIsInputError: ``out`` or ``OUT.json`` is ``checkpoint`` or its sidecar, or they are one
+            file (``--out x.json``); checked before anything is read, whatever ``overwrite`` says.
+        mfassl.files.ForeignOutputError: ``out`` or ``OUT.json`` exists, is not an earlier export (its sidecar
+            naming it) and ``overwrite`` is off.
+        mfassl.files.NoSpaceError: the disk is full; an earlier export is left as it was.
     """
     from mfassl.backbones import MFASwin, MFAViT
 
     if to not in EXPORT_TARGETS:
         raise ValueError(f"--to must be one of {', '.join(EXPORT_TARGETS)}, got {to!r}.")
+    _check_export_outputs(checkpoint, Path(out), overwrite)
     bb, src = _pretrained_encoder(checkpoint, description)
     kind = f"{bb.spatial_dims}D {type(bb).__name__}"
     fits = {"timm": isinstance(bb, MFAViT) and bb.spatial_dims == 2,
@@ -629,8 +646,7 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
             raise EncoderLoadError(f"{cls} gives other features than the encoder of {src.source} "
                                    f"(max abs difference {diff:.3g}); not written.")
         meta["verified_max_abs_diff"] = diff
-    atomic_save(state, out)
-    _atomic_write_text(json.dumps(meta, indent=2) + "\n", _sidecar(out))
+    _save_with_sidecar(state, out, meta, indent=2)
     logger.info("exported %s for %s to %s (%d tensors)", src.source, cls, out, len(state))
     return meta
 
@@ -642,10 +658,11 @@ class CheckpointSaver:
 
     Attach it through :func:`mfassl.engine.create_trainer` (``handlers=[...]``), which hands it the objects to
     save (model, optimizer, trainer state with RNG, AMP scaler, run settings). Each file is written atomically
-    (:func:`atomic_save`); only after it is in place are older ones removed, so a failed save (full disk) leaves
-    the last good checkpoint and no temporary file. Checkpoints already in the folder count towards
-    ``n_saved`` (a resumed run prunes them too); files of a later iteration than the one just written are
-    left alone.
+    (:func:`atomic_save`); only after it is in place are older ones removed, so a failed save leaves the last
+    good checkpoint and no temporary file. A full disk stops the run with :class:`~mfassl.files.NoSpaceError`
+    (``no space left on <checkpoint path>``); ``resume_from="auto"`` then goes on from the last good one.
+    Checkpoints already in the folder count towards ``n_saved`` (a resumed run prunes them too); files of a
+    later iteration than the one just written are left alone.
 
     Args:
         save_dir: the folder (``<output_dir>/checkpoints``).

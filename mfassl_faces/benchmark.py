@@ -11,7 +11,6 @@ Brier. These are evaluation loops for small heads, not the pretraining engine
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from mfassl.backbones import MFABackbone
+from mfassl.files import write_json
 from mfassl_faces.heads import AttributeProbe, LandmarkModel
 from mfassl_faces.metrics import (auc_at, auroc, bootstrap_ci, brier, ece, failure_rate, flip_nme, nme, per_subset,
                                   plot_ced)
@@ -140,7 +140,7 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
                        if (res["attributes"][:, k] > 0).any()})
         plot_ced(curves, d / "ced.png", threshold, title=f"CED ({head} head, {'fine-tuned' if finetune else 'frozen'})")
         out["ced_png"] = str(d / "ced.png")
-        (d / "landmark_benchmark.json").write_text(json.dumps(out, indent=1), encoding="utf-8")
+        write_json(d / "landmark_benchmark.json", out, indent=1)
     return out
 
 
@@ -213,5 +213,5 @@ def run_attribute_probe(backbone: MFABackbone, train_set: Dataset, test_set: Dat
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "attribute_probe.json").write_text(json.dumps(out, indent=1, default=float), encoding="utf-8")
+        write_json(d / "attribute_probe.json", out, indent=1, default=float)
     return out
