@@ -11,7 +11,14 @@ class, its constructor arguments and the two lines that load it (:func:`mfassl.c
 - ``--to swinunetr``: the ``swinViT`` of MONAI ``SwinUNETR`` (the MFA-Swin); features
   ``net.swinViT(x)[-1].flatten(2).mean(-1)``.
 
-The sidecar JSON is printed to stdout; errors go to stderr with exit status 1.
+``--out`` is checked before MODEL is read: ``OUT.pt`` and ``OUT.json`` are never MODEL or its sidecar
+(``--out model.pt`` for ``model.pt``, ``--out m2`` for ``m2.pt`` whose ``m2.json`` would be replaced) and never one
+file (``--out x.json``), whatever ``--overwrite`` says; an existing pair is replaced only when it is an earlier
+export (its ``OUT.json`` names ``OUT.pt``), any other existing file only with ``--overwrite``. Both files are
+written completely before either replaces an earlier one.
+
+The sidecar JSON is printed to stdout; errors go to stderr with exit status 1 (``no space left on <path>`` for a
+full disk, the earlier export kept), 2 for a refused ``--out`` or a bad option.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import json
 import logging
 import sys
 from typing import Sequence
+
+from mfassl.cli import add_overwrite_option
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out-channels", type=int, default=3, help="SwinUNETR output channels to state (3)")
     ex.add_argument("--no-verify", action="store_true",
                     help="skip building the stock network here and comparing its features")
+    add_overwrite_option(ex, "an existing OUT.pt or OUT.json that is not an earlier export")
     ex.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -48,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from mfassl.checkpoints import EncoderLoadError, export_encoder
+    from mfassl.files import NoSpaceError, OutputRefusedError
 
     try:
         description = json.loads(args.config) if args.config else None
@@ -56,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         meta = export_encoder(args.model, args.to, args.out, description=description,
-                              out_channels=args.out_channels, verify=not args.no_verify)
-    except (EncoderLoadError, ValueError) as err:
+                              out_channels=args.out_channels, verify=not args.no_verify, overwrite=args.overwrite)
+    except OutputRefusedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (EncoderLoadError, ValueError, NoSpaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(meta, indent=2))
