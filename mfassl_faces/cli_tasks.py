@@ -73,6 +73,9 @@ def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--landmark-workers", type=int_arg("--landmark-workers", low=0, high=256), default=1,
                    help="detector processes (1)")
     g.add_argument("--fan-weights", help="FAN weights folder (--landmark-source fan)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let the detector start a new --landmarks-file in place of an existing file that is not a "
+                        "landmarks file (an input is never written over)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -90,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help=f"folder of the demo set (default {DEMO_DIR_HELP})")
     d.add_argument("--n", type=int, default=8, help="samples per source face (8)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds other files and no demo manifest (files of the "
+                        "demo's names are replaced, the others kept)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     pt = sub.add_parser("pretrain", help="MFASSL pretraining on face crops")
@@ -190,7 +196,8 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     source = None if args.landmark_source == "none" else args.landmark_source
     kwargs = {"weights_dir": args.fan_weights} if source == "fan" else {}
     records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
-                                               workers=args.landmark_workers, progress=True)
+                                               workers=args.landmark_workers, progress=True, overwrite=args.overwrite,
+                                               option="--landmarks-file" if args.landmarks_file else "--out")
     logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)
     return records, counts
 
@@ -241,7 +248,7 @@ def _out(args: argparse.Namespace, default: str) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mfassl_faces.demo import build_demo_data
 
-    out = build_demo_data(args.out, n_per_face=args.n, seed=args.seed)
+    out = build_demo_data(args.out, n_per_face=args.n, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps({"demo": str(out)}))
     return 0
 
@@ -335,7 +342,7 @@ COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "benchmark": cmd_benchma
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``demo|pretrain|benchmark|probe ARGS``: parse, run the command; 1 (with one ``error:`` line) for a data,
-    file or run error, 2 for bad options."""
+    file or run error (``no space left on <path>`` for a full disk, a refused output file), 2 for bad options."""
     args = build_parser().parse_args(None if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -343,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (FaceDataError, FileNotFoundError, RuntimeError) as err:
+    except (FaceDataError, OSError, RuntimeError) as err:  # OSError: a full disk, a refused output included
         print(f"error: {err}", file=sys.stderr)
         return 1
 
