@@ -161,3 +161,14 @@ def test_bundles_segmentation_and_faces_share_the_module(tmp_path):
     torch.save(method.backbone.state_dict(), tmp_path / "plain.pt")
     with pytest.raises(EncoderLoadError, match=r"(?s)plain\.pt does not fit.*check --backbone"):
         faces.build_backbone(Namespace(**{**vars(args), "checkpoint": str(tmp_path / "plain.pt")}))
+
+
+def test_weights_and_description_get_one_mode_from_the_umask(tmp_path):
+    """``model.json`` was written 0600 while ``model.pt`` got the umask's mode; now both get what open() gives."""
+    old = os.umask(0o027)
+    try:
+        path = save_encoder(_backbones()["vit2d"], tmp_path / "models" / "model.pt")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in path.parent.iterdir()}
+    assert modes == {"model.pt": "0o640", "model.json": "0o640"}
