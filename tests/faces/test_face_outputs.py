@@ -108,3 +108,15 @@ def test_demo_writes_only_into_a_demo_folder_unless_overwrite(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (folder / "manifest.json").is_file() and (folder / "mine.txt").read_text() == "keep me"
     assert _run("demo", "--out", str(folder), "--n", "1").returncode == 0  # its own folder: reused
+
+
+def test_pretrain_refuses_a_foreign_landmarks_file_before_detecting(tmp_path, faces):
+    write_image(faces / "new.png", np.full((60, 60, 3), 90, np.uint8))  # no .pts: the detector's work
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"experiment": "mine"}, indent=2))
+    kept = _digest(notes)
+    proc = _run("pretrain", "--images", str(faces), "--landmarks-file", str(notes), "--landmark-source", "dlib",
+                "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress")
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: --landmarks-file {notes} already exists and is not a landmarks file" in proc.stderr
+    assert "--overwrite" in proc.stderr and _digest(notes) == kept and not (tmp_path / "run").exists()
