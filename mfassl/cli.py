@@ -5,7 +5,9 @@ built on :mod:`mfassl.options`, overlay PNG paths, and strict JSON lines.
   a table ``{name: (target, help)}`` and hand the arguments to it; ``--help`` lists the commands (exit
   status 0), no command or an unknown one prints the same list (exit status 2).
 - :func:`option_type`: an argparse ``type=`` from a strict parser of :mod:`mfassl.options` (``as_float``,
-  ``as_int``, ``as_bool``), so ``--min-confidence nan`` is refused with a message naming the option.
+  ``as_int``, ``as_bool``), so ``--min-confidence nan`` is refused with a message naming the option;
+  :func:`add_overwrite_option`: the ``--overwrite`` flag every command that writes user-named files has
+  (:class:`mfassl.files.OutputGuard`).
 - :func:`check_png_target`, :func:`overlay_paths`, :func:`check_overlays`: the ``--png OUT`` of the axis
   commands (one ``.png`` file for one input, else a folder of overlays with one distinct name per input), never
   an input of the command and never a PNG it did not write unless ``--overwrite``; :func:`mark_overlay` tags
