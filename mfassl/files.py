@@ -350,8 +350,9 @@ class OutputGuard:
 
 
 # ---------------------------------------------------------------------------------------------- JSON lines
-def json_lines_recogniser(is_record: Callable[[Mapping[str, Any]], bool],
-                          record: str) -> Callable[[Path], str | None]:
+def json_lines_recogniser(is_record: Callable[[Mapping[str, Any]], bool], record: str,
+                          describe: Callable[[Mapping[str, Any]], str | None] | None = None
+                          ) -> Callable[[Path], str | None]:
     """A recogniser (:meth:`OutputGuard.check`) of a JSON-lines file the command appends to.
 
     The file is the command's own when it is empty, or when every line starts a JSON object (``{``), its first
@@ -361,15 +362,21 @@ def json_lines_recogniser(is_record: Callable[[Mapping[str, Any]], bool],
 
     Args:
         is_record: whether a parsed line is one of the command's records.
-        record: what a record is, for the reason (``"an axes record"``).
+        record: what a record is, for the reason (``"an axes record"``: ``line 1 is not an axes record``).
+        describe: what a JSON object that is not a record is instead, for a sharper reason (``"holds an axes
+            record of --kind brats"``); None falls back to ``is not <record>``.
     """
+
+    def not_a_record(k: int, rec: Any) -> str:
+        told = describe(rec) if describe is not None and isinstance(rec, dict) else None
+        return f"line {k} {told}" if told else f"line {k} is not {record}"
 
     def parsed(k: int, line: bytes) -> str | None:
         try:
             rec = json.loads(line)
         except ValueError:
             return f"line {k} is not JSON"
-        return None if isinstance(rec, dict) and is_record(rec) else f"line {k} is not {record}"
+        return None if isinstance(rec, dict) and is_record(rec) else not_a_record(k, rec)
 
     def recognise(path: Path) -> str | None:
         first: tuple[int, bytes] | None = None
@@ -403,7 +410,7 @@ def json_lines_recogniser(is_record: Callable[[Mapping[str, Any]], bool],
                     return f"line {k} is not JSON"
             else:
                 if not (isinstance(rec, dict) and is_record(rec)):
-                    return f"line {k} is not {record}"
+                    return not_a_record(k, rec)
         return None
 
     return recognise

@@ -181,8 +181,10 @@ def _inputs(dataset_dir: str | os.PathLike, kind: str, items: list[dict[str, Any
 def _axes_output(out: Path, kind: str, inputs: list[Path], overwrite: bool) -> str:
     """Check ``--out`` (:class:`~mfassl.files.OutputGuard`), repair its torn last line; returns the guard's answer."""
     guard = OutputGuard(inputs, overwrite=overwrite)
-    recognise = json_lines_recogniser(lambda r: r.get("kind") == kind and "key" in r and "path" in r,
-                                      f"an axes record of --kind {kind}")
+    recognise = json_lines_recogniser(
+        lambda r: r.get("kind") == kind and "key" in r and "path" in r, f"an axes record of --kind {kind}",
+        describe=lambda r: (f"holds an axes record of --kind {r['kind']}"
+                            if r.get("kind") in KINDS and r.get("kind") != kind else None))
     state = guard.check(out, "--out", recognise=recognise,
                         kind=f"an axes file of python -m mfassl_medical axes --kind {kind}")
     if state == "own":

@@ -160,3 +160,14 @@ def test_repair_drops_only_the_cut_last_line(tmp_path):
     path.write_text('{"key": "c", "kind"')  # the first line of a first run, cut
     repair_json_lines(path)
     assert path.read_text() == ""
+
+
+def test_the_recogniser_says_what_a_foreign_record_is(tmp_path):
+    axes = json_lines_recogniser(
+        lambda r: r.get("kind") == "chexpert", "an axes record of --kind chexpert",
+        describe=lambda r: f"holds an axes record of --kind {r['kind']}" if "kind" in r else None)
+    path = tmp_path / "f.jsonl"
+    path.write_text('{"key": "BraTS2021_00000", "kind": "brats"}\n')
+    assert axes(path) == "line 1 holds an axes record of --kind brats"
+    path.write_text('{"other": 1}\n')
+    assert axes(path) == "line 1 is not an axes record of --kind chexpert"

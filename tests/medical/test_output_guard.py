@@ -95,7 +95,7 @@ def test_axes_refuses_a_foreign_file_unless_overwrite(tmp_path):
     brats.write_text(json.dumps({"key": "BraTS2021_00000", "kind": "brats", "path": "/data/BraTS2021_00000",
                                  "normal": [1, 0, 0], "offset": 0.0}) + "\n")
     proc = _run(*args[:-1], str(brats))
-    assert proc.returncode == 2 and "not an axes record of --kind chexpert" in proc.stderr
+    assert proc.returncode == 2 and "line 1 holds an axes record of --kind brats" in proc.stderr
     assert len(brats.read_text().splitlines()) == 1
 
 
