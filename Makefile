@@ -15,7 +15,7 @@ LABEL_PKGS  := torch==2.14.1 torchvision==0.29.1 monailabel==0.8.5 "pydicom>=2.4
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test,faces]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test,faces,tracking]"
 	touch $(STAMP)
 
 $(LABEL_STAMP): $(STAMP)

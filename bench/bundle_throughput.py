@@ -51,6 +51,8 @@ def _measure(queue, bundle: str, size: str, mirror: bool, args: dict) -> None:
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
+    from mfassl.engine import step_record
+
     logging.disable(logging.WARNING)
     torch.set_num_threads(args["threads"])
     bdir = ROOT / "bundles" / BUNDLES[bundle]
@@ -106,8 +108,7 @@ def _measure(queue, bundle: str, size: str, mirror: bool, args: dict) -> None:
         spatial = parser.get_parsed_content("roi_size") if bundle == "brats" else parser.get_parsed_content("global_size")
         queue.put({"step_s": statistics.median(steps), "images_per_s": batch / statistics.median(steps),
                    "peak_mib": peak, "batch": batch, "params": params, "spatial": list(spatial),
-                   "loss": float(trainer.state.output["loss"]) if isinstance(trainer.state.output, dict)
-                   and "loss" in trainer.state.output else None})
+                   "loss": step_record(trainer.state.output).get("loss")})
 
 
 def measure(bundle: str, size: str, mirror: bool, args: argparse.Namespace) -> dict:

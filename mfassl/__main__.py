@@ -1,4 +1,4 @@
-"""``python -m mfassl export-encoder MODEL --to timm|monai|swinunetr --out OUT.pt``.
+"""``python -m mfassl export-encoder MODEL --to timm|monai|swinunetr --out OUT.pt|OUT.safetensors``.
 
 Writes the pretrained encoder of ``MODEL`` (a bundle's ``models/model.pt`` with its ``model.json``, a training
 checkpoint ``checkpoint_<iteration>.pt`` or a face ``backbone.pt``) as a plain state dict that a stock network
@@ -9,13 +9,17 @@ class, its constructor arguments and the two lines that load it (:func:`mfassl.c
 - ``--to monai``: MONAI ``ViT`` (the 3D MFA-ViT of BraTS) with ``classification=True`` and an identity head;
   features ``net(x)[0]``;
 - ``--to swinunetr``: the ``swinViT`` of MONAI ``SwinUNETR`` (the MFA-Swin); features
-  ``net.swinViT(x)[-1].flatten(2).mean(-1)``.
+  ``net.swinViT(x)[-1].flatten(2).mean(-1)``; the segmentation bundle's ``pretrained_checkpoint`` takes the file.
 
-``--out`` is checked before MODEL is read: ``OUT.pt`` and ``OUT.json`` are never MODEL or its sidecar
-(``--out model.pt`` for ``model.pt``, ``--out m2`` for ``m2.pt`` whose ``m2.json`` would be replaced) and never one
-file (``--out x.json``), whatever ``--overwrite`` says; an existing pair is replaced only when it is an earlier
-export (its ``OUT.json`` names ``OUT.pt``), any other existing file only with ``--overwrite``. Both files are
-written completely before either replaces an earlier one.
+``--format safetensors`` (or an ``OUT`` ending in ``.safetensors``) writes safetensors instead of ``torch.save``:
+no pickle, read by ``safetensors.torch.load_file`` and by ``timm.create_model(...,
+pretrained=True, pretrained_cfg_overlay=dict(file=OUT))``.
+
+``--out`` is checked before MODEL is read: the weights file (``OUT.pt`` or ``OUT.safetensors``) and its sidecar
+``OUT.json`` are never MODEL or its sidecar (``--out model.pt`` for ``model.pt``, ``--out m2`` for ``m2.pt`` whose
+``m2.json`` would be replaced) and never one file (``--out x.json``), whatever ``--overwrite`` says; an existing
+pair is replaced only when it is an earlier export (its ``OUT.json`` names the weights file), any other existing
+file only with ``--overwrite``. Both files are written completely before either replaces an earlier one.
 
 The sidecar JSON is printed to stdout; errors go to stderr with exit status 1 (``no space left on <path>`` for a
 full disk, the earlier export kept), 2 for a refused ``--out`` or a bad option.
@@ -41,14 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
                         description=__doc__.split("\n\n")[1])
     ex.add_argument("model", metavar="MODEL", help="models/model.pt, checkpoint_<iteration>.pt or backbone.pt")
     ex.add_argument("--to", required=True, choices=("timm", "monai", "swinunetr"), help="the stock network")
-    ex.add_argument("--out", required=True, help="the state dict to write (OUT.pt; the sidecar is OUT.json)")
+    ex.add_argument("--out", required=True,
+                    help="the state dict to write (OUT.pt or OUT.safetensors; the sidecar is OUT.json)")
+    ex.add_argument("--format", choices=("pt", "safetensors"), default=None,
+                    help="torch.save (pt) or safetensors; default: from the suffix of --out")
     ex.add_argument("--config", default=None,
                     help="the network as JSON, {\"backbone\": \"mfa_vit\", \"config\": {...}}, when MODEL does not "
                          "record it")
     ex.add_argument("--out-channels", type=int, default=3, help="SwinUNETR output channels to state (3)")
     ex.add_argument("--no-verify", action="store_true",
                     help="skip building the stock network here and comparing its features")
-    add_overwrite_option(ex, "an existing OUT.pt or OUT.json that is not an earlier export")
+    add_overwrite_option(ex, "an existing weights file (OUT) or sidecar (OUT.json) that is not an earlier export")
     ex.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -67,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         meta = export_encoder(args.model, args.to, args.out, description=description,
-                              out_channels=args.out_channels, verify=not args.no_verify, overwrite=args.overwrite)
+                              out_channels=args.out_channels, verify=not args.no_verify, fmt=args.format,
+                              overwrite=args.overwrite)
     except OutputRefusedError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -46,6 +46,9 @@ __all__ = [
     "CHECKPOINT_PREFIX",
     "ENCODER_PREFIXES",
     "EXPORT_TARGETS",
+    "MLP_KEY_ALIASES",
+    "PART_PREFIXES",
+    "WEIGHT_FORMATS",
     "CheckpointSaver",
     "EncoderFile",
     "EncoderFileNotFoundError",
@@ -64,6 +67,8 @@ __all__ = [
     "load_encoder",
     "read_encoder_file",
     "save_encoder",
+    "save_weights",
+    "weight_format",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +86,19 @@ ENCODER_PREFIXES: tuple[str, ...] = (
 )
 """Where an encoder's keys sit in the state dicts :func:`load_encoder` reads; a ``part`` (e.g. ``swinViT``) is
 appended to each. The prefix under which most keys fit the network wins (the first one on a tie)."""
+
+PART_PREFIXES: tuple[str, ...] = ("module.", "")
+"""Also tried for a ``part``: the part's own state dict (``export-encoder --to swinunetr`` writes
+``SwinUNETR.swinViT``'s keys) and MONAI's self-supervised Swin weights (``{"state_dict": {"module.patch_embed...",
+"module.layers1.0.blocks.0.mlp.fc1.weight", ...}}``, the layout ``SwinUNETR.load_from`` reads)."""
+
+MLP_KEY_ALIASES: tuple[tuple[str, str], ...] = ((".mlp.fc1.", ".mlp.linear1."), (".mlp.fc2.", ".mlp.linear2."))
+"""timm-style MLP names of MONAI's self-supervised Swin weights and the names of MONAI's ``MLPBlock`` they map
+to (as ``SwinTransformerBlock.load_from`` maps them); renamed only where the network has the new name."""
+
+WEIGHT_FORMATS: tuple[str, ...] = ("pt", "safetensors")
+"""File formats :func:`export_encoder` writes: ``torch.save`` (``.pt``) or safetensors (``.safetensors``: timm's
+and the Hugging Face Hub's format, read without pickle)."""
 
 EXPORT_TARGETS: tuple[str, ...] = ("timm", "monai", "swinunetr")
 """Stock networks :func:`export_encoder` writes for."""
@@ -153,14 +171,15 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _save_with_sidecar(state: Mapping[str, Any], path: Path, meta: Mapping[str, Any] | None, indent: int) -> None:
-    """Write ``state`` to ``path`` and ``meta`` to its sidecar together: both files are complete before either
-    replaces an earlier one, so a full disk leaves the earlier pair as it was."""
+def _save_with_sidecar(state: Mapping[str, Any], path: Path, meta: Mapping[str, Any] | None, indent: int,
+                       fmt: str = "pt", metadata: Mapping[str, str] | None = None) -> None:
+    """Write ``state`` to ``path`` (as :func:`save_weights` writes ``fmt``) and ``meta`` to its sidecar together:
+    both files are complete before either replaces an earlier one, so a full disk leaves the earlier pair as it
+    was."""
     with contextlib.ExitStack() as stack:
         weights = stack.enter_context(atomic_path(path))
         side = stack.enter_context(atomic_path(_sidecar(path))) if meta is not None else None
-        with open(weights, "wb") as f:
-            torch.save(state, f)
+        _write_weights(state, weights, fmt, metadata)
         if side is not None:
             side.write_text(json.dumps(meta, indent=indent) + "\n")
 
@@ -392,6 +411,8 @@ def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None, p
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     tail = f"{part}." if part else ""
     candidates = [prefix] if prefix is not None else [p + tail for p in ENCODER_PREFIXES]
+    if prefix is None and part:
+        candidates += [p for p in PART_PREFIXES if p not in candidates]
     wanted = set(target_keys) if target_keys is not None else None
     best: tuple[int, str, dict[str, torch.Tensor]] | None = None
     for p in candidates:
@@ -410,6 +431,19 @@ def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None, p
         raise EncoderLoadError(f"no {what} weights under {candidates} (first keys: {sample}).")
     _, used, enc = best
     return enc, used, len(tensors) - len(enc)
+
+
+def _rename_mlp_keys(enc: dict[str, torch.Tensor], target: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """``enc`` with :data:`MLP_KEY_ALIASES` applied to keys the network lacks and has under the new name."""
+    out = {}
+    for k, v in enc.items():
+        if k not in target:
+            for old, new in MLP_KEY_ALIASES:
+                if old in k and k.replace(old, new) in target:
+                    k = k.replace(old, new)
+                    break
+        out[k] = v
+    return out
 
 
 def load_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any] | EncoderFile,
@@ -443,6 +477,7 @@ def load_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping[str
     full_target = target_module.state_dict()
     target = {k: v for k, v in full_target.items() if k not in alias}
     enc, used, ignored = extract_encoder_state(src.state, prefix, part, target_keys=list(full_target))
+    enc = _rename_mlp_keys(enc, full_target)
     for k in [k for k in enc if k in alias]:  # files written before duplicates were dropped
         v = enc.pop(k)
         enc.setdefault(alias[k], v)
@@ -516,15 +551,56 @@ def _stock_swinunetr(bb: nn.Module, out_channels: int) -> tuple[dict[str, Any], 
 
 _STOCK = {
     "timm": ("timm.models.vision_transformer.VisionTransformer",
-             "model = VisionTransformer(**kwargs); model.load_state_dict(torch.load(OUT), strict=True)",
+             "model = VisionTransformer(**kwargs); model.load_state_dict(LOAD(OUT), strict=True)",
              "features = model(x)  # (B, embed_dim): the class token after the final norm"),
     "monai": ("monai.networks.nets.ViT",
-              "net = ViT(**kwargs); net.load_state_dict(torch.load(OUT), strict=True)",
+              "net = ViT(**kwargs); net.load_state_dict(LOAD(OUT), strict=True)",
               "features = net(x)[0]  # (B, hidden_size): the class token after the final norm (identity head)"),
     "swinunetr": ("monai.networks.nets.SwinUNETR",
-                  "net = SwinUNETR(**kwargs); net.swinViT.load_state_dict(torch.load(OUT), strict=True)",
+                  "net = SwinUNETR(**kwargs); net.swinViT.load_state_dict(LOAD(OUT), strict=True)",
                   "features = net.swinViT(x)[-1].flatten(2).mean(-1)  # (B, 16 * feature_size)"),
 }
+_LOADERS = {"pt": "torch.load", "safetensors": "safetensors.torch.load_file"}
+
+
+def weight_format(out: str | os.PathLike, fmt: str | None = None) -> str:
+    """The file format of ``out``: ``fmt`` if given (it must fit the suffix), else ``"safetensors"`` for a
+    ``.safetensors`` file and ``"pt"`` otherwise.
+
+    Raises:
+        ValueError: an unknown format, or one that the suffix contradicts (``--format safetensors --out x.pt``).
+    """
+    suffix_fmt = "safetensors" if Path(out).suffix == ".safetensors" else "pt"
+    if fmt is None:
+        return suffix_fmt
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(WEIGHT_FORMATS)}, got {fmt!r}.")
+    if fmt != suffix_fmt:
+        want = ".safetensors" if fmt == "safetensors" else "a name not ending in .safetensors (e.g. .pt)"
+        raise ValueError(f"--format {fmt} writes {want}; --out is {out}.")
+    return fmt
+
+
+def save_weights(state: Mapping[str, torch.Tensor], path: str | os.PathLike, fmt: str = "pt",
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a state dict atomically as ``torch.save`` (``fmt="pt"``) or safetensors (``fmt="safetensors"``,
+    tensors made contiguous, ``metadata`` strings in the header with ``{"format": "pt"}``)."""
+    with atomic_path(path) as tmp:
+        _write_weights(state, tmp, fmt, metadata)
+    return Path(path)
+
+
+def _write_weights(state: Mapping[str, torch.Tensor], path: Path, fmt: str,
+                   metadata: Mapping[str, str] | None) -> None:
+    """Write ``state`` to ``path`` (a temporary file of :func:`~mfassl.files.atomic_path`) in ``fmt``."""
+    if fmt == "pt":
+        with open(path, "wb") as f:
+            torch.save(dict(state), f)
+        return
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(path),
+              metadata={"format": "pt", **dict(metadata or {})})
 
 
 def _stock_features(to: str, kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor],
@@ -570,13 +646,13 @@ def _check_export_outputs(checkpoint: Any, out: Path, overwrite: bool) -> None:
     guard.check(out, "--out", what="the weights file", kind=kind,
                 recognise=lambda p: None if _export_sidecar_reason(_sidecar(p), p.name) is None else
                 "no export-encoder description beside it names it")
-    guard.check(_sidecar(out), "--out", value=out, what="its description", recognise=_export_sidecar_reason,
-                kind=kind)
+    guard.check(_sidecar(out), "--out", value=out, what="its description",
+                recognise=lambda p: _export_sidecar_reason(p, out.name), kind=kind)
 
 
 def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, out: str | os.PathLike,
                    description: Mapping[str, Any] | None = None, out_channels: int = 3,
-                   verify: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                   verify: bool = True, fmt: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write a pretrained encoder as a plain state dict for a stock network, and a sidecar JSON saying how.
 
     Args:
@@ -584,13 +660,17 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
         to: ``"timm"`` (timm ``VisionTransformer``; 2D MFA-ViT), ``"monai"`` (MONAI ``ViT`` with
             ``classification=True`` and an identity head, so ``net(x)[0]`` is the feature; 3D MFA-ViT) or
             ``"swinunetr"`` (the ``swinViT`` of MONAI ``SwinUNETR``; MFA-Swin).
-        out: the state dict to write (``OUT.pt``); the sidecar is ``OUT.json``.
+        out: the state dict to write (``OUT.pt`` or ``OUT.safetensors``); the sidecar is ``OUT.json``.
         description: the network (``{"backbone", "config"}``) when the file does not record it.
         out_channels: ``SwinUNETR``'s output channels in the stated constructor arguments (the decoder is not
             part of the export).
         verify: build the stock network here, load the file with ``strict=True`` and check that its features
             equal the encoder's plain forward on a random input (max abs difference recorded).
-        overwrite: replace an ``out`` (or ``OUT.json``) that exists and was not written by this function.
+        fmt: ``"pt"`` (``torch.save``) or ``"safetensors"`` (no pickle; what timm's
+            ``pretrained_cfg_overlay=dict(file=OUT)`` and ``safetensors.torch.load_file`` read); None: from the
+            suffix of ``out`` (:func:`weight_format`).
+        overwrite: replace an ``out`` (or its sidecar ``<out stem>.json``) that exists and was not written by
+            this function; the model read and its sidecar are never replaced.
 
     Returns:
         the sidecar: ``{"target", "class", "kwargs", "weights", "load", "features", "input_shape", ...}``.
@@ -608,6 +688,7 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
 
     if to not in EXPORT_TARGETS:
         raise ValueError(f"--to must be one of {', '.join(EXPORT_TARGETS)}, got {to!r}.")
+    fmt = weight_format(out, fmt)
     _check_export_outputs(checkpoint, Path(out), overwrite)
     bb, src = _pretrained_encoder(checkpoint, description)
     kind = f"{bb.spatial_dims}D {type(bb).__name__}"
@@ -628,8 +709,9 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
         spatial = [int(kwargs["patch_size"]) * 32] * int(kwargs["spatial_dims"])
     cls, load, feats = _STOCK[to]
     out = Path(out)
-    meta: dict[str, Any] = {"target": to, "class": cls, "kwargs": kwargs, "weights": out.name,
-                            "load": load.replace("OUT", repr(str(out))), "features": feats,
+    meta: dict[str, Any] = {"target": to, "class": cls, "kwargs": kwargs, "weights": out.name, "format": fmt,
+                            "load": load.replace("LOAD", _LOADERS[fmt]).replace("OUT", repr(str(out))),
+                            "features": feats,
                             "input_shape": ["B", int(bb.in_chans), *spatial], "source": src.source,
                             "encoder": describe_encoder(bb)}
     if verify:
@@ -646,7 +728,7 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
             raise EncoderLoadError(f"{cls} gives other features than the encoder of {src.source} "
                                    f"(max abs difference {diff:.3g}); not written.")
         meta["verified_max_abs_diff"] = diff
-    _save_with_sidecar(state, out, meta, indent=2)
+    _save_with_sidecar(state, out, meta, indent=2, fmt=fmt, metadata={"mfassl_target": to, "mfassl_class": cls})
     logger.info("exported %s for %s to %s (%d tensors)", src.source, cls, out, len(state))
     return meta
 

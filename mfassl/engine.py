@@ -13,6 +13,13 @@ schedule, objective, mirror, the network) with the checkpoint's and refuses a di
 ``resume_force`` is set. ``ignite.distributed`` runs the same code in one process or under
 ``torchrun --nproc_per_node=N`` (gloo on CPU, nccl on GPU).
 
+MONAI's handlers (``StatsHandler``, ``MLFlowHandler``, what ``python -m monai.bundle run --tracking mlflow``
+adds) read a trainer as MONAI's own engines are built: ``decollate=True`` makes ``trainer.state.output`` a list
+of one record (``[{"loss": ..., ...}]``, so ``from_engine(["loss"], first=True)`` is the loss),
+``trainer.optimizer`` is the optimizer (the lr they log), an ``inferer`` runs the forward as
+``inferer(images, network, axes, epoch=...)``, and :class:`EpochMetrics` puts each output's epoch mean into
+``trainer.state.metrics`` (what they log per epoch). :func:`step_record` reads the output either way.
+
 ``compile=True`` runs the step's forward (the whole :class:`~mfassl.method.MFASSL` loss computation: views,
 objective, mirror branch, symmetry losses) through ``torch.compile`` (:func:`compile_forward`; ``compile_mode``
 and ``compile_backend`` are passed on); the backward, gradient clipping, the optimizer step and the teacher's
@@ -70,9 +77,11 @@ __all__ = [
     "run_settings",
     "CHECKPOINT_PREFIX",
     "CheckpointSaver",
+    "EpochMetrics",
     "ProgressHandler",
     "ResumeError",
     "TensorBoardHandler",
+    "step_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -454,7 +463,8 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
                    handlers: Sequence[Any] | None = None, resume_force: bool | str = False,
                    run_config: Mapping[str, Any] | None = None, compile: bool | str = False,
                    compile_mode: str | None = "default",
-                   compile_backend: str | Callable[..., Any] = "inductor") -> Engine:
+                   compile_backend: str | Callable[..., Any] = "inductor",
+                   inferer: Callable[..., Any] | None = None, decollate: bool | str = False) -> Engine:
     """Build the ignite trainer of an :class:`~mfassl.method.MFASSL` run.
 
     Args:
@@ -499,9 +509,17 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
             when ``compile`` is off).
         compile_backend: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` / ``"eager"`` to debug;
             its name is checked when ``compile`` is on).
+        inferer: a MONAI ``Inferer`` (or any ``inferer(inputs, network, *args, **kwargs)``) that runs the step's
+            forward as ``inferer(images, method, axes, epoch=epoch)``; None calls the method directly (the same
+            as MONAI's ``SimpleInferer``).
+        decollate: True (or ``"true"``): ``trainer.state.output`` is ``[record]``, a list of one dict, the form of
+            MONAI's engines (whose decollated outputs repeat the batch's scalars in every item), so MONAI's
+            handlers and ``from_engine([...], first=True)`` read it; False: the dict itself.
 
     Returns:
-        The trainer; ``trainer.state.output`` is the step's dict of floats. ``trainer.run(loader, max_epochs)``.
+        The trainer; ``trainer.state.output`` is the step's dict of floats (``[dict]`` with ``decollate``;
+        :func:`step_record` gives the dict either way) and ``trainer.optimizer`` the optimizer.
+        ``trainer.run(loader, max_epochs)``.
         ``trainer.compile_settings`` is ``{"mode": ..., "backend": ...}`` with ``compile``, else None.
 
     Raises:
@@ -509,6 +527,7 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         ValueError: a bad ``compile``, ``compile_mode`` or ``compile_backend`` (naming the option).
     """
     force = as_bool(resume_force, "resume_force")
+    decollate = as_bool(decollate, "decollate")
     device = torch.device(device) if device is not None else idist.device()
     core = _unwrap(method).to(device)
     model = idist.auto_model(core, find_unused_parameters=True) if idist.get_world_size() > 1 else core
@@ -540,7 +559,7 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
     m_start = momentum_start if momentum_start is not None else getattr(core, "teacher_momentum", None)
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    def train_step(engine: Engine, batch: Any) -> dict[str, float]:
+    def train_step(engine: Engine, batch: Any) -> dict[str, float] | list[dict[str, float]]:
         step = engine.state.iteration - 1
         epoch = step / max(steps_per_epoch, 1)
         lr = warmup_cosine(step, total_steps, warmup_steps, peak_lr, min_lr)
@@ -549,7 +568,7 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
         model.train()
         images, axes = prepare_batch(batch, device)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = forward(images, axes, epoch=epoch)
+            out = forward(images, axes, epoch=epoch) if inferer is None else inferer(images, forward, axes, epoch=epoch)
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {engine.state.iteration}; stopping before "
@@ -568,10 +587,11 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
             core.update_teacher(m)
             result["momentum"] = m
         result["epoch_float"] = epoch
-        return result
+        return [result] if decollate else result
 
     trainer: Engine = DeterministicEngine(train_step) if deterministic else Engine(train_step)
     trainer.logger = logging.getLogger("mfassl.trainer")
+    trainer.optimizer = optimizer  # where MONAI's handlers (StatsHandler, MLFlowHandler) read the lr
     trainer.run = _strict_run(trainer.run)  # type: ignore[method-assign]
     if idist.get_world_size() > 1:
         # every rank finishes its last collective before any of them goes on to tear the group down
@@ -644,6 +664,50 @@ def create_trainer(method: nn.Module, optimizer: torch.optim.Optimizer, steps_pe
     return trainer
 
 
+def step_record(output: Any) -> dict[str, Any]:
+    """The step's dict of outputs from ``engine.state.output``: the dict itself, the first record of a decollated
+    list (``decollate=True``), or ``{}`` before the first step."""
+    if isinstance(output, (list, tuple)):
+        output = output[0] if output else None
+    return dict(output) if isinstance(output, Mapping) else {}
+
+
+class EpochMetrics:
+    """Puts the epoch mean of every finite scalar of the step's output (losses, ``gate_mean``, ``w``, ``lr``...)
+    into ``engine.state.metrics`` when an epoch completes, where MONAI's ``StatsHandler``,
+    ``TensorBoardStatsHandler`` and ``MLFlowHandler`` (``--tracking mlflow``) log a trainer's metrics.
+
+    Attach it before those handlers (earlier in a bundle's ``train#handlers``): handlers of one event run in
+    the order they were attached.
+
+    Args:
+        skip: outputs left out (``epoch_float``: the position in the schedule, not a quantity to average).
+    """
+
+    def __init__(self, skip: Sequence[str] = ("epoch_float",)) -> None:
+        self.skip = set(skip)
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def attach(self, engine: Engine) -> "EpochMetrics":
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._add)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+        return self
+
+    def _reset(self, engine: Engine) -> None:
+        self._sums, self._counts = {}, {}
+
+    def _add(self, engine: Engine) -> None:
+        for k, v in step_record(engine.state.output).items():
+            if k not in self.skip and isinstance(v, (int, float)) and math.isfinite(v):
+                self._sums[k] = self._sums.get(k, 0.0) + float(v)
+                self._counts[k] = self._counts.get(k, 0) + 1
+
+    def _publish(self, engine: Engine) -> None:
+        engine.state.metrics.update({k: s / self._counts[k] for k, s in self._sums.items()})
+
+
 class ProgressHandler:
     """A progress bar (rank 0) showing the step's ``keys``.
 
@@ -659,7 +723,7 @@ class ProgressHandler:
     def attach(self, engine: Engine) -> "ProgressHandler":
         if self.enabled and idist.get_rank() == 0:
             ProgressBar(persist=False, bar_format=None).attach(
-                engine, output_transform=lambda out: {k: out[k] for k in self.keys if k in (out or {})})
+                engine, output_transform=lambda out: {k: v for k, v in step_record(out).items() if k in self.keys})
         return self
 
 
@@ -696,7 +760,7 @@ class TensorBoardHandler:
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=it + 1 if it > 0 else None)
 
     def _write(self, engine: Engine) -> None:
-        for k, v in (engine.state.output or {}).items():
+        for k, v in step_record(engine.state.output).items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.writer.add_scalar(f"train/{k}", v, engine.state.iteration)
 

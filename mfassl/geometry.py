@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:  # the resampling functions import torch when called: the axis types and matrices need numpy only
+    import torch
 
 __all__ = [
     "SymmetryHyperplane",
@@ -329,6 +330,8 @@ def index_grid(matrix: torch.Tensor, out_shape: Sequence[int], in_shape: Sequenc
     Returns:
         ``(B, *out_shape, D)`` normalised coordinates (``align_corners=True``), last dim reversed.
     """
+    import torch
+
     dims = len(out_shape)
     dev, dt = matrix.device, matrix.dtype
     axes = [torch.arange(s, device=dev, dtype=dt) for s in out_shape]
@@ -356,6 +359,9 @@ def warp(images: torch.Tensor, matrix: torch.Tensor | np.ndarray, out_shape: Seq
     Returns:
         ``(B, C, *out_shape)``.
     """
+    import torch
+    import torch.nn.functional as F
+
     if images.ndim not in (4, 5):
         raise ValueError(f"images must be (B, C, H, W) or (B, C, X, Y, Z), got shape {tuple(images.shape)}.")
     dims = images.ndim - 2
@@ -374,4 +380,6 @@ def warp(images: torch.Tensor, matrix: torch.Tensor | np.ndarray, out_shape: Seq
 
 def axes_to_tensor(axes: Sequence[SymmetryHyperplane], device: torch.device | str | None = None) -> torch.Tensor:
     """Stack axes into a ``(B, D+1)`` tensor of rows ``[n, d]`` (index coordinates)."""
+    import torch
+
     return torch.as_tensor(np.stack([a.as_array() for a in axes]), device=device)

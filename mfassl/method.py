@@ -149,9 +149,10 @@ class MFASSL(nn.Module):
 
         Returns:
             dict with ``loss`` (the total, with gradient) and detached parts: ``base``, ``mirror``,
-            ``l_eq``, ``l_mid``, ``gate_mean``, ``w``, ``ramp``, ``mfa_on``, the objective's extras and, with
-            ``flip_prediction > 0``, ``flip_loss`` and ``flip_acc``.
+            ``l_eq``, ``l_mid``, ``gate_mean``, ``mfa_on``, the objective's extras, with ``mirror`` on also ``w`` and
+            ``ramp`` (the schedule) and, with ``flip_prediction > 0``, ``flip_loss`` and ``flip_acc``.
         """
+        self.objective.set_epoch(epoch)
         views = self.views(images)  # drawn first: the baseline and MFASSL see the same views
         base = dict(self.objective(views))
         features = base.pop(GLOBAL_FEATURES, None)  # (n_global * B, D) pooled student features, or None
@@ -186,9 +187,10 @@ class MFASSL(nn.Module):
             gate_mean = zero if gate is None else (gate * mask).sum().detach() / mask.sum().clamp(min=1)
             out.update(mirror=res.losses["loss"].detach(), l_eq=l_eq.detach(), l_mid=l_mid.detach(), gate_mean=gate_mean)
             out.update({f"mirror_{k}": v.detach() for k, v in res.losses.items() if k != "loss"})
-        else:
+            out.update(w=zero + state.w, ramp=zero + state.ramp)  # the schedule of the symmetry terms and the gate
+        else:  # the flip baseline: no symmetry terms, so no schedule of them to report
             out.update(mirror=zero, l_eq=zero, l_mid=zero, gate_mean=zero)
-        out.update(w=zero + state.w, ramp=zero + state.ramp, mfa_on=zero + float(state.mfa_on and self.mirror))
+        out.update(mfa_on=zero + float(state.mfa_on and self.mirror))
         for k, v in self.objective.extra_state().items():
             out[k] = torch.as_tensor(v, dtype=zero.dtype, device=zero.device)
         out["loss"] = total

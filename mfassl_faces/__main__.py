@@ -7,7 +7,8 @@ Commands:
                $MFASSL_FACES_DEMO_DIR if set, else ~/.cache/mfassl/faces_demo
     pretrain   MFASSL pretraining on face crops (the shared ignite engine)
     benchmark  landmark benchmark: a head on a (frozen or fine-tuned) encoder, NME / FR / AUC
-    probe      attribute probe: a linear head on a frozen encoder, AUROC / ECE / Brier
+    score      score a prediction file (or dlib / FAN inside the annotated boxes) with the benchmark's metrics
+    probe      attribute probe: a linear head on a frozen encoder, AUROC / accuracy / ECE / Brier
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ COMMANDS = {
     "demo": ("mfassl_faces.cli_tasks:demo_main",
              "build the synthetic demo faces (in $MFASSL_FACES_DEMO_DIR, else ~/.cache/mfassl/faces_demo)"),
     "pretrain": ("mfassl_faces.cli_tasks:pretrain_main", "MFASSL pretraining on face crops"),
-    "benchmark": ("mfassl_faces.cli_tasks:benchmark_main", "landmark benchmark (NME, FR@0.1, AUC@0.1)"),
-    "probe": ("mfassl_faces.cli_tasks:probe_main", "attribute probe (AUROC, ECE, Brier)"),
+    "benchmark": ("mfassl_faces.cli_tasks:benchmark_main", "landmark benchmark (NME, FR, AUC; 300W/WFLW protocols)"),
+    "score": ("mfassl_faces.cli_score", "score landmark predictions (a file, or dlib/FAN in the annotated boxes)"),
+    "probe": ("mfassl_faces.cli_tasks:probe_main", "attribute probe (AUROC, accuracy, balanced accuracy, ECE, Brier)"),
 }
 
 

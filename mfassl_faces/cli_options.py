@@ -13,11 +13,13 @@ from typing import Callable
 from mfassl.cli import option_type
 from mfassl.options import as_bool, as_float, as_int
 
-__all__ = ["SOURCE_NAMES", "float_arg", "int_arg", "bool_arg", "box_arg"]
+__all__ = ["SOURCE_NAMES", "NORMALIZATION_NAMES", "float_arg", "int_arg", "bool_arg", "box_arg", "check_device"]
 
 #: the landmark sources the commands take by name: the names of
 #: :data:`mfassl_faces.sources.LANDMARK_SOURCES`, written out so that ``--help`` imports no detector code
 SOURCE_NAMES = ("dlib", "fan", "file")
+#: the NME normalisations (:data:`mfassl_faces.metrics.NORMALIZATIONS`), written out for the same reason
+NORMALIZATION_NAMES = ("inter-ocular", "inter-pupil", "box")
 
 
 def float_arg(key: str, low: float | None = None, high: float | None = None) -> Callable[[str], float]:
@@ -52,3 +54,27 @@ def box_arg(key: str) -> Callable[[str], tuple[float, float, float, float]]:
 
     parse.__name__ = "box"
     return parse
+
+
+def check_device(name: str | None) -> str:
+    """``name`` as a torch device string, checked before any file is read: ``cpu``, ``cuda``, ``cuda:K``, ``mps``...
+    (None: ``cuda`` when available, else ``cpu``).
+
+    Raises:
+        ValueError: not a device name, or a CUDA device this machine does not have.
+    """
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"option '--device': {name!r} is not a torch device ({err}).") from err
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"option '--device': {name!r} asks for CUDA, which this machine does not have.")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"option '--device': {name!r} asks for GPU {dev.index}, this machine has {count}.")
+    return str(dev)

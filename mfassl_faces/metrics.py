@@ -1,16 +1,31 @@
 """Landmark and attribute metrics: NME, FR@t, AUC@t, CED, flip NME, AUROC, ECE, Brier, bootstrap.
 
-Landmark errors are per face: ``NME = mean_i ||p_i - g_i|| / ||g_a - g_b||`` with ``(a, b)`` the
-schema's inter-ocular points (WFLW 60 and 72, 300W 36 and 45). Over a set of faces with errors
-``e_k`` and a threshold ``t`` (0.1):
+Landmark errors are per face: ``NME = mean_i ||p_i - g_i|| / d`` with ``d`` from the ground truth ``g``
+(:data:`NORMALIZATIONS`, :func:`normalizing_distance`):
 
-- ``FR@t`` = share of faces with ``e_k > t``;
+- ``inter-ocular`` (default): ``||g_a - g_b||`` with ``(a, b)`` the outer eye corners (WFLW 60 and
+  72, 300W 36 and 45);
+- ``inter-pupil``: the distance between the pupils (WFLW's points 96 and 97; on 68 points the
+  centroids of the eye contours 36-41 and 42-47);
+- ``box``: ``sqrt(w * h)`` of the ground-truth landmarks' bounding box.
+
+Over a set of faces with errors ``e_k`` and a threshold ``t`` (0.1):
+
+- ``FR@t`` = share of faces with ``e_k > t`` (or ``e_k`` not finite, below);
 - ``AUC@t`` = area under the cumulative error distribution (CED) on ``[0, t]`` divided by ``t``,
   which equals ``mean_k max(0, t - e_k) / t`` exactly (no sampling of the curve);
 - flip NME (:func:`flip_nme`) = the NME between the prediction and the un-flipped prediction on the
   mirror image: how far a landmark model is from flip equivariance. (The core's
   :func:`mfassl.evaluation.flip_consistency` is another measure: the agreement of classifier
   probabilities on an image and its mirror.)
+
+A *non-finite* per-face error (a prediction holding NaN or infinity: a diverged model, a detector
+that placed no point; the score command's missing predictions with ``--missing fail``) is a failed face,
+never a success: it counts in ``FR@t`` (``NaN > t`` would be false), adds nothing to ``AUC@t`` (its CED
+step lies beyond every threshold), and the NME (:func:`mean_error`) is the mean over the finite errors,
+reported beside ``n_failed``, the number of such faces (NaN, written ``null``, when no error is finite),
+so no NaN reaches a mean or an interval. :func:`landmark_summary`, :func:`per_subset` and
+:func:`mfassl_faces.report.landmark_report` all count this way.
 
 Attribute metrics (AUROC, ECE with 15 bins, Brier) and the bootstrap are the shared core's
 :mod:`mfassl.evaluation`, re-exported here for the face benchmark.
@@ -28,7 +43,10 @@ from mfassl.files import save_figure
 from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema
 
 __all__ = [
+    "NORMALIZATIONS",
+    "normalizing_distance",
     "nme",
+    "mean_error",
     "failure_rate",
     "auc_at",
     "ced_curve",
@@ -40,16 +58,47 @@ __all__ = [
     "brier",
     "bootstrap_ci",
     "landmark_summary",
+    "attribute_accuracy",
+    "balanced_accuracy",
 ]
 
+#: the NME normalisations by name (see the module docstring)
+NORMALIZATIONS = ("inter-ocular", "inter-pupil", "box")
 
-def nme(pred: np.ndarray, target: np.ndarray, schema: str | LandmarkSchema) -> np.ndarray:
-    """Per-face NME normalised by the target's inter-ocular distance.
+
+def normalizing_distance(target: np.ndarray, schema: str | LandmarkSchema,
+                         normalization: str = "inter-ocular") -> np.ndarray:
+    """The distance NME divides by, from the ground truth (see the module docstring).
+
+    Args:
+        target: ``(B, N, 2)`` ground-truth landmarks.
+        schema: their layout.
+        normalization: one of :data:`NORMALIZATIONS`.
+
+    Returns:
+        ``(B,)``.
+    """
+    s = get_schema(schema)
+    g = s.check(target)
+    if normalization == "inter-ocular":
+        return s.inter_ocular(g)
+    if normalization == "inter-pupil":
+        return s.inter_pupil(g)
+    if normalization == "box":
+        extent = g.max(axis=-2) - g.min(axis=-2)
+        return np.sqrt(extent[..., 0] * extent[..., 1])
+    raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}.")
+
+
+def nme(pred: np.ndarray, target: np.ndarray, schema: str | LandmarkSchema,
+        normalization: str = "inter-ocular") -> np.ndarray:
+    """Per-face NME: the mean point error divided by :func:`normalizing_distance` of the target.
 
     Args:
         pred: ``(B, N, 2)`` predicted landmarks.
         target: ``(B, N, 2)`` ground truth.
-        schema: the layout (gives the inter-ocular points).
+        schema: the layout (gives the inter-ocular points and the pupils).
+        normalization: ``inter-ocular`` (default), ``inter-pupil`` or ``box``.
 
     Returns:
         ``(B,)``.
@@ -57,19 +106,27 @@ def nme(pred: np.ndarray, target: np.ndarray, schema: str | LandmarkSchema) -> n
     s = get_schema(schema)
     p, g = s.check(pred), s.check(target)
     err = np.linalg.norm(p - g, axis=-1).mean(axis=-1)
-    return err / np.maximum(s.inter_ocular(g), 1e-12)
+    return err / np.maximum(normalizing_distance(g, s, normalization), 1e-12)
+
+
+def mean_error(errors: np.ndarray) -> float:
+    """Mean of the finite per-face errors (NaN when there are none: no face, or every prediction non-finite)."""
+    e = np.asarray(errors, dtype=np.float64)
+    e = e[np.isfinite(e)]
+    return float(e.mean()) if e.size else float("nan")
 
 
 def failure_rate(errors: np.ndarray, threshold: float = 0.1) -> float:
-    """Share of faces whose NME exceeds ``threshold``."""
+    """Share of faces whose NME exceeds ``threshold``; a non-finite NME is a failure."""
     e = np.asarray(errors, dtype=np.float64)
-    return float(np.mean(e > threshold)) if e.size else float("nan")
+    return float(np.mean(~(e <= threshold))) if e.size else float("nan")
 
 
 def auc_at(errors: np.ndarray, threshold: float = 0.1) -> float:
-    """Area under the CED on ``[0, threshold]``, normalised to ``[0, 1]``."""
+    """Area under the CED on ``[0, threshold]``, normalised to ``[0, 1]`` (a non-finite NME adds 0)."""
     e = np.asarray(errors, dtype=np.float64)
-    return float(np.mean(np.clip(threshold - e, 0.0, None)) / threshold) if e.size else float("nan")
+    gain = np.where(np.isfinite(e), np.clip(threshold - e, 0.0, None), 0.0)
+    return float(np.mean(gain) / threshold) if e.size else float("nan")
 
 
 def ced_curve(errors: np.ndarray, threshold: float = 0.1, steps: int = 201) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +137,8 @@ def ced_curve(errors: np.ndarray, threshold: float = 0.1, steps: int = 201) -> t
 
 
 def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshold: float = 0.1,
-             title: str = "Cumulative error distribution") -> None:
-    """Save a CED plot (one line per named error array) as a PNG."""
+             title: str = "Cumulative error distribution", normalization: str = "inter-ocular") -> None:
+    """Save a CED plot (one line per named error array; the x label names the ``normalization``) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +148,7 @@ def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshol
     for name, errs in curves.items():
         x, y = ced_curve(errs, threshold)
         ax.plot(x, y, label=f"{name} (AUC {auc_at(errs, threshold):.3f})")
-    ax.set_xlabel("NME (inter-ocular)")
+    ax.set_xlabel(f"NME ({normalization})")
     ax.set_ylabel("share of faces")
     ax.set_xlim(0, threshold)
     ax.set_ylim(0, 1)
@@ -104,9 +161,10 @@ def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshol
 
 
 def landmark_summary(errors: np.ndarray, threshold: float = 0.1) -> dict[str, float]:
-    """``{"n", "nme", "fr", "auc"}`` of a set of per-face errors."""
+    """``{"n", "n_failed", "nme", "fr", "auc"}`` of a set of per-face errors; ``n_failed`` counts the non-finite
+    ones (see the module docstring)."""
     e = np.asarray(errors, dtype=np.float64)
-    return {"n": int(e.size), "nme": float(e.mean()) if e.size else float("nan"),
+    return {"n": int(e.size), "n_failed": int(np.count_nonzero(~np.isfinite(e))), "nme": mean_error(e),
             "fr": failure_rate(e, threshold), "auc": auc_at(e, threshold)}
 
 
@@ -139,3 +197,20 @@ def flip_nme(pred: np.ndarray, pred_flipped: np.ndarray, schema: str | LandmarkS
         ``(B,)``; 0 for a perfectly flip-equivariant model.
     """
     return nme(flip_landmarks(pred_flipped, schema, width), pred, schema)
+
+
+def attribute_accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
+    """Share of correct 0/1 decisions ``probs >= threshold`` against ``labels`` (NaN for no labels)."""
+    y = np.asarray(labels).reshape(-1) > 0.5
+    d = np.asarray(probs, dtype=np.float64).reshape(-1) >= threshold
+    return float(np.mean(d == y)) if y.size else float("nan")
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean of the true-positive and true-negative rates of the decisions ``probs >= threshold`` (as
+    ``sklearn.metrics.balanced_accuracy_score``); NaN when one class is absent (like :func:`auroc`)."""
+    y = np.asarray(labels).reshape(-1) > 0.5
+    d = np.asarray(probs, dtype=np.float64).reshape(-1) >= threshold
+    if y.all() or not y.any():
+        return float("nan")
+    return float(0.5 * (np.mean(d[y]) + np.mean(~d[~y])))

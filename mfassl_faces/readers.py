@@ -259,6 +259,10 @@ def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike
 
     Returns:
         One :class:`LandmarkRecord` per line (98 landmarks, box, the six attribute flags).
+
+    Raises:
+        FaceDataError: naming the file and line: a wrong field count, a non-numeric or non-finite landmark or
+            box value, a box with ``x_max < x_min`` or ``y_max < y_min``, an attribute flag other than 0 or 1.
     """
     root = Path(image_root) if image_root is not None else Path(path).parent
     out = []
@@ -273,6 +277,19 @@ def read_wflw_annotations(path: str | os.PathLike, image_root: str | os.PathLike
             nums = np.array([float(v) for v in parts[:206]])
         except ValueError as err:
             raise FaceDataError(f"line {k}: non-numeric value ({err}).", path) from err
+        bad = np.flatnonzero(~np.isfinite(nums[:200]))
+        if bad.size:
+            j = int(bad[0])
+            what = f"landmark {j // 2} {'xy'[j % 2]}" if j < 196 else f"box value {j - 196 + 1} of 4"
+            raise FaceDataError(f"line {k}: non-finite value {parts[j]!r} ({what}; {bad.size} non-finite in all).",
+                                path)
+        x_min, y_min, x_max, y_max = nums[196:200]
+        if x_max < x_min or y_max < y_min:
+            raise FaceDataError(f"line {k}: the box (x_min y_min x_max y_max) = {' '.join(parts[196:200])} has "
+                                f"{'x_max < x_min' if x_max < x_min else 'y_max < y_min'}.", path)
+        if not np.all(np.isin(nums[200:206], (0.0, 1.0))):
+            raise FaceDataError(f"line {k}: the six attribute flags ({', '.join(WFLW_ATTRIBUTES)}) must each be 0 or 1, "
+                                f"got {' '.join(parts[200:206])}.", path)
         flags = nums[200:206].astype(int)
         out.append(LandmarkRecord(root / parts[206], nums[:196].reshape(98, 2), tuple(float(v) for v in nums[196:200]),
                                   dict(zip(WFLW_ATTRIBUTES, (int(f) for f in flags)))))
@@ -492,6 +509,8 @@ class LandmarkDataset(Dataset):
         margin: box enlargement around the face.
         flip_prob: probability of a horizontal flip (landmarks permuted by the mirror map).
         transform: optional callable applied to the item dict last.
+        attribute_names: the flags the items' ``attributes`` carry, in this order (default: WFLW's six in
+            their order, then any other flag of the records, sorted).
 
     Items: ``{"image": (3, S, S) float in [0, 1], "landmarks": (N, 2) crop pixels (x, y),
     "axis": (3,) [n_row, n_col, d] index-space axis of the crop from the landmarks, "axis_fallback": bool,
@@ -499,7 +518,8 @@ class LandmarkDataset(Dataset):
     """
 
     def __init__(self, records: Sequence[LandmarkRecord], schema: str | LandmarkSchema, size: int = 64,
-                 margin: float = 0.25, flip_prob: float = 0.0, transform: Callable[[dict], dict] | None = None) -> None:
+                 margin: float = 0.25, flip_prob: float = 0.0, transform: Callable[[dict], dict] | None = None,
+                 attribute_names: Sequence[str] | None = None) -> None:
         self.records = list(records)
         self.schema = get_schema(schema)
         self.size = int(size)
@@ -507,23 +527,34 @@ class LandmarkDataset(Dataset):
         self.flip_prob = float(flip_prob)
         self.transform = transform
         present = {k for r in self.records for k in r.attributes}
-        self.attribute_names = [k for k in WFLW_ATTRIBUTES if k in present] + sorted(present - set(WFLW_ATTRIBUTES))
+        self.attribute_names = (list(attribute_names) if attribute_names is not None else
+                                [k for k in WFLW_ATTRIBUTES if k in present] + sorted(present - set(WFLW_ATTRIBUTES)))
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _points(self, i: int) -> tuple[np.ndarray, LandmarkSchema]:
+        rec = self.records[i]
+        schema = get_schema(rec.schema) if rec.schema is not None else self.schema
+        try:
+            return schema.check(rec.landmarks, str(rec.image)), schema
+        except ValueError as err:
+            raise FaceDataError(str(err), rec.image) from err
+
+    def crop_transform(self, i: int) -> np.ndarray:
+        """The ``(2, 3)`` pixel map from face ``i``'s image to its crop (its box, else :func:`face_box` of its
+        landmarks, enlarged by ``margin``), before any flip."""
+        pts, schema = self._points(i)
+        box = self.records[i].box if self.records[i].box is not None else face_box(pts, schema)
+        return crop_matrix(box, self.size, self.margin)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         import cv2
 
         rec = self.records[i]
         img = read_image(rec.image)
-        schema = get_schema(rec.schema) if rec.schema is not None else self.schema
-        try:
-            pts = schema.check(rec.landmarks, str(rec.image))
-        except ValueError as err:
-            raise FaceDataError(str(err), rec.image) from err
-        box = rec.box if rec.box is not None else face_box(pts, schema)
-        m = crop_matrix(box, self.size, self.margin)
+        pts, schema = self._points(i)
+        m = self.crop_transform(i)
         crop = cv2.warpAffine(img, m, (self.size, self.size), flags=cv2.INTER_AREA if m[0, 0] < 1 else cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
         lm = pts @ m[:, :2].T + m[:, 2]

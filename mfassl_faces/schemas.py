@@ -21,6 +21,21 @@ Layouts (image-left = the subject's right):
   outer 45, lower 46-47), outer lips 48-59, inner lips 60-67. Inter-ocular: 36 and 45.
 - **5-point**: left eye, right eye, nose tip, left mouth corner, right mouth corner; inter-ocular
   0 and 1 (eye centres).
+
+Pupils (:attr:`LandmarkSchema.pupils`, for the inter-pupil normalisation): WFLW annotates them (96,
+97); the 68-point layout has none, so each pupil is the centroid of its eye's six contour points
+(36-41, 42-47), the usual definition on 300W; the 5-point eye points are eye centres already.
+
+**98 <-> 68** (:func:`convert_landmarks`, :func:`conversion_matrix`): 68 of WFLW's 98 points have a
+68-point counterpart: the even contour points 0, 2, ..., 32; the upper eyebrows 33-37 and 42-46; the
+nose 51-59; the eye corners and the outer lid points 60, 61, 63, 64, 65, 67 and 68, 69, 71, 72, 73,
+75; the lips 76-95. 98 -> 68 takes those points. The correspondence is approximate where the
+layouts sample a curve differently (WFLW's 33 contour points against 17; its lids at a quarter and
+three quarters against a third and two thirds). 68 -> 98 copies the same points and fills the rest:
+odd contour points and the middle lid points (62, 66, 70, 74) as midpoints of their neighbours, the
+pupils as eye centroids, and the lower eyebrow edges (38-41, 47-50), which 68 points do not trace,
+on the upper eyebrow points above them (an eyebrow of zero thickness). Both maps commute with the
+mirror maps (flip then convert = convert then flip), and 68 -> 98 -> 68 is the identity.
 """
 
 from __future__ import annotations
@@ -42,6 +57,9 @@ __all__ = [
     "flip_landmarks",
     "WFLW98_MIRROR",
     "IBUG68_MIRROR",
+    "WFLW98_TO_IBUG68",
+    "conversion_matrix",
+    "convert_landmarks",
 ]
 
 
@@ -54,12 +72,15 @@ class LandmarkSchema:
         mirror: ``(N,)`` index of each point's mirror partner (an involution).
         iod: the two points whose distance normalises errors (inter-ocular distance).
         parts: named index ranges (``contour``, ``eyes``...) for drawing and per-part errors.
+        pupils: the points whose centroids are the two pupils (left eye's, right eye's), for the
+            inter-pupil distance; empty when the layout has no eyes.
     """
 
     name: str
     mirror: tuple[int, ...]
     iod: tuple[int, int]
     parts: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    pupils: tuple[tuple[int, ...], tuple[int, ...]] | tuple[()] = ()
 
     def __post_init__(self) -> None:
         m = np.asarray(self.mirror)
@@ -106,6 +127,15 @@ class LandmarkSchema:
             raise ValueError(f"expected {self.n_points} landmarks of schema {self.name}{where}, "
                              f"got an array of shape {pts.shape}.")
         return pts
+
+    def inter_pupil(self, landmarks: np.ndarray) -> np.ndarray:
+        """Distance between the pupils (:attr:`pupils` centroids) of ``(..., N, 2)`` landmarks, shape ``(...)``."""
+        if not self.pupils:
+            raise ValueError(f"schema {self.name} defines no pupils.")
+        pts = self.check(landmarks)
+        left = pts[..., list(self.pupils[0]), :].mean(axis=-2)
+        right = pts[..., list(self.pupils[1]), :].mean(axis=-2)
+        return np.linalg.norm(left - right, axis=-1)
 
     def part(self, name: str) -> tuple[int, ...]:
         """Indices of a named part."""
@@ -157,14 +187,16 @@ WFLW98 = LandmarkSchema(
     "wflw98", WFLW98_MIRROR, (60, 72),
     parts=(("contour", tuple(range(0, 33))), ("brow_l", tuple(range(33, 42))), ("brow_r", tuple(range(42, 51))),
            ("nose", tuple(range(51, 60))), ("eye_l", tuple(range(60, 68))), ("eye_r", tuple(range(68, 76))),
-           ("mouth_outer", tuple(range(76, 88))), ("mouth_inner", tuple(range(88, 96))), ("pupils", (96, 97))))
+           ("mouth_outer", tuple(range(76, 88))), ("mouth_inner", tuple(range(88, 96))), ("pupils", (96, 97))),
+    pupils=((96,), (97,)))
 IBUG68 = LandmarkSchema(
     "ibug68", IBUG68_MIRROR, (36, 45),
     parts=(("contour", tuple(range(0, 17))), ("brow_l", tuple(range(17, 22))), ("brow_r", tuple(range(22, 27))),
            ("nose", tuple(range(27, 36))), ("eye_l", tuple(range(36, 42))), ("eye_r", tuple(range(42, 48))),
-           ("mouth_outer", tuple(range(48, 60))), ("mouth_inner", tuple(range(60, 68)))))
+           ("mouth_outer", tuple(range(48, 60))), ("mouth_inner", tuple(range(60, 68)))),
+    pupils=(tuple(range(36, 42)), tuple(range(42, 48))))
 FIVE_POINT = LandmarkSchema("five", (1, 0, 2, 4, 3), (0, 1),
-                            parts=(("eyes", (0, 1)), ("nose", (2,)), ("mouth", (3, 4))))
+                            parts=(("eyes", (0, 1)), ("nose", (2,)), ("mouth", (3, 4))), pupils=((0,), (1,)))
 
 for _s, _aliases in ((WFLW98, ("wflw", "wflw98")), (IBUG68, ("300w", "ibug", "ibug68", "68")), (FIVE_POINT, ("five", "5"))):
     for _a in _aliases:
@@ -199,3 +231,55 @@ def flip_landmarks(landmarks: np.ndarray, schema: str | LandmarkSchema, width: i
     pts = s.check(landmarks).copy()
     pts[..., 0] = (width - 1) - pts[..., 0]
     return pts[..., s.mirror_array, :]
+
+
+# ---------------------------------------------------------------------------------------------- 98 <-> 68
+#: for each of the 68 points, its WFLW-98 counterpart (see the module docstring)
+WFLW98_TO_IBUG68: tuple[int, ...] = (
+    tuple(range(0, 33, 2))                            # contour: every second point
+    + tuple(range(33, 38)) + tuple(range(42, 47))     # upper eyebrows
+    + tuple(range(51, 60))                            # nose bridge and lower nose
+    + (60, 61, 63, 64, 65, 67) + (68, 69, 71, 72, 73, 75)  # eyes: corners and outer lid points
+    + tuple(range(76, 96))                            # outer and inner lips
+)
+
+
+def _ibug68_to_wflw98() -> np.ndarray:
+    """The ``(98, 68)`` weights of 68 -> 98: copies where a counterpart exists, else the fills of the module docstring."""
+    w = np.zeros((98, 68))
+    for i68, i98 in enumerate(WFLW98_TO_IBUG68):
+        w[i98, i68] = 1.0
+    for k in range(16):                               # odd contour points between 68-point k and k + 1
+        w[2 * k + 1, [k, k + 1]] = 0.5
+    for i98, i68 in zip((38, 39, 40, 41, 47, 48, 49, 50), (21, 20, 19, 18, 25, 24, 23, 22)):
+        w[i98, i68] = 1.0                             # lower eyebrow edge on the upper one
+    for i98, pair in ((62, (37, 38)), (66, (40, 41)), (70, (43, 44)), (74, (46, 47))):
+        w[i98, list(pair)] = 0.5                      # middle lid points
+    w[96, 36:42] = 1.0 / 6.0                          # pupils: eye centroids
+    w[97, 42:48] = 1.0 / 6.0
+    return w
+
+
+def conversion_matrix(source: str | LandmarkSchema, target: str | LandmarkSchema) -> np.ndarray:
+    """The ``(N_target, N_source)`` matrix ``W`` with ``target_points = W @ source_points`` (rows sum to 1).
+
+    Raises:
+        ValueError: no conversion between the two layouts (only WFLW-98 <-> 300W-68 and the identity exist).
+    """
+    s, t = get_schema(source), get_schema(target)
+    if s.name == t.name:
+        return np.eye(s.n_points)
+    if (s.name, t.name) == ("wflw98", "ibug68"):
+        w = np.zeros((68, 98))
+        w[np.arange(68), list(WFLW98_TO_IBUG68)] = 1.0
+        return w
+    if (s.name, t.name) == ("ibug68", "wflw98"):
+        return _ibug68_to_wflw98()
+    raise ValueError(f"no landmark conversion from {s.name} to {t.name} (known: wflw98 <-> ibug68).")
+
+
+def convert_landmarks(landmarks: np.ndarray, source: str | LandmarkSchema, target: str | LandmarkSchema) -> np.ndarray:
+    """``(..., N_source, 2)`` landmarks in the ``target`` layout, ``(..., N_target, 2)`` (see :func:`conversion_matrix`;
+    approximate, as the module docstring says)."""
+    pts = get_schema(source).check(landmarks)
+    return np.einsum("ts,...sc->...tc", conversion_matrix(source, target), pts)

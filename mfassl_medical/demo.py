@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main", "bundle_dir"]
+__all__ = ["main", "bundle_dir", "follow_up_commands"]
 
 
 def bundle_dir(name: str = "mfassl_brats_pretrain") -> Path:
@@ -57,7 +57,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"demo finished in {time.perf_counter() - t0:.0f} s. Same run by hand:\n"
           f"  python -m monai.bundle run --config_file \"['{configs[0]}','{configs[1]}']\" "
           f"--bundle_root {root} --output_dir {overrides['output_dir']}")
+    print("The demo encoder is in models/demo/model.pt of the bundle (a smaller network than its network_def).\n"
+          "Evaluate, infer and export it (the bundle README, 'Evaluate, infer and export the demo encoder'):\n"
+          + "\n".join(f"  {line}" for line in follow_up_commands(root)))
     return 0
+
+
+def follow_up_commands(root: Path) -> list[str]:
+    """The commands that evaluate, infer and export the demo encoder, as the bundle README gives them."""
+    merged = "\"['configs/train.json','configs/{}.json','configs/demo.json']\" --bundle_root ."
+    return [f"cd {root}",
+            "python -m monai.bundle run --config_file " + merged.format("evaluate"),
+            "python -m monai.bundle run --config_file " + merged.format("inference"),
+            "python -m monai.bundle ckpt_export network_def --filepath models/demo/model.ts "
+            "--ckpt_file models/demo/model.pt --meta_file configs/metadata.json "
+            "--config_file \"['configs/inference.json','configs/demo.json']\" --bundle_root ."]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from mfassl.geometry import hyperplane_class
 
 __all__ = ["loss_figure", "axis_figure"]
 
+# the axis labels Orientation used by default before MONAI 1.6 (which warns when they are not given)
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
 
 def loss_figure(rows: list[dict[str, float]], path: Path) -> None:
     """The run's losses (``loss``, ``base``, ``mirror``) and symmetry terms and schedule (``l_eq``, ``l_mid``,
@@ -73,7 +76,7 @@ def axis_figure(items: Sequence[dict[str, Any]], path: Path, max_items: int = 4)
         img = EnsureChannelFirst()(img)
         dims = img.ndim - 1
         if dims == 3:
-            img = Orientation(axcodes="RAS")(img)
+            img = Orientation(axcodes="RAS", labels=RAS_LABELS)(img)
         affine = np.asarray(img.affine, dtype=np.float64)
         arr = np.asarray(img[0], dtype=np.float32)
         row = np.asarray(item["image_axis_world"], dtype=np.float64)

@@ -10,6 +10,7 @@ from pathlib import Path
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
+from mfassl.engine import step_record
 from mfassl.files import write_text
 
 __all__ = ["RunHistory"]
@@ -75,7 +76,7 @@ class RunHistory:
         self.rows = kept
 
     def _record(self, engine: Engine) -> None:
-        out = dict(engine.state.output or {})
+        out = step_record(engine.state.output)
         out["iteration"] = float(engine.state.iteration)
         self.rows.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float))})
 

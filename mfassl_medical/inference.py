@@ -22,7 +22,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mfassl.checkpoints import load_encoder
 from mfassl.evaluation import plot_gate_maps
 from mfassl.files import atomic_write, write_json, write_text
 from mfassl.options import as_bool, as_int
@@ -58,7 +60,7 @@ class EmbeddingExporter:
     """Embeds every image of a preprocessed dataset and writes the arrays, the index and a figure.
 
     Args:
-        encoder: the pretrained encoder (``network_def`` with ``models/model.pt`` loaded).
+        encoder: the encoder (``network_def``), pretrained or loaded from ``checkpoint`` when the run starts.
         dataset: items with a canonicalised ``image`` ``(C, *S)`` at the encoder's input size.
         output_dir: where the files go.
         device: where the encoder runs.
@@ -66,11 +68,18 @@ class EmbeddingExporter:
         save_gates: also run the mirror pair through MFA and save the gate maps.
         batch_size: images per forward pass.
         figure_items: how many gate maps ``gate_maps.png`` shows.
+        inferer: a MONAI ``Inferer`` that computes the features, ``inferer(images, encoder)`` (the bundles'
+            ``SimpleInferer``; a ``SlidingWindowInferer`` would need an encoder with a spatial output); None calls
+            the encoder directly.
+        checkpoint: the encoder file (``models/model.pt``) or training checkpoint loaded strictly into ``encoder``
+            when :meth:`run` starts, as MONAI's ``CheckpointLoader`` does for an engine (so the workflow parses and
+            its properties can be checked before weights exist); None uses ``encoder`` as it is.
     """
 
     def __init__(self, encoder: nn.Module, dataset: Sequence[dict[str, Any]], output_dir: str,
                  device: torch.device | str = "cpu", split_dim: int = 0, save_gates: bool = True,
-                 batch_size: int = 8, figure_items: int = 4) -> None:
+                 batch_size: int = 8, figure_items: int = 4, inferer: Callable[..., Any] | None = None,
+                 checkpoint: str | os.PathLike | None = None) -> None:
         self.encoder = encoder
         self.dataset = dataset
         self.output_dir = Path(output_dir)
@@ -79,6 +88,8 @@ class EmbeddingExporter:
         self.save_gates = as_bool(save_gates, "save_gates")
         self.batch_size = as_int(batch_size, "batch_size", low=1)
         self.figure_items = as_int(figure_items, "figure_items", low=0)
+        self.inferer = inferer
+        self.checkpoint = checkpoint
 
     def _read(self, index: int) -> Any:
         """Item ``index`` of the dataset, or None for an image that cannot be used (recorded in ``self.bad``
@@ -105,7 +116,7 @@ class EmbeddingExporter:
         """``(B, D)`` features, ``(B, N)`` left-half gates (or None), the gate grid and the mirror pair."""
         enc = self.encoder
         x = images.to(self.device).float()
-        feats = enc(x)
+        feats = enc(x) if self.inferer is None else self.inferer(x, enc)
         if not self.save_gates:
             return feats, None, (), None
         size = tuple(x.shape[2:])
@@ -115,7 +126,13 @@ class EmbeddingExporter:
         return feats, out.gate_l, enc.grid_shape(size, at_mfa=True), pair
 
     def run(self) -> dict[str, Any]:
-        """Embed everything; returns ``{"n": ..., "embeddings": path, "gates": path, "index": path, ...}``."""
+        """Embed everything; returns ``{"n": ..., "embeddings": path, "gates": path, "index": path, ...}``.
+
+        Raises:
+            EncoderLoadError: ``checkpoint`` is missing, unreadable or does not fit the encoder (naming the file).
+        """
+        if self.checkpoint is not None:
+            load_encoder(self.encoder, self.checkpoint)
         self.encoder.to(self.device).eval()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         feats, gates, rows, shown_x, shown_g = [], [], [], [], []

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mfassl.cli import option_type
-from mfassl.files import atomic_path
+from mfassl.files import atomic_path, write_bytes, write_json
 from mfassl.options import as_bool, as_int
 
 __all__ = [
@@ -283,14 +283,14 @@ def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike,
     cfg_file = dst / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
     cfg.update(network)
-    cfg_file.write_text(json.dumps(cfg, indent=4) + "\n")
+    write_json(cfg_file, cfg, indent=4)
     # MONAI Label names labels from the first output's channel_def: serve the label-map names
     meta_file = dst / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
     outputs = meta["network_data_format"]["outputs"]
     if "label_map" in outputs:
         outputs["pred"]["channel_def"] = outputs["label_map"]["channel_def"]
-        meta_file.write_text(json.dumps(meta, indent=4) + "\n")
+        write_json(meta_file, meta, indent=4)
     return app
 
 
@@ -393,8 +393,7 @@ def infer(url: str, image_id: str, out_file: str | os.PathLike, name: str = BUND
     query = urllib.parse.urlencode({"image": image_id, "output": "image"})
     req = urllib.request.Request(f"{url}/infer/{urllib.parse.quote(name, safe='')}?{query}", data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        Path(out_file).write_bytes(r.read())
-    return Path(out_file)
+        return write_bytes(out_file, r.read())
 
 
 def stop_label_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:

@@ -61,6 +61,7 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
     fallbacks = sum(bool(it.get("axis_fallback", False)) for it in items)
     report: dict[str, Any] = {
         "bundle": bundle,
+        "mirror": bool(getattr(trainer, "run_settings", {}).get("mirror", True)),
         "epochs": int(trainer.state.epoch),
         "iterations": int(trainer.state.iteration),
         "loss_first": rows[0]["loss"] if rows else None,
@@ -120,7 +121,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"loss: first {_fmt(r['loss_first'])}, last {_fmt(r['loss_last'])}, last-epoch mean {_fmt(r['loss_last_epoch_mean'])}",
         f"  parts: base objective {_fmt(r['base_first'])} -> {_fmt(r['base_last'])}, mirror branch "
         f"{_fmt(r['mirror_first'])} -> {_fmt(r['mirror_last'])}, L_mid {_fmt(r['l_mid_first'])} -> {_fmt(r['l_mid_last'])} "
-        "(the total also grows as w(t) brings the symmetry terms in)",
+        + ("(the total also grows as w(t) brings the symmetry terms in)" if r.get("mirror", True)
+           else "(mirror off: the flip baseline, no symmetry terms)"),
         f"MFA gate mean: last {_fmt(r['gate_mean_last'], '.3g')}, max {_fmt(r['gate_mean_max'], '.3g')} "
         f"(MFA active in {r['mfa_on_iterations']} iterations)",
         f"symmetry axis: median confidence {_fmt(r['axis_confidence_median'], '.3f')}, "
@@ -131,7 +133,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"figures: {r.get('loss_curves_png', 'n/a')}",
         f"         {r.get('axis_overlays_png', 'n/a')}",
         f"checkpoints: {r['checkpoint_dir']}",
-        f"encoder weights: {r.get('model_file') or 'n/a'} (evaluate.json, inference.json and ckpt_export read them)",
+        f"encoder weights: {r.get('model_file') or 'n/a'} (evaluate.json, inference.json and ckpt_export read them"
+        + ("; merge configs/demo.json last, as the bundle README's demo commands do)"
+           if "/models/demo/" in str(r.get("model_file") or "").replace("\\", "/") else ")"),
         f"TensorBoard: tensorboard --logdir {r['tensorboard_dir']}",
         f"next: point dataset_dir at the real data (--dataset_dir {_REAL_DATA_HINT.get(r['bundle'], '/path/to/data')}), "
         "raise --epochs, resume with --resume_from auto, and use several GPUs with torchrun and "

@@ -13,12 +13,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from mfassl.backbones.base import MFABackbone, PairedOutput, default_mfa_layer
+from mfassl.backbones.base import BlockFn, MFABackbone, PairedOutput, default_mfa_layer
 from mfassl.backbones.swin import MFASwin
 from mfassl.backbones.vit import MFAViT
 from mfassl.registry import Registry
 
-__all__ = ["MFABackbone", "PairedOutput", "MFAViT", "MFASwin", "BACKBONES", "create_backbone", "default_mfa_layer"]
+__all__ = ["MFABackbone", "PairedOutput", "BlockFn", "MFAViT", "MFASwin", "BACKBONES", "create_backbone",
+           "default_mfa_layer"]
 
 BACKBONES: Registry[MFABackbone] = Registry("backbone")
 

@@ -12,7 +12,7 @@ bundle's ``swin.json`` variant runs, without ``--use_trace``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -66,6 +66,9 @@ class MFASwin(MFABackbone):
         if not 0 <= mfa_stage <= 4:
             raise ValueError(f"mfa_stage must lie in [0, 4], got {mfa_stage}.")
         self.spatial_dims, self.in_chans = spatial_dims, in_chans
+        self.trace_refusal = ("MFASwin cannot be exported with torch.jit.trace (ckpt_export --use_trace): a trace keeps "
+                              "the window padding and shifts of its example size and fails on other sizes. Export by "
+                              "scripting (ckpt_export without --use_trace): the module takes any size.")
         self.swinViT = SwinTransformer(
             in_chans=in_chans, embed_dim=embed_dim, window_size=ensure_tuple_rep(window_size, spatial_dims),
             patch_size=ensure_tuple_rep(patch_size, spatial_dims), depths=depths, num_heads=num_heads,
@@ -105,12 +108,20 @@ class MFASwin(MFABackbone):
         ctx: dict[str, torch.Tensor] = {}
         return self.swinViT.pos_drop(h), ctx
 
-    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _refuse_block_fn(self, block_fn: Any) -> None:
+        if not torch.jit.is_scripting():
+            if block_fn is not None:
+                raise NotImplementedError("MFASwin runs its blocks inside its Swin stages (windows, shifts and "
+                                          "their masks): a block_fn applies to MFAViT's blocks only.")
+
+    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        self._refuse_block_fn(block_fn)
         for i in range(1, self.mfa_stage + 1):
             h = self._stage(i, h)
         return h
 
-    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        self._refuse_block_fn(block_fn)
         for i in range(self.mfa_stage + 1, 5):
             h = self._stage(i, h)
         h = self.swinViT.proj_out(h, normalize=True)

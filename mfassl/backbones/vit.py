@@ -87,6 +87,11 @@ class MFAViT(MFABackbone):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
         self.is_2d = spatial_dims == 2
+        # timm's dynamic position-embedding resampling reads the size as Python numbers, which a trace freezes
+        self.trace_refusal = "" if spatial_dims == 3 else (
+            "the 2D MFA-ViT cannot be exported with torch.jit.trace (ckpt_export --use_trace): the trace keeps the "
+            "position-embedding grid of its example size and fails on other sizes. Export by scripting (ckpt_export "
+            "without --use_trace): the module takes any size.")
         self.in_chans = in_chans
         if spatial_dims == 2:
             if timm_name is not None:
@@ -159,17 +164,24 @@ class MFAViT(MFABackbone):
             h = torch.cat([h[:, :p], visible], dim=1)
         return h, {}
 
-    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _stem_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return tokens, {}
+
+    def _blocks(self, h: torch.Tensor, start: int, stop: int, block_fn: Any) -> torch.Tensor:
+        """Blocks ``start .. stop - 1`` on ``(B, T, C)`` tokens, each through ``block_fn`` or :meth:`run_block`."""
         for i, blk in enumerate(self.encoder.blocks):  # enumerate, not a slice: TorchScript unrolls it
-            if i < self.mfa_layer:
-                h = blk(h)
+            if start <= i < stop:
+                if torch.jit.is_scripting():  # TorchScript cannot call a Python hook: the block as it is
+                    h = blk(h)
+                else:
+                    h = (self.run_block if block_fn is None else block_fn)(i, blk, h)
         return h
 
-    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
-        for i, blk in enumerate(self.encoder.blocks):
-            if i >= self.mfa_layer:
-                h = blk(h)
-        return self.encoder.norm(h)
+    def _pre(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        return self._blocks(h, 0, self.mfa_layer, block_fn)
+
+    def _post(self, h: torch.Tensor, ctx: dict[str, torch.Tensor], block_fn: Any = None) -> torch.Tensor:
+        return self.encoder.norm(self._blocks(h, self.mfa_layer, self.depth, block_fn))
 
     def _split(self, h: torch.Tensor, ctx: dict[str, torch.Tensor]) -> torch.Tensor:
         return h[:, self.num_prefix_tokens:]

@@ -194,3 +194,7 @@ class BaseObjective(nn.Module):
     def extra_state(self) -> dict[str, Any]:
         """Scalars worth logging besides the losses (e.g. attention statistics)."""
         return {}
+
+    def set_epoch(self, epoch: float) -> None:
+        """Set what depends on the fractional training epoch (e.g. DINO's teacher-temperature warm-up);
+        :class:`~mfassl.method.MFASSL` calls it before every step. Nothing by default."""

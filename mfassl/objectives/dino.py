@@ -28,18 +28,36 @@ class DINOLoss(nn.Module):
     Args:
         out_dim: prototypes.
         student_temp: student temperature (0.1).
-        teacher_temp: teacher temperature (0.04).
+        teacher_temp: teacher temperature after the warm-up (0.04).
         center_momentum: EMA momentum of the centre (0.9).
+        warmup_teacher_temp: teacher temperature at epoch 0 (default ``teacher_temp``: no warm-up).
+        warmup_teacher_temp_epochs: epochs of the linear warm-up from ``warmup_teacher_temp`` to
+            ``teacher_temp`` (DINO: 0.04 -> 0.07 over 30 epochs for its longer runs); see :meth:`set_epoch`.
 
     Attributes:
         center: ``(1, out_dim)`` buffer, the running mean of the teacher outputs.
+        teacher_temp: the temperature in use (set by :meth:`set_epoch`).
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, warmup_teacher_temp: float | None = None,
+                 warmup_teacher_temp_epochs: float = 0.0) -> None:
         super().__init__()
-        self.student_temp, self.teacher_temp, self.center_momentum = student_temp, teacher_temp, center_momentum
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.final_teacher_temp = teacher_temp
+        self.warmup_teacher_temp = teacher_temp if warmup_teacher_temp is None else warmup_teacher_temp
+        self.warmup_teacher_temp_epochs = float(warmup_teacher_temp_epochs)
+        self.teacher_temp = self.warmup_teacher_temp if self.warmup_teacher_temp_epochs > 0 else teacher_temp
         self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def set_epoch(self, epoch: float) -> None:
+        """The teacher temperature at a fractional epoch: linear from ``warmup_teacher_temp`` to
+        ``teacher_temp`` over ``warmup_teacher_temp_epochs``, then constant."""
+        if self.warmup_teacher_temp_epochs > 0 and epoch < self.warmup_teacher_temp_epochs:
+            t = max(float(epoch), 0.0) / self.warmup_teacher_temp_epochs
+            self.teacher_temp = self.warmup_teacher_temp + t * (self.final_teacher_temp - self.warmup_teacher_temp)
+        else:
+            self.teacher_temp = self.final_teacher_temp
 
     def forward(self, teacher_out: Sequence[torch.Tensor] | torch.Tensor,
                 student_out: Sequence[torch.Tensor] | torch.Tensor, update_center: bool = True) -> torch.Tensor:
@@ -90,6 +108,10 @@ class DINO(BaseObjective):
         student_temp: 0.1.
         teacher_temp: 0.04.
         center_momentum: 0.9.
+        warmup_teacher_temp: teacher temperature at epoch 0 (default: ``teacher_temp``, no warm-up).
+        warmup_teacher_temp_epochs: epochs of its linear warm-up to ``teacher_temp`` (0).
+        head_batch_norm: BatchNorm in the head's hidden layers (DINO's ``use_bn_in_head``; False).
+        momentum: the teacher's starting EMA momentum (0.996, DINO's; smaller runs learn with 0.99).
     """
 
     name = "dino"
@@ -98,12 +120,23 @@ class DINO(BaseObjective):
 
     def __init__(self, backbone: MFABackbone, out_dim: int = 65536, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9) -> None:
+                 center_momentum: float = 0.9, warmup_teacher_temp: float | None = None,
+                 warmup_teacher_temp_epochs: float = 0.0, head_batch_norm: bool = False,
+                 momentum: float | None = None) -> None:
         super().__init__(backbone)
-        self.head = DINOHead(backbone.embed_dim, hidden_dim, bottleneck_dim, out_dim)
+        self.head = DINOHead(backbone.embed_dim, hidden_dim, bottleneck_dim, out_dim, batch_norm=head_batch_norm)
         self.teacher = self._make_teacher(backbone, self.head)
-        self.loss_fn = DINOLoss(out_dim, student_temp, teacher_temp, center_momentum)
-        self.pair_loss_fn = DINOLoss(out_dim, student_temp, teacher_temp, center_momentum)
+        temps = dict(student_temp=student_temp, teacher_temp=teacher_temp, center_momentum=center_momentum,
+                     warmup_teacher_temp=warmup_teacher_temp, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs)
+        self.loss_fn = DINOLoss(out_dim, **temps)
+        self.pair_loss_fn = DINOLoss(out_dim, **temps)
+        if momentum is not None:
+            self.momentum = float(momentum)  # the instance's starting momentum (the class keeps DINO's 0.996)
+
+    def set_epoch(self, epoch: float) -> None:
+        """The teacher-temperature warm-up of both losses (standard views and mirror pair)."""
+        self.loss_fn.set_epoch(epoch)
+        self.pair_loss_fn.set_epoch(epoch)
 
     def student_teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.backbone, self.teacher[0]), (self.head, self.teacher[1])]

@@ -12,7 +12,10 @@ mixing ratio ``r`` (``1/r = k`` an integer: 0.5, 1/3, 0.25, ...), a batch of ``B
 2. **Homologous attention** (:class:`HomologousAttention`): the first ``homologous_from`` blocks attend
    globally; after them, each query attends only to its ``top_k`` highest-logit keys (default
    ``N / k + prefix``, enough to cover its own image's patches and the class token). It runs the timm
-   block's own attention weights; the timm modules are untouched.
+   block's own attention weights; the timm modules are untouched. The backbone runs the mixed tokens
+   (:meth:`~mfassl.backbones.MFABackbone.forward_tokens`, and
+   :meth:`~mfassl.backbones.MFABackbone.forward_paired_tokens` for the mirror pair, the paired forward
+   every objective shares) with :meth:`MixedAE.homologous_block` as its per-block hook.
 3. **Homologous contrastive loss** (:class:`HomologousContrastiveLoss`) on projected final patch features
    of each mixed sample: patches of the same source are positives, the others negatives.
 4. **Un-mixing** (:func:`unmix_tokens`) gives each source image back its own visible tokens at their
@@ -26,6 +29,7 @@ accuracy per homologous layer: the share of the selected patch keys that come fr
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import torch
@@ -276,17 +280,16 @@ class MixedAE(BaseObjective):
         prefix = h[:, :p].reshape(assign.shape[0], self.groups, p, -1)[:, 0]
         return torch.cat([prefix, mixed], dim=1)
 
-    def run_blocks(self, z: torch.Tensor, start: int, stop: int, assign: torch.Tensor) -> torch.Tensor:
-        """Blocks ``start..stop-1`` on ``(B', P + N, C)`` mixed tokens with ``(B', N)`` slots ``assign``."""
+    def homologous_block(self, index: int, block: nn.Module, z: torch.Tensor, assign: torch.Tensor,
+                         top_k: int) -> torch.Tensor:
+        """The backbone's per-block hook (a :data:`~mfassl.backbones.BlockFn` once ``assign`` and ``top_k``
+        are bound): block ``index`` on ``(B', P + N, C)`` mixed tokens whose ``(B', N)`` slots are ``assign``;
+        from ``homologous_from`` on with TopK attention keeping ``top_k`` keys, its sampling accuracy recorded."""
+        if index < self.homologous_from:
+            return block(z)
+        z = block_forward(block, z, lambda y: self.hattn(y, block.attn, top_k))
         p = self.backbone.num_prefix_tokens
-        k = self.k_for(z.shape[1] - p)
-        for i in range(start, stop):
-            blk = self.backbone.blocks[i]
-            if i < self.homologous_from:
-                z = blk(z)
-                continue
-            z = block_forward(blk, z, lambda y, a=blk.attn: self.hattn(y, a, k))
-            self._stats[f"mixedae/topk_acc_l{i}"] = float(topk_sampling_accuracy(self.hattn.last_keep, assign, p))
+        self._stats[f"mixedae/topk_acc_l{index}"] = float(topk_sampling_accuracy(self.hattn.last_keep, assign, p))
         return z
 
     def _losses(self, x: torch.Tensor, z: torch.Tensor, assign: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -309,8 +312,9 @@ class MixedAE(BaseObjective):
         n = math.prod(self.backbone.grid_shape(x.shape[2:]))
         assign = self.draw_assignment(x.shape[0], n, x.device)
         self._stats = {}
-        z = self.run_blocks(self.embed_mixed(x, assign), 0, len(self.backbone.blocks), assign)
-        return self._losses(x, self.backbone.norm(z), assign)
+        block_fn = partial(self.homologous_block, assign=assign, top_k=self.k_for(n))
+        z = self.backbone.forward_tokens(self.embed_mixed(x, assign), block_fn=block_fn)
+        return self._losses(x, z, assign)
 
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:
@@ -328,19 +332,12 @@ class MixedAE(BaseObjective):
         b, p, g = x_l.shape[0], bb.num_prefix_tokens, self.groups
         n = math.prod(bb.grid_shape(x_l.shape[2:]))
         assign = self.draw_assignment(b, n, x_l.device)
-        both = torch.cat([assign, assign])
         self._stats = {}
-        z = self.run_blocks(self.embed_mixed(torch.cat([x_l, x_r]), both), 0, bb.mfa_layer, both)
-        bm = assign.shape[0]
-        pre = z[:, p:]
-        pre_l, pre_r = pre[:bm], pre[bm:]
-        gate_l = gate_r = None
-        if use_mfa:
-            km = None if key_mask is None else mix_tokens(key_mask.unsqueeze(-1), assign).squeeze(-1)
-            z_l, z_r, gate_l, gate_r = bb.mfa(pre_l, pre_r, ramp=ramp, key_mask=km)
-            z = torch.cat([z[:, :p], torch.cat([z_l, z_r])], dim=1)
-        z = bb.norm(self.run_blocks(z, bb.mfa_layer, len(bb.blocks), both))
-        left, right = self._losses(x_l, z[:bm], assign), self._losses(x_r, z[bm:], assign)
+        block_fn = partial(self.homologous_block, assign=torch.cat([assign, assign]), top_k=self.k_for(n))
+        km = None if key_mask is None else mix_tokens(key_mask.unsqueeze(-1), assign).squeeze(-1)
+        mixed = bb.forward_paired_tokens(self.embed_mixed(x_l, assign), self.embed_mixed(x_r, assign), ramp=ramp,
+                                         use_mfa=use_mfa, key_mask=km, block_fn=block_fn)
+        left, right = self._losses(x_l, mixed.out_l, assign), self._losses(x_r, mixed.out_r, assign)
         losses = {k: 0.5 * (left[k] + right[k]) for k in left}
         visible = source_visibility(assign, g)
 
@@ -351,8 +348,9 @@ class MixedAE(BaseObjective):
         def out(zz: torch.Tensor) -> torch.Tensor:
             return torch.cat([zz[:, :p].repeat_interleave(g, dim=0), own(zz[:, p:])], dim=1)
 
-        paired = PairedOutput(own(pre_l), own(pre_r), out(z[:bm]), out(z[bm:]),
-                              None if gate_l is None else own(gate_l), None if gate_r is None else own(gate_r))
+        paired = PairedOutput(own(mixed.pre_l), own(mixed.pre_r), out(mixed.out_l), out(mixed.out_r),
+                              None if mixed.gate_l is None else own(mixed.gate_l),
+                              None if mixed.gate_r is None else own(mixed.gate_r))
         return PairResult(losses, paired, ~visible)
 
     def extra_state(self) -> dict[str, Any]:

@@ -11,10 +11,12 @@
   a user-given folder only.
 
 Every source is called as ``source(image, path=None) -> list[Face]`` with an ``(H, W, 3)`` uint8
-RGB image; faces come largest first, landmarks in 0-based pixel ``(x, y)`` (:mod:`~mfassl_faces.sources.base`).
+RGB image; faces come best first (by detector score; the ``dlib`` source weighs the score against the
+box size, see :meth:`DlibLandmarks.rank_key`), landmarks in 0-based pixel ``(x, y)``
+(:mod:`~mfassl_faces.sources.base`).
 No face gives an empty list (the caller decides to skip and count); an image too small to hold a face
 raises :class:`~mfassl_faces.errors.FaceDataError` naming it. :func:`choose_faces` picks faces from the
-answer (largest, by index, by a box hint, or all). dlib and face-alignment are imported only when their
+answer (the best, by index, by a box hint, or all). dlib and face-alignment are imported only when their
 source is built.
 """
 

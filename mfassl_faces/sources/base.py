@@ -2,13 +2,23 @@
 :data:`LANDMARK_SOURCES` registry, and choosing faces from a source's answer.
 
 Every source is called as ``source(image, path=None) -> list[Face]`` with an ``(H, W, 3)`` uint8 RGB
-image; faces come largest first, landmarks in 0-based pixel ``(x, y)``. No face gives an empty list (the
-caller decides to skip and count); an image too small to hold a face raises
+image; faces come best first (:meth:`LandmarkSource.rank_key`: by detector score with the size as a
+tie-break, sources may refine it), landmarks in 0-based pixel ``(x, y)``. No face gives an empty list
+(the caller decides to skip and count); an image too small to hold a face raises
 :class:`~mfassl_faces.errors.FaceDataError` naming it (:func:`check_image`).
+
+Two more calls, for evaluation and throughput:
+
+- ``source.detect_batch(images, paths)``: the faces of several images, each list ranked as above; a
+  source with a network (``fan``) runs the landmarks of all their faces in batches;
+- ``source.landmarks_in_boxes(image, boxes, path)``: one face per given box, without the source's own
+  face search deciding which faces exist (face-alignment's ``detected_faces=``), e.g. inside WFLW's
+  boxes or 300W's ground-truth boxes; ``landmarks_in_boxes_batch`` does it for several images.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -19,7 +29,7 @@ from mfassl.registry import Registry
 from mfassl_faces.errors import FaceDataError
 
 __all__ = ["Face", "LandmarkSource", "LANDMARK_SOURCES", "create_source", "largest_face", "choose_faces", "box_iou",
-           "landmark_extent", "check_image"]
+           "landmark_extent", "check_image", "check_box"]
 
 
 @dataclass
@@ -30,9 +40,11 @@ class Face:
         landmarks: ``(N, 2)`` pixel ``(x, y)``.
         schema: the landmark layout's name.
         box: ``(x0, y0, x1, y1)`` detector box in pixels (None for annotations).
-        size: side of the detector box in pixels (the ranking key; annotations: landmark extent).
-        score: detector score (None for annotations).
+        size: side of the detector box in pixels (the ranking's tie-break; annotations: landmark extent).
+        score: detector score in the source's own units (None for annotations).
         angle: rotation (degrees) of the image at which the detector found the face.
+        detection_confidence: in ``[0, 1]``, how sure the source is that this is a face (1 for annotations);
+            it multiplies the axis confidence (:func:`mfassl_faces.axis.axis_from_landmarks`).
         info: source-specific details.
     """
 
@@ -42,21 +54,55 @@ class Face:
     size: float = 0.0
     score: float | None = None
     angle: float = 0.0
+    detection_confidence: float = 1.0
     info: dict[str, Any] = field(default_factory=dict)
 
 
 class LandmarkSource:
-    """Base class: ``source(image, path=None) -> list[Face]`` (largest first); subclasses implement :meth:`detect`."""
+    """Base class: ``source(image, path=None) -> list[Face]`` (best first, :meth:`rank_key`); subclasses implement
+    :meth:`detect`."""
 
     name = "base"
 
     def __call__(self, image: np.ndarray, path: str | os.PathLike | None = None) -> list[Face]:
-        faces = self.detect(np.asarray(image), path)
-        return sorted(faces, key=lambda f: -f.size)
+        return self.rank(self.detect(np.asarray(image), path))
+
+    def rank(self, faces: Sequence[Face]) -> list[Face]:
+        """``faces`` in the order a source answers them: best first by :meth:`rank_key`, ties the larger box
+        first. ``source(image)`` and :meth:`detect_batch` both rank through here."""
+        return sorted(faces, key=lambda f: (-self.rank_key(f), -f.size))
+
+    def rank_key(self, face: Face) -> float:
+        """How faces are ordered, highest first (ties: the larger box first): the detector score (0 without one,
+        so annotations come largest first)."""
+        return 0.0 if face.score is None else float(face.score)
 
     def detect(self, image: np.ndarray, path: str | os.PathLike | None) -> list[Face]:
         """The faces of an ``(H, W, 3)`` uint8 RGB ``image`` (read from ``path`` when known), in any order."""
         raise NotImplementedError
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
+        """The faces of each image, each list ranked as ``source(image)`` ranks it. Sources that batch their
+        network override this; the default answers one image after the other."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        return [self(image, path) for image, path in zip(images, paths)]
+
+    def landmarks_in_boxes(self, image: np.ndarray, boxes: Sequence[Sequence[float]],
+                           path: str | os.PathLike | None = None) -> list[Face]:
+        """One face per ``(x0, y0, x1, y1)`` pixel box of ``image``, in the order of ``boxes``.
+
+        Raises:
+            NotImplementedError: the source cannot place landmarks in a given box (``file`` reads annotations).
+        """
+        raise NotImplementedError(f"the {self.name!r} landmark source does not predict landmarks inside given boxes.")
+
+    def landmarks_in_boxes_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[Sequence[float]]],
+                                 paths: Sequence[str | os.PathLike | None] | None = None) -> list[list[Face]]:
+        """:meth:`landmarks_in_boxes` for several images (``boxes[k]`` are image ``k``'s); sources that batch their
+        network override this."""
+        paths = list(paths) if paths is not None else [None] * len(images)
+        return [self.landmarks_in_boxes(image, b, path) for image, b, path in zip(images, boxes, paths)]
 
 
 LANDMARK_SOURCES: Registry[LandmarkSource] = Registry("landmark source")
@@ -93,13 +139,13 @@ def choose_faces(faces: Sequence[Face], index: int | None = None, box: Sequence[
     """The faces a caller asked for, as ``(index in faces, face, how it was chosen)``.
 
     Args:
-        faces: a source's answer, largest first.
-        index: take ``faces[index]`` (0 = the largest).
+        faces: a source's answer, best first.
+        index: take ``faces[index]`` (0 = the best).
         box: ``(x0, y0, x1, y1)`` hint: take the face whose box overlaps it most (landmark extent when the
             face has no box).
         all_faces: take every face.
 
-    With none of these, the largest face. Raises ``LookupError`` when the index is out of range or no
+    With none of these, the best face (``faces[0]``, how ``"best"``). Raises ``LookupError`` when the index is out of range or no
     face overlaps the box; returns an empty list for no faces.
     """
     if not faces:
@@ -117,7 +163,7 @@ def choose_faces(faces: Sequence[Face], index: int | None = None, box: Sequence[
             raise LookupError(f"no face overlaps the box {tuple(round(float(v), 1) for v in box)} "
                               f"({len(faces)} face(s) found).")
         return [(k, faces[k], "box")]
-    return [(0, faces[0], "largest")]
+    return [(0, faces[0], "best")]
 
 
 def check_image(image: np.ndarray, min_side: int, path: str | os.PathLike | None) -> np.ndarray:
@@ -136,3 +182,18 @@ def check_image(image: np.ndarray, min_side: int, path: str | os.PathLike | None
         raise FaceDataError(f"image of {img.shape[1]} x {img.shape[0]} pixels (W x H) is too small to hold a face "
                             f"(the shorter side must be at least {max(1, min_side)} px).", path)
     return img
+
+
+def check_box(box: Sequence[float], path: str | os.PathLike | None = None) -> tuple[float, float, float, float]:
+    """``box`` as ``(x0, y0, x1, y1)`` floats.
+
+    Raises:
+        FaceDataError: naming ``path``, unless the box has four finite values with ``x0 < x1`` and ``y0 < y1``.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError) as err:
+        raise FaceDataError(f"face box {box!r} is not four numbers x0, y0, x1, y1.", path) from err
+    if not (all(map(math.isfinite, (x0, y0, x1, y1))) and x0 < x1 and y0 < y1):
+        raise FaceDataError(f"face box {(x0, y0, x1, y1)} needs finite x0 < x1 and y0 < y1.", path)
+    return x0, y0, x1, y1

@@ -15,7 +15,7 @@ import numpy as np
 from filelock import FileLock
 
 from mfassl_medical.demo_data.brain import build_brats
-from mfassl_medical.demo_data.chest import build_chexpert
+from mfassl_medical.demo_data.chest import FINDINGS, build_chexpert
 from mfassl_medical.demo_data.store import (
     DEMO_VERSION,
     GENERATOR,
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_chexpert: int = 48, seed: int = 0,
-                    force: bool = False) -> DemoPaths:
+                    force: bool = False, findings: str = "demo") -> DemoPaths:
     """Build (or reuse) the synthetic demo data; see :mod:`mfassl_medical.demo_data` for the layout.
 
     Args:
@@ -44,6 +44,9 @@ def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_
         n_chexpert: number of chest images (0 = none).
         seed: random seed; the same seed gives the same files.
         force: rebuild even when a matching build exists.
+        findings: the chest findings, ``"demo"`` (small or large, clearly visible) or ``"graded"`` (four sizes x
+            three densities, down to barely visible; the reflection benchmark's set):
+            see :func:`~mfassl_medical.demo_data.chest.build_chexpert`.
 
     Returns:
         :class:`DemoPaths`. A build whose manifest matches (version, seed, sizes) and whose files all
@@ -58,10 +61,13 @@ def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_
     (``generator``). A rebuild removes only the files that manifest lists; anything else in the folder (the user's
     notes, outputs) stays, with a warning naming it.
     """
+    if findings not in FINDINGS:
+        raise ValueError(f"findings must be one of {FINDINGS}, got {findings!r}.")
     from_env = root is None and bool(os.environ.get("MFASSL_DEMO_DIR"))
     root = Path(root).expanduser() if root is not None else default_demo_root()
     paths = DemoPaths.at(root)
-    want = {"version": DEMO_VERSION, "seed": int(seed), "n_brats": int(n_brats), "n_chexpert": int(n_chexpert)}
+    want = {"version": DEMO_VERSION, "seed": int(seed), "n_brats": int(n_brats), "n_chexpert": int(n_chexpert),
+            "findings": str(findings)}
     if not force and manifest_matches(paths, want):
         logger.debug("demo data at %s is up to date", root)
         return paths
@@ -84,7 +90,7 @@ def build_demo_data(root: str | os.PathLike | None = None, n_brats: int = 12, n_
                 write_truth(tmp / "brats_truth.csv", truth)
                 files += f + ["brats_truth.csv", "brats_truth.json"]
             if n_chexpert > 0:
-                f, truth = build_chexpert(tmp, n_chexpert, rng_c)
+                f, truth = build_chexpert(tmp, n_chexpert, rng_c, findings)
                 write_truth(tmp / "chexpert_truth.csv", truth)
                 files += f + ["chexpert_truth.csv", "chexpert_truth.json"]
             files.append(write_readme(tmp, seed, n_brats, n_chexpert))

@@ -22,10 +22,38 @@ from mfassl.geometry import warp
 from mfassl_medical.chexpert_columns import CHEXPERT_COLUMNS, CHEXPERT_LABELS
 from mfassl_medical.demo_data.synth import index_grid, resample, smooth_field, smooth_noise
 
-__all__ = ["CXR_SIZE", "build_chexpert"]
+__all__ = ["CXR_SIZE", "FINDINGS", "FINDING_DENSITY", "FINDING_SIGMA", "GRADED_SIGMA", "build_chexpert"]
 
 CXR_SIZE = 256
 """Rows and columns of every demo chest image."""
+
+FINDINGS = ("demo", "graded")
+"""The finding sets :func:`build_chexpert` draws: ``"demo"`` (small or large, dense enough to see at a glance)
+and ``"graded"`` (size x density classes down to the hard end, upper and lower zone of the mid-lung)."""
+
+FINDING_SIGMA: dict[str, tuple[float, float]] = {"small": (0.025, 0.05), "large": (0.07, 0.12)}
+"""Blob sigma of the demo findings' size classes, as a share of the radiograph's width."""
+
+GRADED_SIGMA: dict[str, tuple[float, float]] = {
+    "tiny": (0.025, 0.04), "small": (0.04, 0.06), "medium": (0.06, 0.09), "large": (0.09, 0.13)}
+"""Blob sigma of the graded findings' size classes, as a share of the radiograph's width."""
+
+FINDING_DENSITY: dict[str, tuple[float, float]] = {"faint": (0.25, 0.4), "moderate": (0.4, 0.6),
+                                                   "dense": (0.6, 0.9)}
+"""Peak opacity (the share of the way from the lung's grey to white) of each graded density class. Fainter and
+smaller classes (down to 0.08 and 1.2% of the width) made the findings so rare a feature that 2,400 steps of
+pretraining learned lesion presence only +0.04 AUROC over the untrained encoder (bench/RESULTS.md, reflection)."""
+
+GRADED_ROWS = (0.3, 0.62)
+"""Row of a graded finding's centre, as a share of the base radiograph's height (upper to lower zone: the
+``zone`` column splits at 0.46). Wider ranges reaching the apices and the costophrenic angles (0.2-0.72, and
+0.08-0.33 laterally) left lesion presence at chance for the raw pixels and nearly so after 2,400 steps of
+pretraining at 48 px (bench/RESULTS.md, reflection)."""
+GRADED_LATERAL = (0.13, 0.27)
+"""Distance of a graded finding's centre from the midline, as a share of the width (medial to lateral)."""
+
+_GRADED_SIZES = ("tiny", "small", "medium", "large")
+_GRADED_DENSITIES = ("faint", "moderate", "dense")
 
 _CXR_BASE = (330, 311)  # the downsampled radiograph (rows, cols) the chest images are cut from
 
@@ -122,13 +150,16 @@ def _patient_chest(rng: np.random.Generator, base: torch.Tensor, base_mid: float
 
 
 def _cxr_image(rng: np.random.Generator, base: torch.Tensor, base_mid: float, side: str, size: str = "large",
-               view: str = "PA") -> tuple[np.ndarray, dict[str, Any]]:
+               view: str = "PA", density: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One 256 x 256 uint8 image and its truth; coordinates are (x = column, y = row) pixels.
 
-    A different patient (:func:`_patient_chest`), a finding of ``size`` (``"small"``: one to three
-    blobs of sigma 2.5-5% of the width; ``"large"``: 7-12%) and random density and elongation in ONE
-    lung (``side``, the patient's side), then exposure (window, gamma, noise), AP magnification and a
-    small rotation, scale and shift.
+    A different patient (:func:`_patient_chest`), a finding of ``size`` (one to three blobs; sigma as a share
+    of the width from :data:`FINDING_SIGMA`, ``"small"`` 2.5-5% or ``"large"`` 7-12%, or with a graded
+    ``density`` from :data:`GRADED_SIGMA`, ``"tiny"`` to ``"large"``) and elongation in ONE lung (``side``,
+    the patient's side), then exposure (window, gamma, noise), AP magnification and a small rotation, scale
+    and shift. ``density`` None draws the peak opacity from 0.3-0.8 (the demo findings); a class of
+    :data:`FINDING_DENSITY` draws it from that range and the centre from :data:`GRADED_ROWS` x
+    :data:`GRADED_LATERAL` (the graded findings).
     """
     h, w = base.shape
     img, patient = _patient_chest(rng, base, base_mid, view)
@@ -146,14 +177,16 @@ def _cxr_image(rng: np.random.Generator, base: torch.Tensor, base_mid: float, si
     m[:2, :2] = rot
     m[:2, 2] = c_base + np.array([shift[1], shift[0]]) - rot @ np.array([c_out, c_out])
     opacity: dict[str, Any] = {"centre_xy": [math.nan, math.nan], "sigma": 0.0, "amp": 0.0, "blobs": 0,
-                               "area_px": 0.0}
+                               "area_px": 0.0, "zone": "none", "lateral": 0.0}
     if side != "none":
         # frontal view: the patient's left lung is on the image's right (higher column)
         sx = 1.0 if side == "left" else -1.0
-        cx = base_mid + sx * rng.uniform(0.13, 0.27) * w
-        cy = rng.uniform(0.3, 0.62) * h
-        sig = float(rng.uniform(0.025, 0.05) if size == "small" else rng.uniform(0.07, 0.12)) * w
-        amp = float(rng.uniform(0.3, 0.8))
+        graded = density is not None
+        lateral = float(rng.uniform(*(GRADED_LATERAL if graded else (0.13, 0.27))))
+        cx = base_mid + sx * lateral * w
+        cy = rng.uniform(*(GRADED_ROWS if graded else (0.3, 0.62))) * h
+        sig = float(rng.uniform(*(GRADED_SIGMA if graded else FINDING_SIGMA)[size])) * w
+        amp = float(rng.uniform(*FINDING_DENSITY[density]) if graded else rng.uniform(0.3, 0.8))
         n_blobs = int(rng.integers(1, 4))
         yy, xx = index_grid((h, w)).unbind(-1)
         blob = torch.zeros(h, w)
@@ -167,7 +200,8 @@ def _cxr_image(rng: np.random.Generator, base: torch.Tensor, base_mid: float, si
         img = (img + amp * blob * (1.0 - img)).clamp(0.0, 1.0)
         o = np.linalg.inv(m) @ np.array([cy, cx, 1.0])
         opacity = {"centre_xy": [float(o[1]), float(o[0])], "sigma": float(sig / scale), "amp": amp,
-                   "blobs": n_blobs, "area_px": float((blob > 0.5).sum()) / scale**2}
+                   "blobs": n_blobs, "area_px": float((blob > 0.5).sum()) / scale**2,
+                   "zone": "upper" if cy < 0.46 * h else "lower", "lateral": lateral}
     img = img * smooth_field(rng, (h, w), float(rng.uniform(0.04, 0.12)))
     out = warp(img[None, None], torch.as_tensor(m, dtype=torch.float32), out_shape=(CXR_SIZE, CXR_SIZE),
                padding_mode="zeros")[0, 0]
@@ -183,7 +217,9 @@ def _cxr_image(rng: np.random.Generator, base: torch.Tensor, base_mid: float, si
     norm = float(np.linalg.norm(n_rc))
     n_rc, d = n_rc / norm, d / norm
     truth = {
-        "side": side, "size": size if side != "none" else "none", "rotation_deg": angle, "scale": scale,
+        "side": side, "size": size if side != "none" else "none",
+        "density": (density or "demo") if side != "none" else "none", "zone": opacity["zone"],
+        "opacity_lateral": opacity["lateral"], "rotation_deg": angle, "scale": scale,
         "shift_xy_px": [float(v) for v in shift], "gamma": g, "window": [lo, hi], "noise": noise,
         # x = column, y = row: the index order of the PNG as MONAI LoadImage returns it, (W, H)
         "midline_normal_xy": [float(n_rc[1]), float(n_rc[0])], "midline_offset_px": float(d),
@@ -194,13 +230,21 @@ def _cxr_image(rng: np.random.Generator, base: torch.Tensor, base_mid: float, si
     return arr, truth
 
 
-def build_chexpert(root: Path, n: int, rng: np.random.Generator) -> tuple[list[str], list[dict[str, Any]]]:
+def build_chexpert(root: Path, n: int, rng: np.random.Generator, findings: str = "demo"
+                   ) -> tuple[list[str], list[dict[str, Any]]]:
     """Write ``n`` images and their ``train.csv`` / ``valid.csv`` under ``root/CheXpert-v1.0-small`` (about one
     image in six is a validation image, one patient each).
+
+    Image ``i`` has no finding, a finding in the left or in the right lung as ``i % 3`` is 0, 1 or 2, so the
+    sides stay balanced. ``findings="demo"``: small and large findings alternate (``(i // 3) % 2``);
+    ``"graded"``: the ``j = i // 3``-th finding of each side has size class ``j % 4`` (tiny, small, medium,
+    large) and density class ``(j // 4) % 3`` (faint, moderate, dense), so left and right see the same mix.
 
     Returns:
         ``(files relative to root, one ground-truth record per image)``.
     """
+    if findings not in FINDINGS:
+        raise ValueError(f"findings must be one of {FINDINGS}, got {findings!r}.")
     base_np = _load_cxr()
     base_mid = _base_midline(base_np)
     base = torch.from_numpy(base_np.copy())
@@ -221,9 +265,13 @@ def build_chexpert(root: Path, n: int, rng: np.random.Generator) -> tuple[list[s
         age = int(rng.integers(20, 90))
         for study in range(1, n_studies + 1):
             side = ("none", "left", "right")[i % 3]
-            size = "small" if (i // 3) % 2 == 0 else "large"
+            j = i // 3
+            if findings == "graded":
+                size, density = _GRADED_SIZES[j % 4], _GRADED_DENSITIES[(j // 4) % 3]
+            else:
+                size, density = ("small" if j % 2 == 0 else "large"), None
             view = "AP" if rng.random() < 0.3 else "PA"
-            arr, t = _cxr_image(rng, base, base_mid, side, size, view)
+            arr, t = _cxr_image(rng, base, base_mid, side, size, view, density)
             rel = f"CheXpert-v1.0-small/{split}/patient{patient:05d}/study{study}/view1_frontal.png"
             f = root / rel
             f.parent.mkdir(parents=True, exist_ok=True)

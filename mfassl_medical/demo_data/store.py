@@ -269,7 +269,10 @@ observations) plus `Side`; images `train/patientNNNNN/studyK/view1_frontal.png`,
   gamma, noise), bias field, AP (three in ten, magnified, `AP/PA` column) or PA, and a small rotation
   (up to 8 degrees), scale and shift. Sex and Age are random.
 - Two images in three carry a synthetic opacity in ONE lung: one to three elongated blobs of random
-  density, `size` small (sigma 2.5-5% of the width) or large (7-12%) in `chexpert_truth.csv`. `Lung Opacity` is 1 for those and 0
+  density, `size` small (sigma 2.5-5% of the width) or large (7-12%) in `chexpert_truth.csv` (built with
+  `findings="graded"`: `size` tiny/small/medium/large (sigma 2.5-4, 4-6, 6-9, 9-13% of the width) x `density`
+  faint/moderate/dense (peak 0.25-0.4, 0.4-0.6, 0.6-0.9), centred in the upper or lower mid-lung, `zone`
+  upper/lower; the reflection benchmark's set). `Lung Opacity` is 1 for those and 0
   otherwise; `No Finding` is 1 for the clean images; `Support Devices` holds random 1/0/-1/blank values
   only to exercise the uncertainty policies (it means nothing); the other observations are blank.
 - `Side` (and `chexpert_truth.csv`): `left`/`right` = the patient's side of the opacity (PA view:

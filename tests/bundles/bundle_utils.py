@@ -34,3 +34,39 @@ def run_bundle(name: str, out: Path, configs=("train.json",), **overrides) -> di
     kw = {**tiny, "model_file": str(out / "models" / "model.pt"), **overrides}
     run(config_file=[str(root / "configs" / c) for c in configs], bundle_root=str(root), output_dir=str(out), **kw)
     return json.loads((out / "report.json").read_text())
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """``--key value`` pairs as a user types them (strings; lists and dicts as JSON)."""
+    args: list[str] = []
+    for k, v in overrides.items():
+        args += [f"--{k}", v if isinstance(v, str) else json.dumps(v)]
+    return args
+
+
+# Installed into a child interpreter (sitecustomize) so that a command-line run is offline.
+NO_NETWORK = '''
+import socket
+
+
+def _refuse(*args, **kwargs):
+    raise OSError("network access attempted during an offline test")
+
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+'''
+
+
+def offline_env(folder: Path) -> dict[str, str]:
+    """The environment of an offline child interpreter: sockets refused (a ``sitecustomize`` written to
+    ``folder``), MLflow's telemetry off, no tracking server from the caller's environment."""
+    import os
+
+    (folder / "sitecustomize.py").write_text(NO_NETWORK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), str(ROOT), os.environ.get("PYTHONPATH")]))
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", OMP_NUM_THREADS="1")
+    return env

@@ -162,7 +162,7 @@ def _dummy_eval_overrides(section: str) -> dict[str, Any]:
     if section == "eval":
         return {"eval#encoder": "$@network_def", "eval#data": data, "eval#train_dataset": "$[]",
                 "eval#test_dataset": "$[]"}
-    return {"infer#encoder": "$@network_def", "infer#dataset": "$[]"}
+    return {"dataset": "$[]"}
 
 
 @pytest.mark.parametrize("text, expected", [("false", False), ("yes", True), ("True", True), ("0", False)])
@@ -171,13 +171,13 @@ def test_finetune_freeze_and_save_gates_typed_on_the_command_line(text, expected
                  **_dummy_eval_overrides("eval")).get_parsed_content("eval#evaluator")
     assert ev.finetune["freeze"] is expected
     ex = _parser(CHEX, ("train.json", "inference.json"), save_gates=_typed(text),
-                 **_dummy_eval_overrides("infer")).get_parsed_content("infer#exporter")
+                 **_dummy_eval_overrides("infer")).get_parsed_content("evaluator")
     assert ex.save_gates is expected
 
 
 def test_finetune_freeze_and_save_gates_refuse_maybe() -> None:
     for configs, key, section, target in ((("train.json", "evaluate.json"), "finetune_freeze", "eval", "eval#evaluator"),
-                                          (("train.json", "inference.json"), "save_gates", "infer", "infer#exporter")):
+                                          (("train.json", "inference.json"), "save_gates", "infer", "evaluator")):
         with pytest.raises(Exception) as err:
             _parser(CHEX, configs, **{key: "maybe"}, **_dummy_eval_overrides(section)).get_parsed_content(target)
         assert f"'{key}'" in str(_root_cause(err.value))

@@ -283,7 +283,7 @@ def test_inference_over_a_folder_with_a_bad_image_writes_every_good_output(tmp_p
     torch.manual_seed(0)
     from mfassl_medical.inference import EmbeddingExporter
 
-    exporter = EmbeddingExporter(p.get_parsed_content("network_def"), p.get_parsed_content("infer#dataset"),
+    exporter = EmbeddingExporter(p.get_parsed_content("network_def"), p.get_parsed_content("dataset"),
                                  str(tmp_path / "inf"), batch_size=4)
     out = exporter.run()
     assert out["n"] == 5 and out["n_bad"] == 1 and out["bad"][0]["source"] == str(bad)

@@ -92,7 +92,7 @@ def test_inference_embeddings_match_the_encoder(tmp_path, pretrained, name):
     parser = ConfigParser()
     parser.read_config([str(root / "configs" / "train.json"), str(root / "configs" / "inference.json")])
     parser.update({**TINY[name], "bundle_root": str(root), "model_file": str(pretrained[name])})
-    item = parser.get_parsed_content("infer#dataset")[0]
+    item = parser.get_parsed_content("dataset")[0]
     encoder = tiny_encoder(name, pretrained[name])
     with torch.no_grad():
         ref = encoder(torch.as_tensor(item["image"])[None].float())[0].numpy()

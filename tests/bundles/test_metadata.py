@@ -1,13 +1,17 @@
-"""Every bundle's metadata.json is valid against the project's own schema, checked offline; model-zoo layout.
+"""Every bundle's metadata.json is valid against MONAI's bundle-metadata requirements (offline) and the project's
+stricter rules; model-zoo layout.
 
-``monai.bundle.verify_metadata`` downloads the metadata's ``schema`` value to ``filepath`` only when that file
-does not exist; with ``filepath=bundles/schemas/meta_schema.json`` it reads the shipped schema. The tests
-below make any socket connection or download fail, so a passing run proves that nothing was fetched.
+The ``"schema"`` of each metadata file is the official schema's URL, the one the model zoo's bundles name and its
+CI downloads. ``monai.bundle.verify_metadata`` downloads that URL to ``filepath`` only when the file does not
+exist; with ``filepath=bundles/schemas/monai_bundle_metadata.json`` (the project's offline statement of the bundle
+specification's metadata requirements) it reads the local file. The
+tests below make any socket connection or download fail, so a passing run proves that nothing was fetched. The
+project's stricter rules (x.y.z versions, every tensor field, known dtypes, encoder outputs) are a test-side
+JSON schema, ``tests/bundles/data/mfassl_strict_metadata_schema.json``, not a bundle's schema.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -18,38 +22,30 @@ from pathlib import Path
 
 import pytest
 
-from bundle_utils import BUNDLES, ROOT
+from bundle_utils import BUNDLES, NO_NETWORK, ROOT
 
-SCHEMA = BUNDLES / "schemas" / "meta_schema.json"
+OFFICIAL_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+SCHEMA = BUNDLES / "schemas" / "monai_bundle_metadata.json"  # what OFFICIAL_URL requires, for offline checks
+STRICT = Path(__file__).parent / "data" / "mfassl_strict_metadata_schema.json"
 NAMES = sorted(p.name for p in BUNDLES.glob("mfassl_*") if p.is_dir())
 PRETRAIN = ["mfassl_brats_pretrain", "mfassl_chexpert_pretrain"]
-
-# Installed into a child interpreter (sitecustomize) so that the command-line check is offline as well.
-_NO_NETWORK = '''
-import socket
-
-
-def _refuse(*args, **kwargs):
-    raise OSError("network access attempted during an offline test")
-
-
-socket.socket.connect = _refuse
-socket.socket.connect_ex = _refuse
-socket.create_connection = _refuse
-socket.getaddrinfo = _refuse
-'''
-
 
 def _meta(name: str) -> dict:
     return json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
 
 
 def _verify(meta_file: Path) -> None:
-    """verify_metadata against the shipped schema, its md5 checked (an existing file is never downloaded)."""
+    """verify_metadata against the offline schema (an existing file is never downloaded)."""
     from monai.bundle import verify_metadata
 
-    md5 = hashlib.md5(SCHEMA.read_bytes()).hexdigest()
-    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA), hash_val=md5, hash_type="md5")
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))
+
+
+def _strict(meta: dict) -> None:
+    """The project's stricter rules: jsonschema's ValidationError on the first broken one."""
+    import jsonschema
+
+    jsonschema.validate(meta, json.loads(STRICT.read_text()), cls=jsonschema.Draft7Validator)
 
 
 @pytest.fixture
@@ -86,32 +82,39 @@ def test_bundles_found():
     assert set(PRETRAIN) <= set(NAMES) and "mfassl_brats_segmentation" in NAMES
 
 
-def test_schema_is_a_valid_draft7_schema_of_this_project():
+def test_offline_schema_states_the_specification_requirements():
     import jsonschema
 
     schema = json.loads(SCHEMA.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
-    assert "mfassl" in schema["$id"] and "MFASSL" in schema["title"]
-    assert set(schema["required"]) >= {
-        "schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-        "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"}
-    tensor = schema["definitions"]["tensor"]["properties"]
+    assert schema["required"] == ["schema", *_REQUIRED]  # the keys the bundle specification requires of every bundle
+    assert set(schema["definitions"]["tensor"]["required"]) >= {"type", "format", "num_channels", "dtype",
+                                                                 "is_patch_data"}
+    assert "mfassl" not in SCHEMA.read_text().lower()  # nothing project-specific in it: those rules are STRICT's
+    strict = json.loads(STRICT.read_text())
+    jsonschema.Draft7Validator.check_schema(strict)
+    tensor = strict["definitions"]["tensor"]["properties"]
     assert "embedding" in tensor["type"]["enum"] and "features" in tensor["format"]["enum"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_names_the_official_schema(name):
+    assert _meta(name)["schema"] == OFFICIAL_URL
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_is_valid_offline(name, offline):
     _verify(BUNDLES / name / "configs" / "metadata.json")
+    _strict(_meta(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_metadata_points_at_the_shipped_schema_and_fits_the_venv(name):
+def test_metadata_fits_the_venv(name):
     import monai
     import numpy
     import torch
 
     m = _meta(name)
-    assert (ROOT / m["schema"]).resolve() == SCHEMA.resolve()
     assert m["version"] in m["changelog"]
     assert m["monai_version"] == monai.__version__
     assert m["pytorch_version"] == torch.__version__.split("+")[0]
@@ -132,7 +135,7 @@ def test_pretrain_bundles_output_embeddings():
 
 
 def test_verify_metadata_command_line_offline(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(_NO_NETWORK)
+    (tmp_path / "sitecustomize.py").write_text(NO_NETWORK)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
     guard = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
                            capture_output=True, text=True, env=env, timeout=60)
@@ -162,25 +165,36 @@ def _set(value, *path):
     return mutate
 
 
-_REQUIRED = ["version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-             "task", "description", "authors", "copyright", "network_data_format"]
+_REQUIRED = ["version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+             "description", "authors", "copyright", "network_data_format"]
 _IMAGE = ("network_data_format", "inputs", "image")
 _PRED = ("network_data_format", "outputs", "pred")
 
-
-@pytest.mark.parametrize("mutate", [
+# what the bundle specification refuses (and so do the project's rules)
+OFFICIAL_BREAKS = [
     *[pytest.param(_pop(key), id=f"missing-{key}") for key in _REQUIRED],
     pytest.param(_pop("network_data_format", "outputs"), id="missing-outputs"),
     pytest.param(_pop(*_IMAGE, "dtype"), id="missing-input-dtype"),
     pytest.param(_set(3, "version"), id="version-not-a-string"),
-    pytest.param(_set("v1", "version"), id="version-not-x.y.z"),
     pytest.param(_set(["mfassl"], "required_packages_version"), id="packages-not-a-mapping"),
     pytest.param(_set("four", *_IMAGE, "num_channels"), id="num_channels-not-an-integer"),
     pytest.param(_set("yes", *_IMAGE, "is_patch_data"), id="is_patch_data-not-a-boolean"),
+]
+# what only the project's stricter rules refuse
+STRICT_BREAKS = [
+    pytest.param(_pop("changelog"), id="missing-changelog"),
+    pytest.param(_set("v1", "version"), id="version-not-x.y.z"),
     pytest.param(_set("float", *_PRED, "dtype"), id="unknown-dtype"),
     pytest.param(_set("labels", *_PRED, "format"), id="embedding-with-label-format"),
-])
-def test_invalid_metadata_is_rejected(tmp_path, offline, mutate):
+    pytest.param(_pop(*_PRED, "channel_def"), id="missing-output-channel_def"),
+    pytest.param(_set("bundles/schemas/meta_schema.json", "schema"), id="schema-not-the-official-url"),
+]
+
+
+@pytest.mark.parametrize("mutate", OFFICIAL_BREAKS)
+def test_invalid_metadata_is_rejected_by_the_specification_schema(tmp_path, offline, mutate):
+    import jsonschema
+
     m = _meta(PRETRAIN[0])
     mutate(m)
     bad = tmp_path / "metadata.json"
@@ -188,9 +202,22 @@ def test_invalid_metadata_is_rejected(tmp_path, offline, mutate):
     # verify_metadata turns jsonschema's ValidationError into a ValueError (the ValidationError is its cause)
     with pytest.raises(ValueError, match="Failed validating") as err:
         _verify(bad)
+    assert isinstance(err.value.__cause__, jsonschema.ValidationError)
+    with pytest.raises(jsonschema.ValidationError):
+        _strict(m)
+
+
+@pytest.mark.parametrize("mutate", STRICT_BREAKS)
+def test_the_projects_rules_are_stricter_than_the_schema(tmp_path, offline, mutate):
     import jsonschema
 
-    assert isinstance(err.value.__cause__, jsonschema.ValidationError)
+    m = _meta(PRETRAIN[0])
+    mutate(m)
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(m))
+    _verify(bad)  # the official schema lets it through
+    with pytest.raises(jsonschema.ValidationError):
+        _strict(m)
 
 
 def test_metadata_without_schema_field_is_rejected(tmp_path, offline):
@@ -205,8 +232,14 @@ def test_metadata_without_schema_field_is_rejected(tmp_path, offline):
 @pytest.mark.parametrize("name", NAMES)
 def test_model_zoo_layout(name):
     root = BUNDLES / name
-    for rel in ("LICENSE", "docs/README.md", "configs/metadata.json", "configs/train.json", "configs/logging.conf"):
+    for rel in ("LICENSE", "docs/README.md", "docs/data_license.txt", "configs/metadata.json", "configs/train.json",
+                "configs/logging.conf", "configs/inference.json", "configs/evaluate.json", "configs/multi_gpu_train.json"):
         assert (root / rel).is_file(), f"{name}: {rel} missing"
+    if name == "mfassl_brats_segmentation":
+        assert (root / "configs" / "multi_gpu_evaluate.json").is_file()
+    # the data terms name the real data set and say what the demo data is
+    terms = (root / "docs" / "data_license.txt").read_text()
+    assert ("CheXpert" if "chexpert" in name else "BraTS") in terms and "demo data" in terms
     assert (root / "models").is_dir(), f"{name}: models/ missing"
 
 

@@ -3,7 +3,7 @@
 The zoo's ``ci/verify_bundle.py`` (called by ``ci/run_premerge_cpu.sh`` / ``run_premerge_gpu.sh``) puts the bundle
 folder first on ``sys.path`` and then, in one Python process: checks the file layout (``configs/metadata.json``,
 ``LICENSE``, ``models/model.pt``, ``configs/inference.*``), the version and changelog, ``verify_metadata`` against
-the schema, ``verify_net_in_out("network_def", config_file="configs/inference.json")`` with a random input of the
+the official schema (offline copy), ``verify_net_in_out("network_def", config_file="configs/inference.json")`` with a random input of the
 metadata's input shape, and ``ckpt_export("network_def", ...)`` by scripting (the default) from fake weights of
 the network. ``DRIVER`` below does the same steps in a child interpreter (sockets refused), with tiny network
 sizes given as the command-line strings a user types, and also checks that the exported module reproduces the
@@ -26,7 +26,7 @@ import pytest
 
 from bundle_utils import BUNDLES
 
-SCHEMA = BUNDLES / "schemas" / "meta_schema.json"
+SCHEMA = BUNDLES / "schemas" / "monai_bundle_metadata.json"  # the metadata requirements, checked offline
 NAMES = ["mfassl_brats_pretrain", "mfassl_brats_segmentation", "mfassl_chexpert_pretrain"]
 
 # override strings as typed on the command line (``--network_def#embed_dim 48``): parsed like MONAI's fire CLI
@@ -211,12 +211,57 @@ def test_the_hygiene_check_catches_what_the_hooks_fix(tmp_path):
 
 @pytest.mark.parametrize("name", ["mfassl_brats_pretrain", "mfassl_chexpert_pretrain"])
 def test_standalone_inference_matches_training(name):
-    """inference.json stands alone (the zoo reads it without train.json) and defines the same network."""
+    """inference.json stands alone (the zoo reads it without train.json) and defines the same network and the same
+    preprocessing chain: its two transform lists are train.json's, word for word (evaluate.json, merged on
+    train.json, references them instead of copying)."""
     d = BUNDLES / name / "configs"
     train, inf = json.loads((d / "train.json").read_text()), json.loads((d / "inference.json").read_text())
     assert inf["network_def"] == train["network_def"]
+    for key in ("canonical_transforms", "input_transforms"):
+        assert inf[key] == train[key], key
+    assert train["train"]["preprocessing"]["transforms"] == "$@canonical_transforms + @input_transforms"
+    assert inf["preprocessing"]["transforms"].startswith("$@canonical_transforms + @input_transforms")
+    evaluate = json.loads((d / "evaluate.json").read_text())
+    assert evaluate["eval"]["preprocessing"]["transforms"].startswith("$@canonical_transforms + ")
+    assert "SafeLoadImaged" not in json.dumps(evaluate)  # no copy of the chain
     for key, value in inf.items():
         if key in train and not isinstance(value, (dict, list)) and key not in ("output_dir",):
             assert value == train[key], key
     refs = {r for r in json.dumps(inf).replace("'", '"').split("@")[1:]}
     assert not any(r.startswith("train#") for r in refs)
+
+
+def _docstring_first_problems(source: bytes) -> list[str]:
+    """The zoo's ``check-docstring-first`` hook: at most one module-level string, before any code."""
+    import io
+    import tokenize
+
+    non_code = {tokenize.COMMENT, tokenize.ENDMARKER, tokenize.NEWLINE, tokenize.NL, tokenize.ENCODING}
+    docstring_line = code_line = None
+    problems = []
+    for tok, _, (line, col), _, _ in tokenize.tokenize(io.BytesIO(source).readline):
+        if tok == tokenize.STRING and col == 0:
+            if docstring_line is not None:
+                problems.append(f"line {line}: multiple module docstrings (first on line {docstring_line})")
+            elif code_line is not None:
+                problems.append(f"line {line}: module docstring after code (line {code_line})")
+            else:
+                docstring_line = line
+        elif tok not in non_code and code_line is None:
+            code_line = line
+    return problems
+
+
+PY_FILES = sorted(BUNDLES.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=[str(p.relative_to(BUNDLES)) for p in PY_FILES])
+def test_python_passes_the_zoo_docstring_first_hook(path):
+    assert _docstring_first_problems(path.read_bytes()) == [], path
+
+
+def test_the_docstring_first_check_catches_an_attribute_docstring():
+    bad = b'"""Module."""\nX = 1\n"""About X."""\n'
+    assert _docstring_first_problems(bad) == ["line 3: multiple module docstrings (first on line 1)"]
+    assert _docstring_first_problems(b'import os\n"""Late."""\n') == ["line 2: module docstring after code (line 1)"]
+    assert _docstring_first_problems(b'"""Module."""\n\nX = 1  # a comment\n') == []

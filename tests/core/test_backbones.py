@@ -110,3 +110,76 @@ def test_bad_input_raises():
         MFAViT(4)
     with pytest.raises(KeyError, match="unknown backbone"):
         create_backbone("nope")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_block_hook_default_is_the_block_itself(dims):
+    """``run_block`` is ``blk(x)`` exactly, and a forward without ``block_fn`` equals one whose hook calls ``blk(x)``."""
+    net = tiny_vit(dims).eval()
+    size = 32 if dims == 2 else 16
+    x_l, x_r = torch.randn(2, net.in_chans, *([size] * dims)), torch.randn(2, net.in_chans, *([size] * dims))
+    h = net.embed(x_l)
+    for i, blk in enumerate(net.blocks):
+        assert torch.equal(net.run_block(i, blk, h), blk(h))
+        h = blk(h)
+    seen = []
+
+    def plain(i, blk, x):
+        seen.append(i)
+        return blk(x)
+
+    default, hooked = net.forward_paired(x_l, x_r, ramp=0.5), net.forward_paired(x_l, x_r, ramp=0.5, block_fn=plain)
+    assert seen == list(range(net.depth))  # every block once, in order, across the MFA layer
+    for a, b in zip(default, hooked):
+        assert torch.equal(a, b)
+    assert torch.equal(net.forward_features(x_l, block_fn=plain), net.forward_features(x_l))
+
+
+def test_block_hook_decides_how_blocks_run():
+    """A hook that skips the blocks after the MFA layer: the paired forward runs what the hook returns."""
+    net = tiny_vit().eval()
+    x_l, x_r = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    skip_post = lambda i, blk, x: blk(x) if i < net.mfa_layer else x  # noqa: E731
+    out = net.forward_paired(x_l, x_r, use_mfa=False, block_fn=skip_post)
+    h = net.embed(x_l)
+    for blk in net.blocks[: net.mfa_layer]:
+        h = blk(h)
+    assert torch.allclose(out.out_l, net.norm(h), atol=1e-6)
+    assert not torch.allclose(out.out_l, net.forward_paired(x_l, x_r, use_mfa=False).out_l, atol=1e-3)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_forward_from_tokens_equals_forward_from_images(dims):
+    net = tiny_vit(dims).eval()
+    size = 32 if dims == 2 else 16
+    x_l, x_r = torch.randn(2, net.in_chans, *([size] * dims)), torch.randn(2, net.in_chans, *([size] * dims))
+    km = torch.rand(2, (size // 8) ** dims) > 0.3
+    assert torch.equal(net.forward_tokens(net.embed(x_l)), net.forward_features(x_l))
+    from_tokens = net.forward_paired_tokens(net.embed(x_l), net.embed(x_r), ramp=0.5, key_mask=km)
+    for a, b in zip(from_tokens, net.forward_paired(x_l, x_r, ramp=0.5, key_mask=km)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one shape"):
+        net.forward_paired_tokens(net.embed(x_l), net.embed(x_r)[:1])
+
+
+def test_swin_refuses_a_block_hook_and_tokens():
+    net = tiny_swin()
+    x = torch.randn(1, 1, 64, 64, 64)
+    with pytest.raises(NotImplementedError, match="block_fn applies to MFAViT"):
+        net.forward_paired(x, x, block_fn=lambda i, blk, h: blk(h))
+    with pytest.raises(NotImplementedError, match="from input tokens"):
+        net.forward_tokens(net.embed(x))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_vit_scripts_with_the_block_hook_in_place(dims):
+    """TorchScript compiles the plain encoder (what ``ckpt_export`` writes) and runs the blocks as they are."""
+    import warnings
+
+    net = tiny_vit(dims).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script's deprecation notice
+        scripted = torch.jit.script(net)
+    x = torch.randn(2, net.in_chans, *([32 if dims == 2 else 16] * dims))
+    with torch.no_grad():
+        assert torch.equal(scripted(x), net(x))

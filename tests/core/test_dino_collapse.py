@@ -86,3 +86,42 @@ def test_the_measures_detect_each_collapse(collapse):
     else:  # the centre stays at zero: one prototype for every image (measured: h_mean 6e-7)
         got = train_and_measure(60, center_momentum=1.0)
         assert got["h_mean"] < 0.5 and got["info"] < 0.1
+
+
+def test_teacher_temperature_warm_up_follows_the_epoch_of_each_step():
+    """DINO's warm-up: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over the warm-up epochs, then
+    constant; MFASSL sets it from the step's epoch for both losses (standard views and mirror pair)."""
+    torch.manual_seed(0)
+    method = MFASSL(tiny_backbone(2), "dino", dict(out_dim=OUT_DIM, hidden_dim=32, bottleneck_dim=16,
+                                                   warmup_teacher_temp=0.02, teacher_temp=0.06,
+                                                   warmup_teacher_temp_epochs=4.0),
+                    views=dict(global_size=32, local_size=16, n_local=0), t_sym=0.0, t_mfa=0.0, t_gate=0.0)
+    dino = method.objective
+    assert dino.loss_fn.teacher_temp == pytest.approx(0.02)  # before any step: the warm-up's start
+    for epoch, want in ((0.0, 0.02), (1.0, 0.03), (3.0, 0.05), (4.0, 0.06), (9.5, 0.06)):
+        method(patterns(32)[:4], epoch=epoch)
+        assert dino.loss_fn.teacher_temp == pytest.approx(want) and dino.pair_loss_fn.teacher_temp == pytest.approx(want)
+    plain = MFASSL(tiny_backbone(2), "dino", dict(out_dim=OUT_DIM, hidden_dim=32, bottleneck_dim=16), mirror=False,
+                   views=dict(global_size=32, local_size=16, n_local=0))
+    plain(patterns(32)[:4], epoch=0.0)
+    assert plain.objective.loss_fn.teacher_temp == 0.04  # no warm-up by default
+
+
+def test_head_batch_norm_spreads_nearly_equal_features_and_momentum_is_settable():
+    """An encoder at initialisation gives nearly the same feature for every image; the head's BatchNorm
+    (``head_batch_norm``) makes the teacher's logits differ across images, without it they barely do."""
+    from mfassl.objectives import DINO
+
+    torch.manual_seed(0)
+    feats = torch.randn(1, 32).repeat(16, 1) + 1e-3 * torch.randn(16, 32)  # (16, 32): almost one feature
+    spread = {}
+    for bn in (False, True):
+        torch.manual_seed(1)
+        head = DINO(tiny_backbone(2), out_dim=64, hidden_dim=32, bottleneck_dim=16, head_batch_norm=bn).head.train()
+        with torch.no_grad():
+            spread[bn] = float(head(feats).std(0).mean())
+    assert spread[False] < 1e-3 < 0.05 < spread[True]
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == 2
+    dino = DINO(tiny_backbone(2), out_dim=64, hidden_dim=32, bottleneck_dim=16, momentum=0.99)
+    assert dino.momentum == 0.99 and DINO.momentum == 0.996
+    assert MFASSL(dino.backbone, dino, mirror=False).teacher_momentum == 0.99

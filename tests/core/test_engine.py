@@ -322,3 +322,40 @@ def test_distributed_sampler_gets_each_epoch(deterministic):
         expected.append(sorted(order))
     assert [sorted(sum(seen[2 * e:2 * e + 2], [])) for e in range(3)] == expected
     assert len({tuple(x) for x in expected}) > 1  # the epochs do read different halves
+
+
+def test_monai_handlers_read_the_decollated_output_lr_inferer_and_epoch_metrics(tmp_path):
+    """decollate=True gives MONAI's output form: from_engine(["loss"], first=True) is the loss (before: a tuple,
+    which MLFlowHandler's float() refused); the inferer runs the forward; EpochMetrics publishes epoch means."""
+    from monai.handlers import from_engine
+    from monai.inferers import SimpleInferer
+
+    from mfassl.engine import EpochMetrics, step_record
+
+    class CountingInferer(SimpleInferer):
+        calls = 0
+
+        def __call__(self, inputs, network, *args, **kwargs):
+            CountingInferer.calls += 1
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    method = tiny_method("dino")
+    loader = DataLoader(DATA, batch_size=4)
+    optimizer = create_optimizer(method)
+    trainer = create_trainer(method, optimizer, len(loader), 2, batch_size=4, warmup_epochs=1, progress=False,
+                             handlers=[EpochMetrics()], inferer=CountingInferer(), decollate="true")
+    seen, means = [], []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(
+        (from_engine(["loss"], first=True)(e.state.output), step_record(e.state.output))))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: means.append(dict(e.state.metrics)))
+    trainer.run(loader, max_epochs=2)
+    assert trainer.optimizer is optimizer and CountingInferer.calls == 8
+    assert isinstance(trainer.state.output, list) and len(trainer.state.output) == 1
+    for loss, record in seen:
+        assert isinstance(loss, float) and loss == record["loss"]
+    for epoch, m in enumerate(means):
+        rows = [r for _, r in seen[4 * epoch: 4 * epoch + 4]]
+        for key in ("loss", "gate_mean", "l_eq", "lr"):
+            assert m[key] == pytest.approx(sum(r[key] for r in rows) / 4), key
+        assert "epoch_float" not in m
+    assert step_record(None) == {} and step_record({"loss": 1.0}) == {"loss": 1.0}

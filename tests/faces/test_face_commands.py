@@ -13,7 +13,7 @@ def test_face_commands_reach_their_entry_points(monkeypatch, capsys) -> None:
     for command in ("demo", "pretrain", "benchmark", "probe"):
         assert main([command, "--seed", "3"]) == 0
     assert seen == [[c, "--seed", "3"] for c in ("demo", "pretrain", "benchmark", "probe")]
-    assert list(COMMANDS) == ["axis", "landmarks", "demo", "pretrain", "benchmark", "probe"]
+    assert list(COMMANDS) == ["axis", "landmarks", "demo", "pretrain", "benchmark", "score", "probe"]
     assert main(["--help"]) == 0
     listing = capsys.readouterr().out
     assert "MFASSL_FACES_DEMO_DIR" in listing and "~/.cache/mfassl/faces_demo" in listing

@@ -132,3 +132,20 @@ def test_record_with_wrong_landmark_count_names_the_image(tmp_path) -> None:
     with pytest.raises(FaceDataError, match=r"x\.png: expected 5 landmarks"):
         ds[0]
     assert readers.LandmarkRecord(tmp_path / "x.png", np.zeros((5, 2))).origin == "annotation"
+
+
+@pytest.mark.parametrize("command", ["pretrain", "benchmark"])
+def test_no_progress_also_hides_the_landmark_bar(command, tmp_path, monkeypatch) -> None:
+    from mfassl_faces.cli_tasks import build_parser, image_folder_records
+
+    seen: list[bool] = []
+
+    def collect(*args, **kwargs):
+        seen.append(kwargs["progress"])
+        return [], {}
+
+    monkeypatch.setattr(readers, "collect_landmark_records", collect)
+    for extra, expected in (([], True), (["--no-progress"], False)):
+        args = build_parser().parse_args([command, "--images", str(tmp_path), "--out", str(tmp_path / "o"), *extra])
+        image_folder_records(args)
+        assert seen[-1] is expected

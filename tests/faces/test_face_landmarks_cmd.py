@@ -115,3 +115,15 @@ def test_missing_folder(tmp_path, capsys) -> None:
 
     assert cli_landmarks.main([str(tmp_path / "nope"), "--source", "file", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "nope: dataset folder does not exist" in capsys.readouterr().err
+
+
+def test_empty_folder_fails_clearly(tmp_path) -> None:
+    """A folder without images is an error (exit 2, naming it), not a silent exit 0 with no output."""
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    out = tmp_path / "x.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "mfassl_faces", "landmarks", str(empty), "--source", "file",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"error: {empty}: no image files (.png, .jpg" in proc.stderr and not out.exists()

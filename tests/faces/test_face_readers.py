@@ -135,3 +135,37 @@ def test_demo_data_through_the_300w_reader(tmp_path) -> None:
     (out / "takeo_000.pts").write_text("version: 1\nn_points: 2\n{\n1 1\n2 2\n}\n")
     with pytest.raises(FaceDataError, match=r"takeo_000\.pts: expected 68 landmarks"):
         read_300w_folder(out)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f.__setitem__(11, "nan"), r"line 2: non-finite value 'nan' \(landmark 5 y; 1 non-finite in all\)"),
+    (lambda f: f.__setitem__(40, "inf"), r"line 2: non-finite value 'inf' \(landmark 20 x"),
+    (lambda f: f.__setitem__(198, "nan"), r"line 2: non-finite value 'nan' \(box value 3 of 4"),
+    (lambda f: f.__setitem__(198, "10"), r"line 2: the box .* = 15 20 10 75 has x_max < x_min"),
+    (lambda f: f.__setitem__(199, "5"), r"line 2: the box .* has y_max < y_min"),
+    (lambda f: f.__setitem__(201, "0.5"), r"line 2: the six attribute flags .* must each be 0 or 1, got 0 0.5 0 0 0 0"),
+    (lambda f: f.__setitem__(205, "7"), r"line 2: the six attribute flags .* got 0 0 0 0 0 7"),
+])
+def test_wflw_reader_refuses_wrong_values(tmp_path, edit, message) -> None:
+    pts = place(template("wflw98"), 0.0, 20.0, (40.0, 45.0))
+    good = _wflw_line(pts, (15, 20, 65, 75), (0,) * 6, "a.jpg")
+    fields = good.split()
+    edit(fields)
+    ann = tmp_path / "list_98pt_rect_attr_train.txt"
+    ann.write_text(good + "\n" + " ".join(fields) + "\n")
+    with pytest.raises(FaceDataError, match=r"list_98pt_rect_attr_train\.txt: " + message):
+        read_wflw_annotations(ann)
+
+
+def test_pts_refuses_non_finite_naming_the_line(tmp_path) -> None:
+    (tmp_path / "a.pts").write_text("version: 1\nn_points: 3\n{\n1 2\n\n3 inf\n5 6\n}\n")
+    with pytest.raises(FaceDataError, match=r"a\.pts: line 6: non-finite coordinate '3 inf'"):
+        read_pts(tmp_path / "a.pts")
+    (tmp_path / "b.pts").write_text("version: 1\nn_points: 2\n{\n1 2\n3\n}\n")
+    with pytest.raises(FaceDataError, match=r"b\.pts: line 5: a \.pts point needs two coordinates"):
+        read_pts(tmp_path / "b.pts")
+    (tmp_path / "c.json").write_text("[[1, 2], [null, null], [3, 4]]")
+    assert np.isnan(read_landmark_file(tmp_path / "c.json")[1]).all()  # a detector's missing point is kept
+    (tmp_path / "d.txt").write_text("1 2\ninf 4\n")
+    with pytest.raises(FaceDataError, match=r"d\.txt: infinite coordinate at point\(s\) \[1\]"):
+        read_landmark_file(tmp_path / "d.txt")

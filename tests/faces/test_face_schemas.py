@@ -60,3 +60,58 @@ def test_lookup_and_bad_maps() -> None:
         LandmarkSchema("bad", (1, 2, 0), (0, 1))
     with pytest.raises(ValueError, match="expected 68 landmarks"):
         IBUG68.check(np.zeros((67, 2)))
+
+
+def test_98_to_68_takes_the_published_counterparts() -> None:
+    from mfassl_faces.schemas import WFLW98_TO_IBUG68, conversion_matrix, convert_landmarks
+
+    m = WFLW98_TO_IBUG68
+    assert len(m) == 68 and len(set(m)) == 68
+    # contour every second point, chin 16 -> 8; brows; nose; eye corners; lips; no pupil
+    assert [m[0], m[8], m[16]] == [0, 16, 32]
+    assert m[17:27] == (33, 34, 35, 36, 37, 42, 43, 44, 45, 46)
+    assert m[36:48] == (60, 61, 63, 64, 65, 67, 68, 69, 71, 72, 73, 75)
+    assert m[48:68] == tuple(range(76, 96)) and 96 not in m and 97 not in m
+    pts = np.random.default_rng(0).uniform(0, 100, (2, 98, 2))
+    np.testing.assert_allclose(convert_landmarks(pts, "wflw98", "ibug68"), pts[:, list(m)])
+    # the eye corners are exact counterparts: the inter-ocular distance is the same in both layouts
+    np.testing.assert_allclose(IBUG68.inter_ocular(convert_landmarks(pts, WFLW98, IBUG68)), WFLW98.inter_ocular(pts))
+    np.testing.assert_allclose(conversion_matrix("wflw", "wflw"), np.eye(98))
+    with pytest.raises(ValueError, match="no landmark conversion from five to wflw98"):
+        conversion_matrix("five", "wflw98")
+
+
+@pytest.mark.parametrize("source, target", [("wflw98", "ibug68"), ("ibug68", "wflw98")])
+def test_98_68_conversion_commutes_with_the_flip_maps(source: str, target: str) -> None:
+    """Flipping then converting equals converting then flipping, with WFLW's published flip index: the
+    correspondence maps left to left and right to right."""
+    from mfassl_faces.schemas import convert_landmarks
+
+    width = 120
+    pts = np.random.default_rng(1).uniform(0, 119, (3, get_schema(source).n_points, 2))
+    a = convert_landmarks(flip_landmarks(pts, source, width), source, target)
+    b = flip_landmarks(convert_landmarks(pts, source, target), target, width)
+    np.testing.assert_allclose(a, b, atol=1e-12)
+    assert list(WFLW98.mirror) == PUBLISHED_WFLW_FLIP
+
+
+def test_68_to_98_fills_what_68_points_lack() -> None:
+    from mfassl_faces.schemas import convert_landmarks
+
+    p68 = np.random.default_rng(2).uniform(0, 100, (68, 2))
+    p98 = convert_landmarks(p68, "ibug68", "wflw98")
+    np.testing.assert_allclose(convert_landmarks(p98, "wflw98", "ibug68"), p68)  # 68 -> 98 -> 68 is the identity
+    np.testing.assert_allclose(p98[1], (p68[0] + p68[1]) / 2)  # odd contour point: a midpoint
+    np.testing.assert_allclose(p98[62], (p68[37] + p68[38]) / 2)  # middle of the upper lid
+    np.testing.assert_allclose(p98[96], p68[36:42].mean(axis=0))  # pupil: eye centroid
+    np.testing.assert_allclose(p98[38], p68[21])  # lower brow edge on the upper brow, inner end
+    # the symmetric 68-point template stays symmetric in 98 points
+    t98 = convert_landmarks(template("ibug68"), "ibug68", "wflw98")
+    np.testing.assert_allclose((t98 * np.array([-1.0, 1.0]))[WFLW98.mirror_array], t98, atol=1e-12)
+
+
+def test_pupils_of_each_layout() -> None:
+    assert WFLW98.pupils == ((96,), (97,)) and FIVE_POINT.pupils == ((0,), (1,))
+    assert IBUG68.pupils == (tuple(range(36, 42)), tuple(range(42, 48)))
+    pts = template("ibug68")
+    assert IBUG68.inter_pupil(pts) == pytest.approx(2 * abs(pts[36:42, 0].mean()))

@@ -83,8 +83,9 @@ def test_cli_file_landmarks_pixel_convention(tmp_path, capsys, faces) -> None:
     assert rc == 0 and len(out) == 1
     rec = json.loads(out[0])
     assert set(rec) == {"path", "normal", "offset", "confidence", "fallback", "landmarks", "seconds", "face",
-                        "n_faces", "chosen_by", "box"}
-    assert (rec["face"], rec["n_faces"], rec["chosen_by"]) == (0, 1, "largest")
+                        "n_faces", "chosen_by", "box", "score", "landmark_confidence", "detection_confidence",
+                        "missing_points", "reason"}
+    assert (rec["face"], rec["n_faces"], rec["chosen_by"]) == (0, 1, "best")
     np.testing.assert_allclose(rec["normal"], [np.cos(np.radians(20)), np.sin(np.radians(20))], atol=1e-5)
     assert rec["offset"] == pytest.approx(np.dot(rec["normal"], [70.0, 100.0]), abs=1e-3)
     np.testing.assert_allclose(rec["landmarks"], sym, atol=0.01)

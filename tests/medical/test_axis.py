@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import os
 
+import nibabel
 import numpy as np
+import pydicom
 import pytest
 import torch
 from scipy.ndimage import map_coordinates
@@ -110,7 +112,6 @@ def test_msp_on_mni152_under_rigid_motion() -> None:
 
 
 def test_flip_consistency_chest_radiograph() -> None:
-    pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
@@ -128,7 +129,6 @@ def test_flip_consistency_chest_radiograph() -> None:
 
 
 def test_flip_consistency_example4d() -> None:
-    nibabel = pytest.importorskip("nibabel")
     path = os.path.join(os.path.dirname(nibabel.__file__), "tests", "data", "example4d.nii.gz")
     img = nibabel.load(path)
     vol = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), -1, 0)  # (2, 128, 96, 24)

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import nibabel
 import numpy as np
 import pytest
 
@@ -13,8 +14,6 @@ from mfassl.cli import check_png_target, overlay_paths
 from mfassl.geometry import SymmetryPlane3D
 from mfassl_medical import cli_axis
 from mfassl_medical.cli_axis import main
-
-nibabel = pytest.importorskip("nibabel")
 
 
 def _symmetric_volume(affine: np.ndarray, plane: SymmetryPlane3D, shape=(36, 40, 30)) -> np.ndarray:

@@ -35,7 +35,8 @@ def test_brats_reader_reads_demo_and_lesion_side_is_true(demo):
     cases = find_brats_cases(demo.brats, require_seg=True)
     assert [c["case"] for c in cases] == [f"BraTS2021_{i:05d}" for i in range(N_BRATS)]
     truth = pd.read_csv(demo.brats_truth).set_index("case")
-    assert sorted(truth["side"]) == ["left", "none", "right"] or set(truth["side"]) <= {"left", "right", "none"}
+    # every third case is healthy; the others' sides come in pairs (00000-00001 left, 00003-00004 right, ...)
+    assert list(truth["side"]) == ["left", "left", "none"] and list(truth["label"]) == [1, 1, 0]
     for c in cases:
         t = truth.loc[c["case"]]
         img = nib.load(c["image"][0])
@@ -95,11 +96,8 @@ def test_default_root_env(monkeypatch, tmp_path):
     assert default_demo_root().parts[-3:] == (".cache", "mfassl", "demo")
 
 
-def test_real_estimator_recovers_demo_ground_truth(demo):
+def test_real_estimator_recovers_demo_ground_truth(demo, estimator_calls):
     """End to end: reader -> SafeLoadImaged -> EstimateSymmetryAxisd (the real estimator) -> the demo truth."""
-    mod = pytest.importorskip("mfassl_medical.axis")
-    if not hasattr(mod, "estimate_axis"):
-        pytest.skip("mfassl_medical.axis has no estimate_axis yet")
     from monai.transforms import Compose
 
     from mfassl.geometry import SymmetryAxis2D, SymmetryPlane3D
@@ -122,6 +120,7 @@ def test_real_estimator_recovers_demo_ground_truth(demo):
     true2 = SymmetryAxis2D(normal=[tr["midline_normal_xy_0"], tr["midline_normal_xy_1"]], offset=tr["midline_offset_px"])
     est2 = SymmetryAxis2D(normal=d["image_axis"][:2], offset=float(d["image_axis"][2]))  # PNG index = (x, y)
     assert true2.angle_to(est2) < 2.0 and true2.distance_at(est2, (127.5, 127.5)) < 3.0
+    assert len(estimator_calls) == 2  # both axes came from mfassl_medical.axis.estimate_axis
 
 
 # ---------------------------------------------------------------------- subjects that differ as patients do
@@ -280,3 +279,36 @@ def test_concurrent_builds_into_one_fresh_folder_both_succeed(tmp_path):
     assert json.loads((root / "manifest.json").read_text())["n_chexpert"] == 2
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".demo.build-")]  # no half-built folder left
 
+
+
+def test_graded_findings_span_sizes_densities_and_stay_balanced(tmp_path):
+    """``findings="graded"``: every size x density class, the same mix on each side, the classes' ranges held,
+    and the default demo images unchanged by the option (the same draws)."""
+    from mfassl_medical.demo_data.chest import FINDING_DENSITY, GRADED_SIGMA
+
+    graded = build_demo_data(tmp_path / "g", n_brats=0, n_chexpert=72, seed=0, findings="graded")
+    truth = pd.read_csv(graded.chexpert_truth)
+    les = truth[truth["side"] != "none"]
+    assert len(les) == 48 and (les["side"] == "left").sum() == 24
+    assert set(les["size"]) == {"tiny", "small", "medium", "large"} and set(les["density"]) == {"faint", "moderate",
+                                                                                                "dense"}
+    mix = les.groupby("side")[["size", "density"]].value_counts().unstack(0)
+    assert (mix["left"] == mix["right"]).all()  # left and right see the same size x density mix
+    for _, r in les.iterrows():
+        lo, hi = FINDING_DENSITY[r["density"]]
+        assert lo <= r["opacity_density"] <= hi
+    assert set(truth.loc[truth["side"] == "none", "density"]) == {"none"}
+    sigma = (les["opacity_sigma_px"] / 256.0).groupby(les["size"]).median()
+    assert sigma["tiny"] < sigma["small"] < sigma["medium"] < sigma["large"]  # ordered sizes (of the 256-px image)
+    assert GRADED_SIGMA["tiny"][0] < GRADED_SIGMA["large"][0]
+    # the default set: the option leaves its images as they were (same random draws)
+    demo_a = build_demo_data(tmp_path / "a", n_brats=0, n_chexpert=6, seed=0)
+    demo_b = build_demo_data(tmp_path / "b", n_brats=0, n_chexpert=6, seed=0, findings="demo")
+    for p in pd.read_csv(demo_a.chexpert_truth)["path"]:
+        assert (demo_a.root / p).read_bytes() == (demo_b.root / p).read_bytes()
+    assert set(pd.read_csv(demo_a.chexpert_truth)["density"]) <= {"demo", "none"}
+    # a graded folder is not taken for a demo one, and back
+    assert json.loads(graded.manifest.read_text())["findings"] == "graded"
+    with pytest.raises(ValueError, match="findings must be one of"):
+        build_demo_data(tmp_path / "x", n_brats=0, n_chexpert=3, findings="hard")
+    assert not (tmp_path / "x").exists()  # refused before anything is written

@@ -157,3 +157,59 @@ def test_the_pretraining_encoder_file_loads_through_the_core_reader(tmp_path):
         torch.testing.assert_close(net.swinViT.state_dict()[k], v, msg=k)
     with pytest.raises(core.EncoderLoadError, match="feature_size"):
         load_pretrained_encoder(unetr(feature_size=24), path)
+
+
+def test_export_encoder_to_swinunetr_feeds_the_segmentation_bundle(tmp_path):
+    """``python -m mfassl export-encoder ... --to swinunetr`` (keys relative to swinViT, no prefix) is a
+    ``pretrained_checkpoint`` of the segmentation bundle. Before: refused, 'no Swin encoder weights under [...]'."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from monai.bundle import ConfigParser
+
+    import mfassl.checkpoints as core
+    from mfassl_medical.label_app import TINY_NETWORK, default_bundle_dir
+
+    torch.manual_seed(3)
+    bb = MFASwin(3, in_chans=4, embed_dim=12, window_size=4, mfa_stage=2, **SIZES)
+    model = core.save_encoder(bb, tmp_path / "models" / "model.pt")
+    out = tmp_path / "swin_vit.pt"
+    proc = subprocess.run([sys.executable, "-m", "mfassl", "export-encoder", str(model), "--to", "swinunetr",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not any(k.startswith(("swinViT.", "module.")) for k in torch.load(out, weights_only=True))
+    bundle = default_bundle_dir()
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update({**TINY_NETWORK, "bundle_root": str(bundle), "pretrained_checkpoint": str(out), "device": "cpu"})
+    sys.path.insert(0, str(bundle))  # scripts/, as MONAI puts the bundle folder on the path
+    try:
+        net = parser.get_parsed_content("network")
+    finally:
+        sys.path.remove(str(bundle))
+    assert net.encoder_load_report.ok and net.encoder_load_report.prefix == ""
+    for k, v in bb.swinViT.state_dict().items():
+        torch.testing.assert_close(net.swinViT.state_dict()[k], v, msg=k)
+    assert json.loads(out.with_suffix(".json").read_text())["kwargs"]["feature_size"] == 12
+
+
+def test_monai_self_supervised_swin_weights_load_like_swinunetr_load_from(tmp_path):
+    """MONAI users' SSL Swin weights (``{"state_dict": {"module.layers1.0.blocks.0.mlp.fc1.weight", ...}}``, the
+    layout ``SwinUNETR.load_from`` reads) load strictly, with the same values as MONAI's own ``load_from``."""
+    torch.manual_seed(5)
+    source = unetr(dims=3, in_chans=4)
+    ssl = {"module." + k.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2."): v
+           for k, v in source.swinViT.state_dict().items()}
+    assert any(".mlp.fc1." in k for k in ssl)
+    path = tmp_path / "model_swinvit.pt"
+    torch.save({"state_dict": ssl}, path)
+    ours, theirs = unetr(dims=3, in_chans=4), unetr(dims=3, in_chans=4)
+    theirs.load_from(torch.load(path, weights_only=True))  # MONAI's reader of this layout
+    report = load_pretrained_encoder(ours, path)
+    assert report.ok and report.prefix == "module." and len(report.loaded) == len(ssl)
+    for k, v in theirs.swinViT.state_dict().items():
+        torch.testing.assert_close(ours.swinViT.state_dict()[k], v, msg=k)
+        torch.testing.assert_close(v, source.swinViT.state_dict()[k], msg=k)

@@ -16,11 +16,12 @@ __all__ = ["MODALITY_SUFFIXES", "inference_datalist", "CaseNameFormatter"]
 
 logger = logging.getLogger(__name__)
 
+# File-name endings (before ``.nii[.gz]``) of the four modalities, in channel order t1, t1ce, t2, flair. (A comment,
+# not an attribute docstring: the model zoo's check-docstring-first hook allows one module-level string.)
 MODALITY_SUFFIXES: dict[str, tuple[str, ...]] = {
     "2021": ("_t1", "_t1ce", "_t2", "_flair"),
     "2023": ("-t1n", "-t1c", "-t2w", "-t2f"),
 }
-"""File-name endings (before ``.nii[.gz]``) of the four modalities, in channel order t1, t1ce, t2, flair."""
 
 _NIFTI = (".nii.gz", ".nii")
 _HELP = ("a folder of BraTS case folders (<case>_t1/_t1ce/_t2/_flair or <case>-t1n/-t1c/-t2w/-t2f NIfTI files) "

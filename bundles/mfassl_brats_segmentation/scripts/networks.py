@@ -227,6 +227,11 @@ class _SwinTransformer(_swin.SwinTransformer):
         return x
 
     def forward(self, x: torch.Tensor, normalize: bool = True) -> List[torch.Tensor]:
+        if torch.jit.is_tracing():
+            raise RuntimeError("SwinUNETR cannot be exported with torch.jit.trace (ckpt_export --use_trace): a trace "
+                               "keeps the window padding and shifts of its example size and fails on other sizes. "
+                               "Export by scripting (ckpt_export without --use_trace): the module takes any size "
+                               "32*n+32.")
         x0 = self.pos_drop(self.patch_embed(x))
         outs = [self.proj_out(x0, normalize)]
         if self.use_v2:
