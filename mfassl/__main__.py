@@ -3,7 +3,7 @@
 Writes the pretrained encoder of ``MODEL`` (a bundle's ``models/model.pt`` with its ``model.json``, a training
 checkpoint ``checkpoint_<iteration>.pt`` or a face ``backbone.pt``) as a plain state dict that a stock network
 loads with ``strict=True`` and that gives the encoder's features, and ``OUT.json`` beside it with the stock
-class, its constructor arguments and the two lines that load it (:func:`mfassl.checkpoints.export_encoder`):
+class, its constructor arguments and the two lines that load it (:func:`mfassl.export.export_encoder`):
 
 - ``--to timm``: timm ``VisionTransformer`` (the 2D MFA-ViT of CheXpert and faces); features ``model(x)``;
 - ``--to monai``: MONAI ``ViT`` (the 3D MFA-ViT of BraTS) with ``classification=True`` and an identity head;
@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from mfassl.checkpoints import EncoderLoadError, export_encoder
+    from mfassl.encoder_files import EncoderLoadError
+    from mfassl.export import export_encoder
     from mfassl.files import NoSpaceError, OutputRefusedError
 
     try:

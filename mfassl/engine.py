@@ -54,14 +54,8 @@ from ignite.engine import Engine, Events
 from ignite.engine.deterministic import DeterministicEngine
 from ignite.handlers import ProgressBar
 
-from mfassl.checkpoints import (
-    CHECKPOINT_PREFIX,
-    CheckpointSaver,
-    EncoderLoadError,
-    describe_encoder,
-    find_last_checkpoint,
-    load_checkpoint,
-)
+from mfassl.checkpoints import CHECKPOINT_PREFIX, CheckpointSaver, find_last_checkpoint, load_checkpoint
+from mfassl.encoder_files import EncoderLoadError, describe_encoder
 from mfassl.options import as_bool, as_float, as_int
 from mfassl.schedules import cosine_momentum, scaled_lr, warmup_cosine
 
@@ -306,7 +300,7 @@ def run_settings(method: nn.Module, *, batch_size: int, steps_per_epoch: int, ma
 
     ``batch_size``, ``steps_per_epoch``, ``max_epochs`` (the planned schedule), ``warmup_epochs``, ``base_lr``,
     ``min_lr``; from the method: ``objective``, ``mirror``, ``beta``, ``lambda_eq``, ``lambda_mid``, ``t_sym``,
-    ``t_mfa``, ``t_gate``; ``network`` (the encoder's :func:`~mfassl.checkpoints.describe_encoder` as JSON) and
+    ``t_mfa``, ``t_gate``; ``network`` (the encoder's :func:`~mfassl.encoder_files.describe_encoder` as JSON) and
     ``model_hash`` (keys and shapes of the whole method); then ``extra`` (caller-defined keys).
     """
     core = _unwrap(method)

@@ -227,11 +227,11 @@ def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_backbone(args: argparse.Namespace):
     """The encoder: from ``--checkpoint`` (the network it records wins over the size options) or freshly
-    initialised. Reading and strict loading go through :mod:`mfassl.checkpoints` (a ``backbone.pt``, an engine
+    initialised. Reading and strict loading go through :mod:`mfassl.encoder_files` (a ``backbone.pt``, an engine
     ``checkpoint_<N>.pt`` or a bundle's ``models/model.pt``); a file that does not fit raises
-    :class:`~mfassl.checkpoints.EncoderLoadError` naming it and the keys."""
+    :class:`~mfassl.encoder_files.EncoderLoadError` naming it and the keys."""
     from mfassl.backbones import create_backbone
-    from mfassl.checkpoints import EncoderLoadError, load_encoder, read_encoder_file
+    from mfassl.encoder_files import EncoderLoadError, load_encoder, read_encoder_file
 
     name, config = args.backbone, _backbone_config(args)
     source = None
@@ -368,7 +368,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                              resume_from=args.resume, resume_force=args.resume_force)
     trainer.run(loader, max_epochs=args.epochs)
     if idist.get_rank() == 0:
-        from mfassl.checkpoints import atomic_save, encoder_state_dict
+        from mfassl.checkpoints import atomic_save
+        from mfassl.encoder_files import encoder_state_dict
 
         atomic_save({"backbone_name": name, "backbone_config": json.dumps(config),
                      "backbone_state": encoder_state_dict(method.backbone)}, out / "backbone.pt")

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mfassl.checkpoints import load_encoder
+from mfassl.encoder_files import load_encoder
 from mfassl.evaluation import plot_gate_maps
 from mfassl.files import atomic_write, write_json, write_text
 from mfassl.options import as_bool, as_int

@@ -1,4 +1,5 @@
-"""mfassl.checkpoints: encoder files without duplicate keys, one strict reader for every kind of file."""
+"""mfassl.checkpoints and mfassl.encoder_files: encoder files without duplicate keys, one strict reader for every
+kind of file, training checkpoints written atomically, and the names mfassl.checkpoints keeps for its users."""
 
 from __future__ import annotations
 
@@ -172,3 +173,46 @@ def test_weights_and_description_get_one_mode_from_the_umask(tmp_path):
         os.umask(old)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in path.parent.iterdir()}
     assert modes == {"model.pt": "0o640", "model.json": "0o640"}
+
+
+NAMES_KEPT = r"""
+import importlib, json, sys
+import mfassl.checkpoints as checkpoints
+loaded = sorted(m for m in ("mfassl.encoder_files", "mfassl.export") if m in sys.modules)
+homes = {}
+for name in checkpoints.__all__:
+    obj = getattr(checkpoints, name)  # as a bundle's "$checkpoints.save_encoder(...)" reads it
+    home = next(m for m in ("mfassl.checkpoints", "mfassl.encoder_files", "mfassl.export")
+                if name in vars(importlib.import_module(m)))
+    assert getattr(importlib.import_module(home), name) is obj, name
+    homes[name] = home
+ns = {}
+exec("from mfassl.checkpoints import *", ns)
+assert set(checkpoints.__all__) <= set(ns), set(checkpoints.__all__) - set(ns)
+try:
+    checkpoints.no_such_name
+except AttributeError as err:
+    missing = str(err)
+print(json.dumps({"loaded_by_import": loaded, "homes": homes, "missing": missing}))
+"""
+
+
+def test_the_three_modules_and_the_names_checkpoints_keeps():
+    """Training checkpoints, encoder files and export live in three modules; every name users imported from
+    ``mfassl.checkpoints`` still comes from there (the same object), without that module importing the other two."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NAMES_KEPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["loaded_by_import"] == []
+    homes = res["homes"]
+    assert {n for n, m in homes.items() if m == "mfassl.checkpoints"} == {
+        "CHECKPOINT_PREFIX", "CheckpointSaver", "atomic_save", "find_checkpoints", "find_last_checkpoint",
+        "load_checkpoint"}
+    assert {n for n, m in homes.items() if m == "mfassl.export"} == {
+        "EXPORT_TARGETS", "WEIGHT_FORMATS", "export_encoder", "save_weights", "weight_format"}
+    assert {"save_encoder", "load_encoder", "read_encoder_file", "EncoderLoadError", "EncoderLoadReport",
+            "ENCODER_PREFIXES"} <= {n for n, m in homes.items() if m == "mfassl.encoder_files"}
+    assert len(homes) == 26 and res["missing"] == "module 'mfassl.checkpoints' has no attribute 'no_such_name'"
