@@ -221,13 +221,12 @@ def save_with_sidecar(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
     its sidecar (:func:`sidecar_path`) together: both files are complete before either replaces an earlier one
     (:func:`mfassl.files.atomic_path`), so a full disk (:class:`~mfassl.files.NoSpaceError`) leaves the earlier
     pair as it was. ``meta`` None writes the weights alone. Returns ``Path(path)``."""
-    with contextlib.ExitStack() as stack:
-        weights = stack.enter_context(atomic_path(path))
-        side = stack.enter_context(atomic_path(sidecar_path(path))) if meta is not None else None
-        with open(weights, "wb") as f:
+    with atomic_path(path) as weights:
+        with open(weights, "wb") as f:  # written in full before the sidecar: a full disk here names ``path``
             write(f)
-        if side is not None:
-            side.write_text(json.dumps(meta, indent=indent) + "\n")
+        if meta is not None:
+            with atomic_path(sidecar_path(path)) as side:
+                side.write_text(json.dumps(meta, indent=indent) + "\n")
     return Path(path)
 
 
