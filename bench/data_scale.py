@@ -87,6 +87,7 @@ def chexpert_pool(pool: Path, k: int, seed: int = 0) -> list[Path]:
 
 def write_chexpert(root: Path, n: int, pool: list[Path]) -> Path:
     """``root/CheXpert-v1.0-small`` with ``n`` frontal images (patient/study/view layout) and ``train.csv``."""
+    from mfassl.files import atomic_path
     from mfassl_medical.data.chexpert import CHEXPERT_LABELS
 
     ds = root / "CheXpert-v1.0-small"
@@ -97,11 +98,10 @@ def write_chexpert(root: Path, n: int, pool: list[Path]) -> Path:
         rel = f"CheXpert-v1.0-small/train/patient{i // 2 + 1:05d}/study{i % 2 + 1}/view1_frontal.jpg"
         _link(pool[i % len(pool)], root / rel)
         rows.append([rel, "Female", 60, "Frontal", "AP", "1.0", *([""] * (len(CHEXPERT_LABELS) - 1))])
-    with open(ds / "train.csv.tmp", "w", newline="") as f:
+    with atomic_path(ds / "train.csv", durable=False) as tmp, open(tmp, "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS])
         wr.writerows(rows)
-    os.replace(ds / "train.csv.tmp", ds / "train.csv")
     return ds
 
 

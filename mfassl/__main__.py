@@ -3,7 +3,7 @@
 Writes the pretrained encoder of ``MODEL`` (a bundle's ``models/model.pt`` with its ``model.json``, a training
 checkpoint ``checkpoint_<iteration>.pt`` or a face ``backbone.pt``) as a plain state dict that a stock network
 loads with ``strict=True`` and that gives the encoder's features, and ``OUT.json`` beside it with the stock
-class, its constructor arguments and the two lines that load it (:func:`mfassl.checkpoints.export_encoder`):
+class, its constructor arguments and the two lines that load it (:func:`mfassl.export.export_encoder`):
 
 - ``--to timm``: timm ``VisionTransformer`` (the 2D MFA-ViT of CheXpert and faces); features ``model(x)``;
 - ``--to monai``: MONAI ``ViT`` (the 3D MFA-ViT of BraTS) with ``classification=True`` and an identity head;
@@ -15,7 +15,14 @@ class, its constructor arguments and the two lines that load it (:func:`mfassl.c
 no pickle, read by ``safetensors.torch.load_file`` and by ``timm.create_model(...,
 pretrained=True, pretrained_cfg_overlay=dict(file=OUT))``.
 
-The sidecar JSON is printed to stdout; errors go to stderr with exit status 1.
+``--out`` is checked before MODEL is read: the weights file (``OUT.pt`` or ``OUT.safetensors``) and its sidecar
+``OUT.json`` are never MODEL or its sidecar (``--out model.pt`` for ``model.pt``, ``--out m2`` for ``m2.pt`` whose
+``m2.json`` would be replaced) and never one file (``--out x.json``), whatever ``--overwrite`` says; an existing
+pair is replaced only when it is an earlier export (its ``OUT.json`` names the weights file), any other existing
+file only with ``--overwrite``. Both files are written completely before either replaces an earlier one.
+
+The sidecar JSON is printed to stdout; errors go to stderr with exit status 1 (``no space left on <path>`` for a
+full disk, the earlier export kept), 2 for a refused ``--out`` or a bad option.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import json
 import logging
 import sys
 from typing import Sequence
+
+from mfassl.cli import add_overwrite_option
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out-channels", type=int, default=3, help="SwinUNETR output channels to state (3)")
     ex.add_argument("--no-verify", action="store_true",
                     help="skip building the stock network here and comparing its features")
+    add_overwrite_option(ex, "an existing weights file (OUT) or sidecar (OUT.json) that is not an earlier export")
     ex.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -54,7 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from mfassl.checkpoints import EncoderLoadError, export_encoder
+    from mfassl.encoder_files import EncoderLoadError
+    from mfassl.export import export_encoder
+    from mfassl.files import NoSpaceError, OutputRefusedError
 
     try:
         description = json.loads(args.config) if args.config else None
@@ -63,8 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         meta = export_encoder(args.model, args.to, args.out, description=description,
-                              out_channels=args.out_channels, verify=not args.no_verify, fmt=args.format)
-    except (EncoderLoadError, ValueError) as err:
+                              out_channels=args.out_channels, verify=not args.no_verify, fmt=args.format,
+                              overwrite=args.overwrite)
+    except OutputRefusedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (EncoderLoadError, ValueError, NoSpaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(meta, indent=2))

@@ -5,9 +5,13 @@ built on :mod:`mfassl.options`, overlay PNG paths, and strict JSON lines.
   a table ``{name: (target, help)}`` and hand the arguments to it; ``--help`` lists the commands (exit
   status 0), no command or an unknown one prints the same list (exit status 2).
 - :func:`option_type`: an argparse ``type=`` from a strict parser of :mod:`mfassl.options` (``as_float``,
-  ``as_int``, ``as_bool``), so ``--min-confidence nan`` is refused with a message naming the option.
-- :func:`check_png_target`, :func:`overlay_paths`: the ``--png OUT`` of the axis commands (one ``.png``
-  file for one input, else a folder of overlays with one distinct name per input).
+  ``as_int``, ``as_bool``), so ``--min-confidence nan`` is refused with a message naming the option;
+  :func:`add_overwrite_option`: the ``--overwrite`` flag every command that writes user-named files has
+  (:class:`mfassl.files.OutputGuard`).
+- :func:`check_png_target`, :func:`overlay_paths`, :func:`check_overlays`: the ``--png OUT`` of the axis
+  commands (one ``.png`` file for one input, else a folder of overlays with one distinct name per input), never
+  an input of the command and never a PNG it did not write unless ``--overwrite``; :func:`mark_overlay` tags
+  the PNG the commands write (a ``Software`` text chunk) and :func:`overlay_recogniser` reads the tag back.
 - :func:`strict_json`, :func:`json_line`: one strict-JSON line per record (NaN and infinity as ``null``).
 
 Command lines use this module (and the JSON-lines files they write); library code takes plain arguments.
@@ -20,13 +24,19 @@ import importlib
 import json
 import math
 import os
+import struct
 import sys
+import zlib
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["run_commands", "option_type", "check_png_target", "overlay_paths", "strict_json", "json_line",
-           "OVERLAY_EXTENSIONS"]
+from mfassl.files import OutputGuard
+
+__all__ = ["run_commands", "option_type", "add_overwrite_option", "check_png_target", "overlay_paths",
+           "check_overlays", "mark_overlay", "overlay_recogniser", "strict_json", "json_line", "OVERLAY_EXTENSIONS",
+           "OVERLAY_SOFTWARE"]
 
 
 # ---------------------------------------------------------------------------------------------- dispatcher
@@ -80,6 +90,17 @@ def option_type(parse: Callable[..., Any], key: str, **kwargs: Any) -> Callable[
     return convert
 
 
+def add_overwrite_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """The ``--overwrite`` flag of a command that writes files the user names (:class:`mfassl.files.OutputGuard`).
+
+    Args:
+        parser: the command's parser.
+        what: the files it replaces, for the help (``"an existing --out FILE that is not an axes file"``).
+    """
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} (an input of the command is never written over)")
+
+
 # ---------------------------------------------------------------------------------------------- overlays
 #: suffixes taken off an input's name to name its overlay (``.nii.gz`` is tried before ``.nii``)
 OVERLAY_EXTENSIONS = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nrrd", ".mha", ".mhd",
@@ -93,7 +114,8 @@ def _is_png_file(out: str) -> bool:
 def check_png_target(out: str | os.PathLike | None, n_inputs: int, what: str = "inputs") -> None:
     """Refuse a ``--png OUT`` that cannot hold the overlays of ``n_inputs`` inputs, before any input is read.
 
-    ``OUT`` is a ``.png`` file (one input only; an existing one is overwritten) or a folder (made when missing).
+    ``OUT`` is a ``.png`` file (one input only) or a folder (made when missing); what may be replaced there is
+    :func:`check_overlays`' business.
 
     Raises:
         ValueError: a ``.png`` file for several inputs, or an existing file that is not a ``.png`` (the message
@@ -152,6 +174,58 @@ def overlay_paths(out: str | os.PathLike, inputs: Sequence[str | os.PathLike]) -
         taken.add(name.lower())
         result.append(os.path.join(target, f"{name}_axis.png"))
     return result
+
+
+OVERLAY_SOFTWARE = "MFASSL axis overlay"
+"""The ``Software`` text of the overlay PNGs the axis commands write: how a rerun knows an overlay is its own."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def mark_overlay(png: bytes) -> bytes:
+    """``png`` with a ``tEXt`` chunk ``Software`` = :data:`OVERLAY_SOFTWARE` after its header chunk."""
+    if not png.startswith(_PNG_SIGNATURE):
+        raise ValueError("not PNG data")
+    end = 8 + 8 + struct.unpack(">I", png[8:12])[0] + 4  # signature, IHDR length/type, data, CRC
+    body = b"tEXt" + b"Software\0" + OVERLAY_SOFTWARE.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
+    return png[:end] + chunk + png[end:]
+
+
+def overlay_recogniser(path: Path) -> str | None:
+    """None when ``path`` is an overlay PNG an axis command wrote (:func:`mark_overlay`), else why it is not."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != _PNG_SIGNATURE:
+                return "not a PNG file"
+            while True:
+                head = fh.read(8)
+                if len(head) < 8:
+                    break
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND"):
+                    break
+                data = fh.read(length)
+                fh.seek(4, os.SEEK_CUR)
+                if kind == b"tEXt" and data == b"Software\0" + OVERLAY_SOFTWARE.encode("latin-1"):
+                    return None
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    return "a PNG that no axis command wrote"
+
+
+def check_overlays(guard: OutputGuard, out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                   pngs: Sequence[str | os.PathLike]) -> None:
+    """Check the overlay of every input with ``guard`` (its inputs: the command's inputs) before any is read:
+    none may be an input (a later one included) or another overlay; an existing PNG is replaced only when an
+    axis command wrote it, or with ``--overwrite``.
+
+    Raises:
+        mfassl.files.OutputRefusedError: naming ``--png OUT``, the overlay and the input it belongs to.
+    """
+    for src, png in zip(inputs, pngs):
+        guard.check(png, "--png", value=out, what=f"the overlay of {src}", recognise=overlay_recogniser,
+                    kind="an overlay PNG of an axis command")
 
 
 # ---------------------------------------------------------------------------------------------- JSON lines

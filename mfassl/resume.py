@@ -38,7 +38,8 @@ import torch.nn as nn
 from ignite.engine import Engine
 from ignite.handlers import Checkpoint
 
-from mfassl.checkpoints import CHECKPOINT_PREFIX, EncoderLoadError, describe_encoder, find_last_checkpoint, load_checkpoint
+from mfassl.checkpoints import CHECKPOINT_PREFIX, find_last_checkpoint, load_checkpoint
+from mfassl.encoder_files import EncoderLoadError, describe_encoder
 
 __all__ = [
     "KernelKeepingOptimizer",
@@ -185,7 +186,7 @@ def run_settings(method: nn.Module, *, batch_size: int, steps_per_epoch: int, ma
 
     ``batch_size``, ``steps_per_epoch``, ``max_epochs`` (the planned schedule), ``warmup_epochs``, ``base_lr``,
     ``min_lr``; from the method: ``objective``, ``mirror``, ``beta``, ``lambda_eq``, ``lambda_mid``, ``t_sym``,
-    ``t_mfa``, ``t_gate``; ``network`` (the encoder's :func:`~mfassl.checkpoints.describe_encoder` as JSON) and
+    ``t_mfa``, ``t_gate``; ``network`` (the encoder's :func:`~mfassl.encoder_files.describe_encoder` as JSON) and
     ``model_hash`` (keys and shapes of the whole method); then ``extra`` (caller-defined keys).
     """
     core = unwrap(method)

@@ -14,7 +14,6 @@ Brier. These are evaluation loops for small heads, not the pretraining engine
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -26,8 +25,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from mfassl.backbones import MFABackbone
-from mfassl_faces.heads import AttributeProbe, LandmarkModel
 from mfassl.cli import strict_json
+from mfassl.files import write_json
+from mfassl_faces.heads import AttributeProbe, LandmarkModel
 from mfassl_faces.predictions import image_key, write_predictions
 from mfassl_faces.readers import LandmarkDataset
 from mfassl_faces.metrics import (attribute_accuracy, auroc, balanced_accuracy, bootstrap_ci, brier, ece, flip_nme,
@@ -161,8 +161,7 @@ def run_landmark_benchmark(backbone: MFABackbone, train_set: Dataset, test_set: 
         rows = prediction_rows(test_set, res["pred"], errors, image_root)
         if rows is not None:
             out["predictions"] = str(write_predictions(d / "predictions.jsonl", rows))
-        (d / "landmark_benchmark.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
-                                                   encoding="utf-8")
+        write_json(d / "landmark_benchmark.json", strict_json(out), indent=1, allow_nan=False)
     return out
 
 
@@ -275,6 +274,5 @@ def run_attribute_probe(backbone: MFABackbone, train_set: Dataset, test_set: Dat
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "attribute_probe.json").write_text(json.dumps(strict_json(out), indent=1, allow_nan=False),
-                                                encoding="utf-8")
+        write_json(d / "attribute_probe.json", strict_json(out), indent=1, allow_nan=False)
     return out

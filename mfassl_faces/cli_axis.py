@@ -15,7 +15,10 @@ face). The output is strict JSON (a non-finite number is written ``null``).
 
 ``--png OUT`` draws the landmarks and the axis: ``OUT`` is a ``.png`` file for one image, else a folder
 with one overlay per image, named by :func:`mfassl.cli.overlay_paths` (``siteA/scan.png`` and
-``siteB/scan.png`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``).
+``siteB/scan.png`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``). Overlays are written atomically and
+tagged as overlays (a PNG ``Software`` text), so a rerun replaces its own; an overlay that would be written over
+an input (``f.png --png f.png``, or ``d/a.png d/a_axis.png --png d``) is refused, always, and one over an
+existing file that is not an overlay of an axis command is refused unless ``--overwrite``.
 
 Every input gets an answer or a one-line ``error: <file>: ...`` on stderr, and the rest go on: a
 missing, corrupt, too small (e.g. 1 x 4000) image, a folder, a wrong landmark count, a face index out of
@@ -23,7 +26,7 @@ range or a box no face overlaps. The exit status is then 1; images with no face 
 and reported, and the closing summary counts the images without the requested face apart from the
 failed ones. Options are checked
 before any file is read (an unknown source, ``--min-confidence`` outside [0, 1], ``--png FILE.png``
-with several images give exit status 2).
+with several images, a refused overlay give exit status 2).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mfassl.cli import check_png_target, json_line, overlay_paths, strict_json
+from mfassl.cli import add_overwrite_option, check_overlays, check_png_target, json_line, overlay_paths, strict_json
+from mfassl.files import OutputGuard, OutputRefusedError
 from mfassl_faces.cli_options import SOURCE_NAMES, box_arg, check_device, float_arg, int_arg
 from mfassl_faces.errors import FaceDataError
 
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: cuda if available, else cpu)")
     p.add_argument("--min-confidence", type=float_arg("--min-confidence", 0.0, 1.0), default=0.2,
                    help="in [0, 1]; below this the image centre is used (0.2)")
+    add_overwrite_option(p, "an existing --png file that is not an overlay of an axis command")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -122,7 +127,6 @@ def _answer(image_path: Path, source, args: argparse.Namespace, png: Path | None
     if png is not None:
         from mfassl_faces.draw import draw_faces
 
-        png.parent.mkdir(parents=True, exist_ok=True)
         draw_faces(image, drawn, png)
     for line in lines:
         print(line, flush=True)
@@ -135,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s",
                         stream=sys.stderr)
     images = [Path(p) for p in args.images]
+    pngs: list[Path | None] = [None] * len(images)
     try:
         args.landmarks = check_source_spec(args.landmarks)
         check_png_target(args.png, len(images), what="images")
+        if args.png:
+            pngs = [Path(p) for p in overlay_paths(args.png, images)]
+            inputs = [*images, *([args.landmarks] if args.landmarks not in SOURCE_NAMES else [])]
+            check_overlays(OutputGuard(inputs, overwrite=args.overwrite), args.png, images, pngs)
         device = check_device(args.device) if args.landmarks == "fan" else None
-    except ValueError as err:
+    except (ValueError, OutputRefusedError) as err:
         parser.error(str(err))
     try:
         source = (_source(args.landmarks, args.fan_weights) if device is None
@@ -147,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ImportError, FaceDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    pngs = [Path(p) for p in overlay_paths(args.png, images)] if args.png else [None] * len(images)
     n_bad = n_noface = n_ok = n_choice = 0
     for image_path, png in zip(images, pngs):
         try:

@@ -4,9 +4,15 @@ Landmarks of every image under ``DATASET_DIR`` (recursively), in ``N`` processes
 ``FILE`` as JSON lines (:mod:`mfassl_faces.landmark_cache`); a rerun does only what is missing. The
 face readers and ``python -m mfassl_faces pretrain --landmarks-file FILE`` take the file. Prints a
 JSON summary on stdout; every failed image is named on stderr; the exit status is 1 when some
-image failed, 2 for bad options (checked before any image is read). ``--device`` runs FAN on that torch
-device and ``--batch-size`` sends that many images per call to the source (FAN's landmarks then go through
-the network together); both need one process (``--workers`` 0 or 1) when above the defaults on a GPU.
+image failed or the disk is full (``no space left on FILE``), 2 for bad options (checked before any image
+is read). ``--device`` runs FAN on that torch device and ``--batch-size`` sends that many images per call to
+the source (FAN's landmarks then go through the network together); both need one process (``--workers`` 0 or
+1) when above the defaults on a GPU.
+
+``FILE`` is never an input (an image, an annotation file of ``--source file``: refused, exit status 2, even
+with ``--overwrite``). An existing ``FILE`` is resumed only when it is a landmarks file (its last line, cut
+short by a killed run, is repaired first); any other existing file (a JSON document, an image) is refused with
+exit status 2 and left as it is, unless ``--overwrite``, which starts a new file in its place.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 import logging
 import sys
 
+from mfassl.cli import add_overwrite_option
+from mfassl.files import NoSpaceError, OutputRefusedError
 from mfassl_faces.cli_options import SOURCE_NAMES, check_device, int_arg
 from mfassl_faces.errors import FaceDataError
 
@@ -39,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_arg("--batch-size", low=1, high=4096), default=1,
                    help="images per source call, in one process (FAN batches their faces; 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_option(p, "an existing --out FILE that is not a landmarks file (a new file is started)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -74,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         summary = compute_landmarks(args.dataset_dir, args.out, args.source, kwargs, workers=args.workers,
-                                    progress=not args.no_progress, batch_size=args.batch_size)
-    except (FaceDataError, FileNotFoundError, ImportError) as err:
+                                    progress=not args.no_progress, batch_size=args.batch_size,
+                                    overwrite=args.overwrite)
+    except NoSpaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (FaceDataError, FileNotFoundError, ImportError, OutputRefusedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for path, reason in summary["failed"]:

@@ -16,14 +16,14 @@ subsets are reported), a folder of ``.pts`` files (``--split all``, the default)
 sets (``--split 300w``: common, challenging and full; ``--split 300w-private``: indoor, outdoor and both).
 
 Prints the table (NME and FR in percent) and then one JSON line; writes ``OUT/score.json``,
-``OUT/face_errors.jsonl`` (each face's NME) and ``OUT/ced.png``. Exit status 0, 1 for a data error
-(named), 2 for bad options (checked before any file is read).
+``OUT/face_errors.jsonl`` (each face's NME) and ``OUT/ced.png``, atomically (:mod:`mfassl.files`). Exit status
+0, 1 for a data error (named), 2 for bad options or an output file that is ``PREDICTIONS`` or ``--wflw-test``
+(checked before any file is read).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections import defaultdict
@@ -190,11 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from mfassl.cli import json_line, strict_json
+    from mfassl.files import OutputGuard, OutputRefusedError, write_json
     from mfassl_faces.metrics import plot_ced
     from mfassl_faces.predictions import (PredictedFace, read_predictions, score_predictions, write_predictions)
     from mfassl_faces.report import format_landmark_table
 
     out = Path(args.out) if args.out else Path("outputs") / "faces_score"
+    guard = OutputGuard([p for p in (args.predictions, args.wflw_test) if p])
+    try:  # the folder's files are this command's own (a rerun replaces them), but never an input
+        for name in ("score.json", "face_errors.jsonl", "ced.png", *(["predictions.jsonl"] if args.source else [])):
+            guard.check(out / name, "--out", value=out, what=name, recognise=lambda p: None)
+    except OutputRefusedError as err:
+        parser.error(str(err))
     try:
         records, schema, subsets, root = ground_truth(args)
         if args.source is not None:
@@ -226,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
              normalization=args.normalization)
     report["ced_png"] = str(out / "ced.png")
     write_predictions(out / "face_errors.jsonl", ({k: f[k] for k in ("image", "face", "nme", "subsets")} for f in faces))
-    (out / "score.json").write_text(json.dumps(strict_json(report), indent=1, allow_nan=False), encoding="utf-8")
+    write_json(out / "score.json", strict_json(report), indent=1, allow_nan=False)
     name = args.source or Path(args.predictions).name
     print(format_landmark_table(report, f"{name}: NME normalised by the {args.normalization} distance "
                                         f"({report['schema']} points)"))

@@ -117,6 +117,9 @@ def _add_landmark_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--landmark-workers", type=int_arg("--landmark-workers", low=0, high=256), default=1,
                    help="detector processes (1)")
     g.add_argument("--fan-weights", help="FAN weights folder (--landmark-source fan)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let the detector start a new --landmarks-file in place of an existing file that is not a "
+                        "landmarks file (an input is never written over)")
 
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=None, help=f"folder of the demo set (default {DEMO_DIR_HELP})")
     d.add_argument("--n", type=int, default=8, help="samples per source face (8)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that holds other files and no demo manifest (files of the "
+                        "demo's names are replaced, the others kept)")
     d.add_argument("-v", "--verbose", action="store_true")
 
     pt = sub.add_parser("pretrain", help="MFASSL pretraining on face crops")
@@ -221,11 +227,11 @@ def _backbone_config(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_backbone(args: argparse.Namespace):
     """The encoder: from ``--checkpoint`` (the network it records wins over the size options) or freshly
-    initialised. Reading and strict loading go through :mod:`mfassl.checkpoints` (a ``backbone.pt``, an engine
+    initialised. Reading and strict loading go through :mod:`mfassl.encoder_files` (a ``backbone.pt``, an engine
     ``checkpoint_<N>.pt`` or a bundle's ``models/model.pt``); a file that does not fit raises
-    :class:`~mfassl.checkpoints.EncoderLoadError` naming it and the keys."""
+    :class:`~mfassl.encoder_files.EncoderLoadError` naming it and the keys."""
     from mfassl.backbones import create_backbone
-    from mfassl.checkpoints import EncoderLoadError, load_encoder, read_encoder_file
+    from mfassl.encoder_files import EncoderLoadError, load_encoder, read_encoder_file
 
     name, config = args.backbone, _backbone_config(args)
     source = None
@@ -255,7 +261,9 @@ def image_folder_records(args: argparse.Namespace, default_out: str = "faces_pre
     source = None if args.landmark_source == "none" else args.landmark_source
     kwargs = {"weights_dir": args.fan_weights, "device": str(_device(args.device))} if source == "fan" else {}
     records, counts = collect_landmark_records(args.images, table, "five" if table else None, cache, source, kwargs,
-                                               workers=args.landmark_workers, progress=not args.no_progress)
+                                               workers=args.landmark_workers, progress=not args.no_progress,
+                                               overwrite=args.overwrite,
+                                               option="--landmarks-file" if args.landmarks_file else "--out")
     logger.info("landmarks for %d images of %s: %s (cache %s)", len(records), args.images, counts, cache)
     return records, counts
 
@@ -315,7 +323,7 @@ def _out(args: argparse.Namespace, default: str) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mfassl_faces.demo import build_demo_data
 
-    out = build_demo_data(args.out, n_per_face=args.n, seed=args.seed)
+    out = build_demo_data(args.out, n_per_face=args.n, seed=args.seed, overwrite=args.overwrite)
     print(json_line({"demo": str(out)}))
     return 0
 
@@ -360,7 +368,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                              resume_from=args.resume, resume_force=args.resume_force)
     trainer.run(loader, max_epochs=args.epochs)
     if idist.get_rank() == 0:
-        from mfassl.checkpoints import atomic_save, encoder_state_dict
+        from mfassl.checkpoints import atomic_save
+        from mfassl.encoder_files import encoder_state_dict
 
         atomic_save({"backbone_name": name, "backbone_config": json.dumps(config),
                      "backbone_state": encoder_state_dict(method.backbone)}, out / "backbone.pt")
@@ -431,7 +440,7 @@ COMMANDS = {"demo": cmd_demo, "pretrain": cmd_pretrain, "benchmark": cmd_benchma
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``demo|pretrain|benchmark|probe ARGS``: parse, run the command; 1 (with one ``error:`` line) for a data,
-    file or run error, 2 for bad options."""
+    file or run error (``no space left on <path>`` for a full disk, a refused output file), 2 for bad options."""
     parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     if hasattr(args, "backbone"):
@@ -445,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (FaceDataError, FileNotFoundError, RuntimeError) as err:
+    except (FaceDataError, OSError, RuntimeError) as err:  # OSError: a full disk, a refused output included
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ValueError as err:

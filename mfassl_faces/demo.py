@@ -131,9 +131,21 @@ def transform_face(image: np.ndarray, landmarks_xy: np.ndarray, angle_deg: float
     return out, pts, m
 
 
+def _demo_folder(folder: Path) -> str | None:
+    """None when ``folder`` holds a demo set this module wrote (its ``manifest.json``), else why not."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "it holds files and no manifest.json of the faces demo"
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("settings"), dict)
+            and isinstance(manifest.get("samples"), list)):
+        return "its manifest.json is not the faces demo's"
+    return None
+
+
 def build_demo_data(out_dir: str | os.PathLike | None = None, n_per_face: int = 4, seed: int = 0, max_angle: float = 25.0,
                     scale_range: tuple[float, float] = (0.6, 1.2), max_side: int = 512,
-                    include_astronaut: bool = True, force: bool = False) -> Path:
+                    include_astronaut: bool = True, force: bool = False, overwrite: bool = False) -> Path:
     """Write (or reuse) the demo set in the 300W layout.
 
     Args:
@@ -146,9 +158,15 @@ def build_demo_data(out_dir: str | os.PathLike | None = None, n_per_face: int = 
         max_side: each source is first shrunk so its longer side is at most this.
         include_astronaut: add scikit-image's astronaut (dlib landmarks).
         force: rebuild even when the cache matches.
+        overwrite: write into a folder that holds other files and no manifest of the demo set (files of the
+            demo's names are replaced, the others kept); without it such a folder is refused.
 
     Returns:
         ``out_dir`` as a Path.
+
+    Raises:
+        mfassl.files.ForeignOutputError: ``out_dir`` holds files and is not a demo set (``overwrite`` off);
+            nothing was written.
     """
     out = Path(out_dir) if out_dir is not None else default_demo_dir()
     settings = dict(n_per_face=n_per_face, seed=seed, max_angle=max_angle, scale_range=list(scale_range),
@@ -162,6 +180,10 @@ def build_demo_data(out_dir: str | os.PathLike | None = None, n_per_face: int = 
                 return out
         except (ValueError, KeyError):
             pass
+    from mfassl.files import OutputGuard, write_json, write_text
+
+    OutputGuard(overwrite=overwrite).check(out, "--out", recognise=_demo_folder, kind="a faces demo set",
+                                           folder=True)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     samples = []
@@ -176,7 +198,7 @@ def build_demo_data(out_dir: str | os.PathLike | None = None, n_per_face: int = 
             write_pts(out / f"{name}.pts", pts)
             samples.append(dict(image=f"{name}.png", landmarks=f"{name}.pts", source=face.name, angle=angle,
                                 scale=scale, annotated=face.annotated))
-    (out / "README.md").write_text(DEMO_README.format(seed=seed), encoding="utf-8")
-    manifest_path.write_text(json.dumps({"settings": settings, "samples": samples}, indent=1), encoding="utf-8")
+    write_text(out / "README.md", DEMO_README.format(seed=seed))
+    write_json(manifest_path, {"settings": settings, "samples": samples}, indent=1)
     logger.info("wrote %d demo faces to %s", len(samples), out)
     return out

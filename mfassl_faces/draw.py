@@ -7,7 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from mfassl_faces.io import write_image
+from mfassl.cli import mark_overlay
+from mfassl.files import write_bytes
+from mfassl_faces.io import encode_image
 
 __all__ = ["axis_segment", "draw_faces"]
 
@@ -40,7 +42,7 @@ def draw_faces(image: np.ndarray, faces: Sequence[dict], path: str | os.PathLike
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         faces: dicts with ``landmarks`` (``(N, 2)`` pixel x, y or None), ``normal`` (x, y), ``offset``, ``fallback``.
-        path: output PNG.
+        path: output PNG, written atomically and tagged as an overlay (:func:`mfassl.cli.mark_overlay`).
     """
     import cv2
 
@@ -56,4 +58,4 @@ def draw_faces(image: np.ndarray, faces: Sequence[dict], path: str | os.PathLike
         if f.get("landmarks") is not None:
             for x, y in np.asarray(f["landmarks"]):
                 cv2.circle(out, (int(round(x)), int(round(y))), thick + 1, (0, 255, 0), -1, cv2.LINE_AA)
-    write_image(path, out)
+    write_bytes(path, mark_overlay(encode_image(out, ".png", path)))

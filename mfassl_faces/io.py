@@ -23,7 +23,8 @@ import numpy as np
 
 from mfassl_faces.errors import FaceDataError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image", "write_image", "read_pts", "write_pts", "read_landmark_file"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "encode_image", "write_image", "read_pts", "write_pts",
+           "read_landmark_file"]
 
 #: the file suffixes taken for images when a folder is searched (lower case; :func:`read_image` reads them all)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
@@ -60,16 +61,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 image (format from the suffix)."""
+def encode_image(image: np.ndarray, suffix: str, path: str | os.PathLike = "") -> bytes:
+    """The file bytes of an ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 image in the format of ``suffix``
+    (``".png"``, ``".jpg"``...); ``path`` names the file in the error."""
     import cv2
 
     img = np.asarray(image)
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise FaceDataError("could not write the image.", path)
+    try:
+        ok, buf = cv2.imencode(suffix, img)
+    except cv2.error as err:
+        raise FaceDataError(f"could not encode the image as {suffix} ({' '.join(str(err).split())}).", path) from err
+    if not ok:
+        raise FaceDataError(f"could not encode the image as {suffix}.", path)
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an ``(H, W, 3)`` RGB or ``(H, W)`` grey uint8 image (format from the suffix), atomically
+    (:func:`mfassl.files.write_bytes`)."""
+    from mfassl.files import write_bytes
+
+    write_bytes(path, encode_image(image, Path(path).suffix, path))
 
 
 def read_pts(path: str | os.PathLike, one_based: bool = True) -> np.ndarray:
@@ -125,11 +139,12 @@ def read_pts(path: str | os.PathLike, one_based: bool = True) -> np.ndarray:
 
 
 def write_pts(path: str | os.PathLike, landmarks_xy: np.ndarray, one_based: bool = True) -> None:
-    """Write ``(N, 2)`` 0-based pixel landmarks as a 300W ``.pts`` file."""
+    """Write ``(N, 2)`` 0-based pixel landmarks as a 300W ``.pts`` file (atomically)."""
+    from mfassl.files import write_text
+
     pts = np.asarray(landmarks_xy, dtype=np.float64) + (1.0 if one_based else 0.0)
     body = "\n".join(f"{x:.6f} {y:.6f}" for x, y in pts)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n", encoding="utf-8")
+    write_text(path, f"version: 1\nn_points: {len(pts)}\n{{\n{body}\n}}\n")
 
 
 def read_landmark_file(path: str | os.PathLike) -> np.ndarray:

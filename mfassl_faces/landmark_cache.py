@@ -17,7 +17,15 @@ whose last line is an ``error`` are tried again (a later line for the same path 
 earlier one). A line cut off by an interrupted run is ignored and the file is repaired before
 appending. With ``batch_size`` above 1 (one process), a source that batches its network (``fan``)
 answers ``batch_size`` images per call (:meth:`~mfassl_faces.sources.LandmarkSource.detect_batch`), e.g.
-on a GPU. :func:`read_landmarks_file` reads the file back (last line per path);
+on a GPU.
+
+``FILE`` is checked before any image is read (:class:`mfassl.files.OutputGuard`): it is never an input (an
+image, or an annotation file the ``file`` source reads), whatever ``overwrite`` says; an existing file is
+resumed (and repaired) only when it is a landmarks file (JSON lines of ``path`` and ``status``); any other
+existing file (a JSON document, an image, notes) is refused unless ``overwrite``, which starts a new file in
+its place. A full disk raises :class:`~mfassl.files.NoSpaceError` (``no space left on FILE``).
+
+:func:`read_landmarks_file` reads the file back (last line per path);
 :func:`mfassl_faces.readers.landmark_records` turns its ``ok`` lines into
 :class:`~mfassl_faces.readers.LandmarkRecord` objects for the face datasets and the pretraining.
 """
@@ -36,6 +44,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mfassl.cli import json_line
+from mfassl.files import OutputGuard, json_lines_recogniser, no_space_reported, repair_json_lines, same_file
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.io import IMAGE_SUFFIXES
 
@@ -59,15 +68,21 @@ def list_images(dataset_dir: str | os.PathLike) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _repair(path: Path) -> None:
-    """Cut a last line that an interrupted run left without its newline."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        logger.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run.", path,
-                       len(data) - cut)
-        with open(path, "r+b") as fh:
-            fh.truncate(cut)
+_STATUSES = ("ok", "no_face", "error")
+
+#: recogniser of a landmarks file (:meth:`mfassl.files.OutputGuard.check`)
+is_landmarks_file = json_lines_recogniser(lambda r: "path" in r and r.get("status") in _STATUSES,
+                                          "a landmark record ('path' and 'status' ok/no_face/error)")
+
+
+def _inputs(root: Path, rels: Sequence[Path], source: str) -> list[Path]:
+    """The images and, for the ``file`` source, the annotation files it would read beside them."""
+    from mfassl_faces.sources.files import FileLandmarks
+
+    images = [root / r for r in rels]
+    if source != "file":
+        return images
+    return images + [im.with_suffix(s) for im in images for s in FileLandmarks.suffixes]
 
 
 def read_landmarks_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -92,7 +107,7 @@ def read_landmarks_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
             except ValueError:
                 logger.warning("%s: line %d is not JSON (an interrupted write?); skipped.", p, k)
                 continue
-            if not isinstance(rec, dict) or "path" not in rec or rec.get("status") not in ("ok", "no_face", "error"):
+            if not isinstance(rec, dict) or "path" not in rec or rec.get("status") not in _STATUSES:
                 raise FaceDataError(f"line {k}: not a landmark record (needs 'path' and 'status' ok/no_face/error).", p)
             if rec["status"] == "ok":
                 pts = np.asarray(rec.get("landmarks"), dtype=np.float64)
@@ -189,7 +204,8 @@ def _work(job: tuple[str, str]) -> dict[str, Any]:
 
 def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, source: str = "dlib",
                       source_kwargs: dict[str, Any] | None = None, workers: int = 1, progress: bool = False,
-                      files: Sequence[str | os.PathLike] | None = None, batch_size: int = 1) -> dict[str, Any]:
+                      files: Sequence[str | os.PathLike] | None = None, batch_size: int = 1,
+                      overwrite: bool = False, option: str = "--out") -> dict[str, Any]:
     """Landmarks of every image under ``dataset_dir`` appended to ``out`` (see the module docstring).
 
     Args:
@@ -201,6 +217,8 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
         progress: show a progress bar on stderr.
         files: only these images (relative to ``dataset_dir``); default every image.
         batch_size: images per source call in one process (above 1: ``workers`` must be 0 or 1).
+        overwrite: replace an existing ``out`` that is not a landmarks file (never an input).
+        option: the command-line option that named ``out``, for the messages.
 
     Returns:
         ``{"images", "skipped", "done", "ok", "no_face", "errors", "failed": [(path, reason), ...], "out"}``
@@ -208,6 +226,9 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
 
     Raises:
         FaceDataError: ``dataset_dir`` is missing, a file, or holds no image file (when ``files`` is None).
+        mfassl.files.OutputRefusedError: ``out`` is an input, or an existing file that is not a landmarks file
+            (and ``overwrite`` is off); nothing was read or written.
+        mfassl.files.NoSpaceError: the disk filled up (the lines written so far stay; a rerun goes on).
     """
     if batch_size > 1 and workers > 1:
         raise ValueError(f"batch_size {batch_size} batches in one process; it cannot go with {workers} workers.")
@@ -216,11 +237,14 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
     rels = [Path(f) for f in files] if files is not None else list_images(root)
     if files is None and not rels:
         raise FaceDataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under this folder.", root)
-    out_resolved = out_path.resolve()
-    rels = [r for r in rels if (root / r).resolve() != out_resolved]
+    if out_path.is_file() and is_landmarks_file(out_path) is None:  # its own file, named like an image
+        rels = [r for r in rels if not same_file(root / r, out_path)]
+    guard = OutputGuard(_inputs(root, rels, source), overwrite=overwrite)
+    state = guard.check(out_path, option, recognise=is_landmarks_file,
+                        kind="a landmarks file of python -m mfassl_faces landmarks")
     done: dict[str, dict[str, Any]] = {}
-    if out_path.is_file():
-        _repair(out_path)
+    if state == "own":
+        repair_json_lines(out_path)
         done = read_landmarks_file(out_path)
     todo = [r.as_posix() for r in rels if done.get(r.as_posix(), {}).get("status") not in ("ok", "no_face")]
     summary: dict[str, Any] = {"images": len(rels), "skipped": len(rels) - len(todo), "done": 0, "ok": 0,
@@ -235,7 +259,8 @@ def compute_landmarks(dataset_dir: str | os.PathLike, out: str | os.PathLike, so
         from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), desc="landmarks", unit="img", file=sys.stderr)
-    with open(out_path, "a", encoding="utf-8") as fh:
+    with no_space_reported(out_path, "the lines written so far are kept; run again once there is space"), \
+            open(out_path, "a" if state == "own" else "w", encoding="utf-8") as fh:
         for rec in _run(jobs, source, kwargs, workers, batch_size):
             fh.write(json_line(rec) + "\n")
             fh.flush()

@@ -39,6 +39,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mfassl.evaluation import auroc, bootstrap_ci, brier, ece
+from mfassl.files import save_figure
 from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema
 
 __all__ = [
@@ -155,7 +156,7 @@ def plot_ced(curves: Mapping[str, np.ndarray], path: str | os.PathLike, threshol
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -47,6 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mfassl.cli import json_line
+from mfassl.files import write_text
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.metrics import nme
 from mfassl_faces.readers import LandmarkRecord, face_box
@@ -225,13 +226,9 @@ def read_predictions(path: str | os.PathLike, one_based: bool = False) -> list[P
 
 
 def write_predictions(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write prediction rows (``image``, ``face``, ``landmarks``, ...) as strict JSON lines; returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json_line(row) + "\n")
-    return p
+    """Write prediction rows (``image``, ``face``, ``landmarks``, ...) as strict JSON lines, atomically
+    (:func:`mfassl.files.write_text`); returns the path."""
+    return write_text(path, "".join(json_line(row) + "\n" for row in rows))
 
 
 def image_key(image: str | os.PathLike, root: str | os.PathLike | None) -> str:

@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from mfassl_faces.axis import axis_from_landmarks
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.io import IMAGE_SUFFIXES, read_image, read_pts
-from mfassl_faces.landmark_cache import compute_landmarks, list_images, read_landmarks_file
+from mfassl_faces.landmark_cache import compute_landmarks, is_landmarks_file, list_images, read_landmarks_file
 from mfassl_faces.schemas import LandmarkSchema, flip_landmarks, get_schema, schema_for_count
 
 __all__ = [
@@ -402,7 +402,8 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
                              annotation_schema: str | LandmarkSchema | None = None,
                              landmarks_file: str | os.PathLike | None = None, source: str | None = None,
                              source_kwargs: dict[str, Any] | None = None, workers: int = 1,
-                             progress: bool = False) -> tuple[list[LandmarkRecord], dict[str, int]]:
+                             progress: bool = False, overwrite: bool = False,
+                             option: str = "--landmarks-file") -> tuple[list[LandmarkRecord], dict[str, int]]:
     """Landmarks for every image of a folder, from the best place that has them.
 
     In order, for each image (relative path under ``image_dir``): the dataset's ``annotations`` (e.g.
@@ -420,6 +421,10 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
         source_kwargs: its keyword arguments.
         workers: detector processes.
         progress: progress bar for the detector.
+        overwrite: let the detector start a new ``landmarks_file`` in place of an existing file that is not a
+            landmarks file (:func:`~mfassl_faces.landmark_cache.compute_landmarks`; without it such a file is
+            refused before anything is read).
+        option: the command-line option that named ``landmarks_file``, for the messages.
 
     Returns:
         ``(records, counts)``; ``counts`` has ``annotation``, ``pts``, ``landmarks_file``, ``detector``,
@@ -451,6 +456,12 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
             counts["pts"] += 1
             continue
         pending.append(rel)
+    if source is not None and pending and landmarks_file is not None:  # refuse a foreign file before reading it
+        from mfassl.files import OutputGuard
+
+        OutputGuard([root / r for r in rels], overwrite=overwrite).check(
+            landmarks_file, option, recognise=is_landmarks_file,
+            kind="a landmarks file of python -m mfassl_faces landmarks")
     cached = read_landmarks_file(landmarks_file) if landmarks_file is not None and Path(landmarks_file).is_file() else {}
     if source is not None and pending:
         if landmarks_file is None:
@@ -458,7 +469,7 @@ def collect_landmark_records(image_dir: str | os.PathLike, annotations: dict[str
         missing = [r for r in pending if cached.get(r.as_posix(), {}).get("status") not in ("ok", "no_face")]
         if missing:
             summary = compute_landmarks(root, landmarks_file, source, source_kwargs, workers=workers,
-                                        progress=progress, files=missing)
+                                        progress=progress, files=missing, overwrite=overwrite, option=option)
             for path, reason in summary["failed"]:
                 logger.warning("%s: no landmarks (%s).", root / path, reason)
             cached = read_landmarks_file(landmarks_file)

@@ -16,9 +16,11 @@ bundles' ``axes_file`` option matches on, so the file stays valid when the data 
 ``{"path", "key", "kind", "error"}``; a DICOM series read without its bad slices (``--allow-missing-slices``)
 adds ``"missing_slices"``. Results are appended and flushed one by one, so a run that is stopped loses
 nothing; a rerun estimates only what is missing (images without a line, or whose line is an error) and the
-newest line of a key wins. The summary (stderr) counts the images done before, estimated now and failed,
-the BraTS case folders skipped (a missing modality, DICOM only), and lists the failures and the skipped
-folders; the exit code is 1 when any image failed or any case folder was skipped.
+newest line of a key wins. A last line cut short by a killed run is dropped before appending, so the file
+stays JSON lines (``pandas.read_json(FILE, lines=True)`` reads it). The summary (stderr) counts the images
+done before, estimated now and failed, the BraTS case folders skipped (a missing modality, DICOM only), and
+lists the failures and the skipped folders; the exit code is 1 when any image failed or any case folder was
+skipped.
 
 What is refused before any image is read (exit code 2, ``error: ...`` naming the path): a ``DATASET_DIR``
 that does not exist; for ``--kind chexpert`` a folder without ``train.csv``/``valid.csv`` (a BraTS root is
@@ -27,6 +29,12 @@ folder, or a folder without a BraTS case (a CheXpert folder is named as such); a
 ``DATASET_DIR`` may also be a CheXpert CSV itself (``.../CheXpert-v1.0-small/train.csv``); its folder is then
 the data set folder the keys are relative to. The pool's workers end with the command, even when it is
 killed with ``kill -9`` (:func:`mfassl.workers.die_with_parent`).
+
+``--out`` is checked before any image is read (:class:`mfassl.files.OutputGuard`): it is never an input of
+the command (a CheXpert CSV, an image, a file of a BraTS case folder: exit code 2, whatever ``--overwrite``
+says); an existing file is resumed (and repaired) only when it is an axes file of the same ``--kind``; any
+other existing file is refused (exit code 2) unless ``--overwrite``, which starts a new file in its place.
+A full disk stops the run with ``no space left on FILE`` (exit code 1); the next run repairs the last line.
 """
 
 from __future__ import annotations
@@ -42,6 +50,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mfassl.cli import add_overwrite_option
+from mfassl.files import (NoSpaceError, OutputGuard, json_lines_recogniser, no_space_reported,
+                          repair_json_lines)
 from mfassl.workers import die_with_parent
 from mfassl_medical.axes_file import axes_key, read_axes_file
 from mfassl_medical.data.safe import DataList
@@ -206,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="read a DICOM series without its truncated/unreadable slices (named in a warning and the "
                         "record) instead of failing it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_option(p, "an existing --out FILE that is not an axes file of this --kind (a new file is started)")
     return p
 
 
@@ -227,9 +239,38 @@ def _summarise(out: Path, total: int, before: int, new: int, failed: list[dict[s
     return "\n".join(lines)
 
 
+def _inputs(dataset_dir: str | os.PathLike, kind: str, items: list[dict[str, Any]]) -> list[Path]:
+    """Every file the command reads or that belongs to the data set: the images, the CheXpert CSVs, the files of
+    each BraTS case folder."""
+    root = Path(dataset_dir).expanduser()
+    files = [Path(f) for it in items for f in it["files"]]
+    if kind == "brats":
+        for folder in {Path(it["path"]) for it in items}:
+            files += [f for f in folder.iterdir() if f.is_file()]
+    elif root.is_file():
+        files.append(root)
+    else:
+        files += [root / f"{s}.csv" for s in ("train", "valid")]
+    return files
+
+
+def _axes_output(out: Path, kind: str, inputs: list[Path], overwrite: bool) -> str:
+    """Check ``--out`` (:class:`~mfassl.files.OutputGuard`), repair its torn last line; returns the guard's answer."""
+    guard = OutputGuard(inputs, overwrite=overwrite)
+    recognise = json_lines_recogniser(
+        lambda r: r.get("kind") == kind and "key" in r and "path" in r, f"an axes record of --kind {kind}",
+        describe=lambda r: (f"holds an axes record of --kind {r['kind']}"
+                            if r.get("kind") in KINDS and r.get("kind") != kind else None))
+    state = guard.check(out, "--out", recognise=recognise,
+                        kind=f"an axes file of python -m mfassl_medical axes --kind {kind}")
+    if state == "own":
+        repair_json_lines(out)
+    return state
+
+
 def run_axes(dataset_dir: str, kind: str, out: str, workers: int = 1, split: str = "all", frontal_only: bool = True,
              method: str = "auto", min_confidence: float | None = None, progress: bool = True,
-             allow_missing_slices: bool = False) -> dict[str, Any]:
+             allow_missing_slices: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Estimate what ``out`` lacks; returns ``{"total", "before", "new", "failed": [records], "skipped":
     [{"source", "reason"}], "missing_slices": [records]}`` (``skipped``: the BraTS case folders left out).
 
@@ -237,6 +278,8 @@ def run_axes(dataset_dir: str, kind: str, out: str, workers: int = 1, split: str
         DatasetLayoutError: ``dataset_dir`` is missing, not a data set of ``kind``, or holds no image
             (:func:`list_images`).
         ValueError: a bad ``method`` or ``min_confidence``.
+        mfassl.files.OutputRefusedError: ``out`` is an input, or a foreign file and ``overwrite`` is off.
+        mfassl.files.NoSpaceError: the disk filled up (the records written so far stay; a rerun goes on).
     """
     from tqdm.auto import tqdm
 
@@ -250,16 +293,11 @@ def run_axes(dataset_dir: str, kind: str, out: str, workers: int = 1, split: str
     if not items:
         raise DatasetLayoutError(f"holds no {kind} image to estimate", Path(dataset_dir).expanduser())
     out_p = Path(out).expanduser()
-    done = read_axes_file(out_p) if out_p.is_file() else {}
+    state = _axes_output(out_p, kind, _inputs(dataset_dir, kind, items), overwrite)
+    done = read_axes_file(out_p) if state == "own" else {}
     todo = [it for it in items if it["key"] not in done]
     before = len(items) - len(todo)
     out_p.parent.mkdir(parents=True, exist_ok=True)
-    if out_p.is_file() and out_p.stat().st_size > 0:
-        with open(out_p, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    else:
-        torn = False
     failed: list[dict[str, Any]] = []
     partial: list[dict[str, Any]] = []
     new = 0
@@ -287,9 +325,8 @@ def run_axes(dataset_dir: str, kind: str, out: str, workers: int = 1, split: str
                     pending.add(pool.submit(_estimate_task, nxt))
                 yield finished.result()
 
-    with open(out_p, "a", encoding="utf-8") as f:
-        if torn:
-            f.write("\n")
+    with no_space_reported(out_p, "the records written so far are kept; run again once there is space"), \
+            open(out_p, "a" if state == "own" else "w", encoding="utf-8") as f:
         for rec in results():
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -316,7 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         res = run_axes(args.dataset_dir, args.kind, args.out, workers=args.workers, split=args.split,
                        frontal_only=not args.all_views, method=args.method, min_confidence=args.min_confidence,
-                       progress=not args.no_progress, allow_missing_slices=args.allow_missing_slices)
+                       progress=not args.no_progress, allow_missing_slices=args.allow_missing_slices,
+                       overwrite=args.overwrite)
+    except NoSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

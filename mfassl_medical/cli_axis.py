@@ -12,22 +12,27 @@ time, ``load_seconds`` the reading time and ``png`` the overlay written for this
 ``--png``). Overlay names come from each input's path relative to the inputs' common folder
 (``siteA/scan.nii.gz`` and ``siteB/scan.nii.gz`` give ``siteA_scan_axis.png`` and ``siteB_scan_axis.png``;
 a name that is still taken gets ``-2``, ``-3``...), so no input overwrites another's overlay
-(:func:`mfassl.cli.overlay_paths`, shared with the face ``axis`` command).
+(:func:`mfassl.cli.overlay_paths`, shared with the face ``axis`` command). Each overlay is written atomically
+and tagged as an overlay (a PNG ``Software`` text), so a rerun replaces its own overlays.
 
 A DICOM series folder with a truncated or unreadable slice is an error naming the slice; with
 ``--allow-missing-slices`` it is read without it and a ``warning: PATH: read without N bad slice(s): ...``
 line on stderr names the slices (without ``-v`` too).
 
 Options are checked before any file is read: an unknown ``--method``, a ``--min-confidence`` that is
-not a number in [0, 1] (``nan``, ``5``) or a ``--png`` file given for several inputs stop the command
-with a usage message and exit code 2. Then every input gets its answer, or one ``error: PATH: ...``
-line on stderr naming it, and the other inputs are still processed; the exit code is 1 when any input
-failed (unreadable, not estimable, or its overlay could not be written), else 0.
+not a number in [0, 1] (``nan``, ``5``), a ``--png`` file given for several inputs, an overlay that would
+be written over an input (``x.png --png x.png``, or ``d/scan.png d/scan_axis.png --png d`` where the first
+overlay is the second input; never allowed) or over an existing file that is not an overlay of an axis command
+(allowed with ``--overwrite``) stop the command with a usage message and exit code 2. Then every input
+gets its answer, or one ``error: PATH: ...`` line on stderr naming it, and the other inputs are still
+processed; the exit code is 1 when any input failed (unreadable, not estimable, or its overlay could not be
+written: ``no space left on OUT`` for a full disk), else 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -36,7 +41,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mfassl.cli import check_png_target, json_line, overlay_paths
+from mfassl.cli import add_overwrite_option, check_overlays, check_png_target, json_line, mark_overlay, overlay_paths
+from mfassl.files import OutputGuard, OutputRefusedError, write_bytes
 
 __all__ = ["main", "load_image", "overlay_paths", "write_overlay"]
 
@@ -83,7 +89,8 @@ def _display_slices(data: np.ndarray, axis_index: Any) -> list[tuple[str, np.nda
 
 
 def write_overlay(path: str, data: np.ndarray, axis_index: Any, title: str = "") -> None:
-    """PNG of the image (2D) or three orthogonal centre slices (3D) with the axis drawn in red.
+    """PNG of the image (2D) or three orthogonal centre slices (3D) with the axis drawn in red, written
+    atomically and tagged as an overlay (:func:`mfassl.cli.mark_overlay`).
 
     Args:
         path: output PNG file.
@@ -119,9 +126,10 @@ def write_overlay(path: str, data: np.ndarray, axis_index: Any, title: str = "")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
     plt.close(fig)
+    write_bytes(path, mark_overlay(buf.getvalue()))
 
 
 def _confidence(text: str) -> float:
@@ -153,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing-slices", action="store_true",
                    help="read a DICOM series without its truncated/unreadable slices (a warning names them) "
                         "instead of failing it")
+    add_overwrite_option(p, "an existing --png file that is not an overlay of an axis command")
     p.add_argument("-v", "--verbose", action="store_true", help="log estimator warnings")
     return p
 
@@ -166,15 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns 0 when every input was processed, 1 when any failed (2: bad options)."""
     parser = _parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    pngs = [None] * len(args.paths)
     try:
         check_png_target(args.png, len(args.paths))
-    except ValueError as err:
+        if args.png:
+            pngs = overlay_paths(args.png, args.paths)
+            check_overlays(OutputGuard(args.paths, overwrite=args.overwrite), args.png, args.paths, pngs)
+    except (ValueError, OutputRefusedError) as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     from mfassl_medical.axis import DEFAULT_MIN_CONFIDENCE, estimate_axis
 
     min_conf = DEFAULT_MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
-    pngs = overlay_paths(args.png, args.paths) if args.png else [None] * len(args.paths)
     failures = 0
     for path, png in zip(args.paths, pngs):
         try:

@@ -26,7 +26,6 @@ live with their readers and are re-exported here.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from mfassl import evaluation as ev
 from mfassl.cli import strict_json
+from mfassl.files import write_json
 from mfassl.options import as_bool, as_float, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 from mfassl_medical.data.brats import brats_eval_data
@@ -220,7 +220,7 @@ class SymmetryEvaluator:
                 report["figures"]["axis_overlays"] = str(out / "axis_overlays.png")
         except Exception as err:  # a figure must not fail a finished evaluation
             logger.warning("could not draw the axis overlays: %s", err)
-        (out / "report.json").write_text(json.dumps(strict_json(report), indent=2, allow_nan=False))
+        write_json(out / "report.json", strict_json(report), indent=2, allow_nan=False)
         logger.info("%s", format_summary(report))
         return report
 

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
+from mfassl.files import save_figure
 from mfassl.geometry import hyperplane_class
 
 __all__ = ["loss_figure", "axis_figure"]
@@ -43,7 +44,7 @@ def loss_figure(rows: list[dict[str, float]], path: Path) -> None:
     axes[1].set_title("symmetry terms and schedule")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -107,6 +108,6 @@ def axis_figure(items: Sequence[dict[str, Any]], path: Path, max_items: int = 4)
         ax.set_title(f"conf {conf:.2f}{' (fallback)' if item.get('axis_fallback') else ''}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return len(shown)

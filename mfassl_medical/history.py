@@ -11,6 +11,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from mfassl.engine import step_record
+from mfassl.files import write_text
 
 __all__ = ["RunHistory"]
 
@@ -80,13 +81,10 @@ class RunHistory:
         self.rows.append({k: float(v) for k, v in out.items() if isinstance(v, (int, float))})
 
     def save(self) -> None:
-        """Write the rows to ``path`` (temporary file + rename; rank 0 only under ``torch.distributed``)."""
+        """Write the rows to ``path`` atomically (:func:`mfassl.files.write_text`; rank 0 only under
+        ``torch.distributed``)."""
         if not self.path:
             return
         if idist.get_rank() != 0:
             return
-        path = Path(self.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.rows))
-        os.replace(tmp, path)
+        write_text(self.path, json.dumps(self.rows))

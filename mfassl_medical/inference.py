@@ -22,7 +22,7 @@ The data lists ``inference.json`` names (:func:`~mfassl_medical.data.chexpert.ch
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mfassl.checkpoints import load_encoder
+from mfassl.encoder_files import load_encoder
 from mfassl.evaluation import plot_gate_maps
+from mfassl.files import atomic_write, write_json, write_text
 from mfassl.options import as_bool, as_int
 from mfassl.pairing import mirror_pair, pair_key_mask
 from mfassl_medical.data.brats import brats_inference_datalist
@@ -46,6 +47,15 @@ from mfassl_medical.errors import MedicalDataError
 __all__ = ["IMAGE_SUFFIXES", "chexpert_inference_datalist", "brats_inference_datalist", "EmbeddingExporter"]
 
 logger = logging.getLogger(__name__)
+
+
+def _write_csv(path: Path, fieldnames: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """A CSV with a header row, written atomically."""
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 class EmbeddingExporter:
@@ -169,33 +179,27 @@ class EmbeddingExporter:
                              "axis_fallback": bool(it.get("axis_fallback", False))})
         out: dict[str, Any] = {"n": len(rows), "bad": list(self.bad), "n_bad": len(self.bad)}
         if self.bad:
-            with open(self.output_dir / "bad_images.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=["source", "reason"])
-                writer.writeheader()
-                writer.writerows(self.bad)
+            _write_csv(self.output_dir / "bad_images.csv", ["source", "reason"], self.bad)
             out["bad_images"] = str(self.output_dir / "bad_images.csv")
         if not rows:
-            (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
+            write_json(self.output_dir / "inference.json", out, indent=2)
             raise MedicalDataError(f"none of the {n} images could be read; see {self.output_dir / 'bad_images.csv'}: "
                                    + "; ".join(f"{b['source']} ({b['reason']})" for b in self.bad[:10]))
         emb = torch.cat(feats).numpy().astype(np.float32)
-        np.save(self.output_dir / "embeddings.npy", emb)
+        atomic_write(self.output_dir / "embeddings.npy", lambda f: np.save(f, emb))
         out["embeddings"] = str(self.output_dir / "embeddings.npy")
         out["embedding_dim"] = int(emb.shape[1])
         if gates:
             g = torch.cat(gates).reshape(len(rows), *grid).numpy().astype(np.float32)
-            np.save(self.output_dir / "gates.npy", g)
+            atomic_write(self.output_dir / "gates.npy", lambda f: np.save(f, g))
             out["gates"] = str(self.output_dir / "gates.npy")
             out["gate_grid"] = list(grid)
             out["gate_maps_png"] = str(plot_gate_maps(torch.cat(shown_x)[: self.figure_items],
                                                       torch.cat(shown_g)[: self.figure_items], grid,
                                                       self.output_dir / "gate_maps.png"))
-        with open(self.output_dir / "index.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["row", "source", "axis_confidence", "axis_fallback"])
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_csv(self.output_dir / "index.csv", ["row", "source", "axis_confidence", "axis_fallback"], rows)
         out["index"] = str(self.output_dir / "index.csv")
-        (self.output_dir / "inference.json").write_text(json.dumps(out, indent=2))
+        write_json(self.output_dir / "inference.json", out, indent=2)
         logger.info("embedded %d images (%d-d) -> %s%s", out["n"], out["embedding_dim"], out["embeddings"],
                     f"; gate maps {tuple(grid)} -> {out['gates']}, figure {out['gate_maps_png']}" if gates else "")
         if self.bad:

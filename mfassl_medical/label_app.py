@@ -42,15 +42,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from mfassl.cli import option_type
+from mfassl.files import atomic_path, write_bytes, write_json
 from mfassl.options import as_bool, as_int
 
 __all__ = [
@@ -99,21 +99,6 @@ def default_bundle_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], None], suffix: str = ".part") -> None:
-    """Write ``dest`` through a hidden temporary file in its folder (``write(tmp)``), then rename it into place.
-
-    ``suffix`` ends the temporary name (``.part.nii.gz`` lets nibabel pick the format from it).
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_label_studies(out_dir: str | os.PathLike, dataset_dir: str | os.PathLike | None = None,
                         cases: Sequence[str] | None = None, with_labels: bool = True) -> list[str]:
     """Add to a MONAI Label studies folder the cases of a BraTS folder (default: the demo data) it lacks.
@@ -156,15 +141,16 @@ def write_label_studies(out_dir: str | os.PathLike, dataset_dir: str | os.PathLi
             imgs = [nib.load(p) for p in rec["image"]]
             data = np.stack([np.asarray(i.dataobj) for i in imgs], axis=-1)
             vol = nib.Nifti1Image(data, imgs[0].affine)
-            _atomic_write(image, lambda tmp, v=vol: nib.save(v, str(tmp)), suffix=".part.nii.gz")
+            with atomic_path(image, suffix=".part.nii.gz") as tmp:  # nibabel picks the format from the name
+                nib.save(vol, str(tmp))
             added += 1
         if with_labels and "label" in rec:
             label = out / "labels" / "final" / f"{rec['case']}.nii.gz"
             if label.exists():
                 kept += 1
             else:
-                label.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write(label, lambda tmp, src=rec["label"]: shutil.copyfile(src, tmp))
+                with atomic_path(label) as tmp:
+                    shutil.copyfile(rec["label"], tmp)
                 added += 1
         ids.append(rec["case"])
     if not ids:
@@ -397,14 +383,14 @@ def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike,
     cfg_file = dst / "configs" / "inference.json"
     cfg = json.loads(cfg_file.read_text())
     cfg.update(network)
-    cfg_file.write_text(json.dumps(cfg, indent=4) + "\n")
+    write_json(cfg_file, cfg, indent=4)
     # MONAI Label names labels from the first output's channel_def: serve the label-map names
     meta_file = dst / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
     outputs = meta["network_data_format"]["outputs"]
     if "label_map" in outputs:
         outputs["pred"]["channel_def"] = outputs["label_map"]["channel_def"]
-        meta_file.write_text(json.dumps(meta, indent=4) + "\n")
+        write_json(meta_file, meta, indent=4)
     return app
 
 
@@ -526,8 +512,7 @@ def infer(url: str, image_id: str, out_file: str | os.PathLike, name: str = BUND
     query = urllib.parse.urlencode({"image": image_id, "output": "image"})
     req = urllib.request.Request(f"{url}/infer/{urllib.parse.quote(name, safe='')}?{query}", data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=timeout) as r:
-        Path(out_file).write_bytes(r.read())
-    return Path(out_file)
+        return write_bytes(out_file, r.read())
 
 
 def stop_label_server(proc: subprocess.Popen, timeout: float = 30.0) -> int:

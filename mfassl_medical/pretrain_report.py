@@ -8,7 +8,6 @@ the console).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 from ignite.engine import Engine
+
+from mfassl.files import write_json
 
 from mfassl_medical.figures import axis_figure, loss_figure
 from mfassl_medical.history import RunHistory
@@ -95,7 +96,7 @@ def write_report(trainer: Engine, history: RunHistory, dataset: Any, output_dir:
             report["axis_overlays_png"] = str(out / "axis_overlays.png")
     except Exception as err:  # a figure problem must not fail a finished run
         logger.warning("could not draw the axis overlays: %s", err)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report, indent=2)
     if log_report:
         logger.info("%s", format_report(report))
     return report

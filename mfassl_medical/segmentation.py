@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 from monai.handlers import HausdorffDistance, MeanDice, from_engine
 
-from mfassl.checkpoints import ENCODER_PREFIXES as _CORE_PREFIXES
-from mfassl.checkpoints import EncoderFileNotFoundError, EncoderLoadError, EncoderLoadReport, read_encoder_file
-from mfassl.checkpoints import extract_encoder_state as _extract_encoder_state
-from mfassl.checkpoints import load_encoder as _load_encoder
+from mfassl.encoder_files import ENCODER_PREFIXES as _CORE_PREFIXES
+from mfassl.encoder_files import EncoderFileNotFoundError, EncoderLoadError, EncoderLoadReport, read_encoder_file
+from mfassl.encoder_files import extract_encoder_state as _extract_encoder_state
+from mfassl.encoder_files import load_encoder as _load_encoder
 from mfassl.options import as_bool
 from mfassl_medical.data.brats import brats_datalists
 
@@ -50,7 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENCODER_PREFIXES: tuple[str, ...] = tuple(p + "swinViT." for p in _CORE_PREFIXES)
-"""Prefixes tried to find the Swin encoder in a state dict: :data:`mfassl.checkpoints.ENCODER_PREFIXES` with
+"""Prefixes tried to find the Swin encoder in a state dict: :data:`mfassl.encoder_files.ENCODER_PREFIXES` with
 ``swinViT.`` appended (an MFASSL checkpoint's ``objective.backbone.swinViT.`` first)."""
 
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "necrotic_core", 2: "edema", 4: "enhancing_tumor"}
@@ -59,7 +59,7 @@ LABEL_NAMES: dict[int, str] = {0: "background", 1: "necrotic_core", 2: "edema", 
 
 def _read_state(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     """The state dict inside a checkpoint file or mapping, and a name for the report
-    (:func:`mfassl.checkpoints.read_encoder_file`)."""
+    (:func:`mfassl.encoder_files.read_encoder_file`)."""
     src = read_encoder_file(checkpoint)
     return src.state, src.source
 
@@ -83,7 +83,7 @@ def extract_encoder_state(state: Mapping[str, Any], prefix: str | None = None) -
 def load_pretrained_encoder(network: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any],
                             strict: bool = True, prefix: str | None = None) -> EncoderLoadReport:
     """Copy MFASSL-pretrained Swin encoder weights into ``network.swinViT`` (a ``SwinUNETR``), through
-    :func:`mfassl.checkpoints.load_encoder` with ``part="swinViT"``.
+    :func:`mfassl.encoder_files.load_encoder` with ``part="swinViT"``.
 
     Args:
         network: a module with a ``swinViT`` attribute (``SwinUNETR``, ``MFASwin``).

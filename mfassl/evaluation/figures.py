@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mfassl.files import save_figure
+
 __all__ = ["roc_curve", "reliability_bins", "plot_roc", "plot_reliability", "plot_gate_maps"]
 
 
@@ -67,7 +69,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("ROC")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -89,7 +91,7 @@ def plot_reliability(probs: np.ndarray, labels: np.ndarray, path: str | os.PathL
     axh.set_xlabel("predicted probability")
     axh.set_ylabel("count")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -133,6 +135,6 @@ def plot_gate_maps(images: torch.Tensor, gates: torch.Tensor, grid: Sequence[int
         ax.set_title(f"gate mean {float(gates[i].float().mean()):.3f}", fontsize=8)
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -7,11 +7,11 @@ memory cache that survives bad files.
   writes each item into a ``tempfile.TemporaryDirectory()`` (the system temp folder) and ``shutil.move``\\s
   it into ``cache_dir``; when the two are on different file systems (a node-local ``/tmp`` and a shared
   cache) that move is a copy, and another rank can read a half-written file (``torch.load`` then raises a
-  ``RuntimeError`` that MONAI re-raises). Here the temporary file is written inside ``cache_dir`` under a
-  name unique to the process and renamed with ``os.replace`` (atomic on POSIX), and an unreadable cache
-  file is recomputed, never fatal. An item's cache file is named after the item *and* the identity of the
-  files it names (:func:`file_identity`: size and modification time), so an image replaced by another file
-  of the same name is computed again instead of being read back stale.
+  ``RuntimeError`` that MONAI re-raises). Here each item is written with :func:`mfassl.files.atomic_write`
+  (a temporary file of a unique name inside ``cache_dir``, renamed into place: atomic on POSIX), and an
+  unreadable cache file is recomputed, never fatal. An item's cache file is named after the item *and* the
+  identity of the files it names (:func:`file_identity`: size and modification time), so an image replaced by
+  another file of the same name is computed again instead of being read back stale.
 * :class:`SafeCacheDataset` is MONAI's ``CacheDataset`` whose caching step records a bad sample (an image
   whose loading raises :class:`~mfassl_medical.errors.MedicalDataError`) instead of failing the whole
   cache; reading that item raises the error again, so :class:`~mfassl_medical.data.safe.SkipBadSamples`
@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from copy import deepcopy
 from typing import Any, Callable, Sequence
 
@@ -36,6 +35,7 @@ from monai.data import CacheDataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait, Transform
 from monai.utils import convert_to_tensor
 
+from mfassl.files import atomic_write
 from mfassl_medical.data.safe import find_medical_error
 from mfassl_medical.errors import MedicalDataError
 
@@ -132,13 +132,14 @@ class SharedPersistentDataset(PersistentDataset):
 
     Items are computed lazily by the process that first needs them (DataLoader workers included), converted
     to tensors as MONAI stores them (a computed item and a cached one have the same types), written to
-    ``cache_dir/<item hash><file identity><preprocessing hash>.pt`` through a temporary file in the same folder
-    and ``os.replace`` (readers see the whole file or none), and read back with
-    ``torch.load(weights_only=True)``. The file identity (:func:`file_identity`: size and modification time of
-    the files the item names) makes an image replaced under the same name a cache miss, so it is computed from
-    the new file (the old item's file stays in the folder until the folder is removed). Two processes
-    computing the same item at once both write; the last rename wins and both files are identical. A cache
-    file that cannot be read (cut short by a full disk, a killed copy) is logged, removed and recomputed.
+    ``cache_dir/<item hash><file identity><preprocessing hash>.pt`` with :func:`mfassl.files.atomic_write`
+    (readers see the whole file or none; a full or read-only cache folder is logged, ``no space left on
+    <file>``, and the item stays uncached), and read back with ``torch.load(weights_only=True)``. The file
+    identity (:func:`file_identity`: size and modification time of the files the item names) makes an image
+    replaced under the same name a cache miss, so it is computed from the new file (the old item's file stays in
+    the folder until the folder is removed). Two processes computing the same item at once both write; the last
+    rename wins and both files are identical. A cache file that cannot be read (cut short by a full disk, a
+    killed copy) is logged, removed and recomputed.
 
     Args:
         data: the data list (dicts of paths and precomputed values; they are hashed for the file name).
@@ -181,16 +182,10 @@ class SharedPersistentDataset(PersistentDataset):
         # what is returned is what is stored, so a batch mixing fresh and cached items collates
         out = convert_to_tensor(out, convert_numeric=False, track_meta=self.track_meta)
         self.computed += 1
-        tmp = self.cache_dir / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            torch.save(out, tmp, pickle_protocol=self.pickle_protocol)
-            os.replace(tmp, hashfile)
+        try:  # a cache item can be recomputed: no fsync
+            atomic_write(hashfile, lambda f: torch.save(out, f, pickle_protocol=self.pickle_protocol), durable=False)
         except OSError as e:  # read-only or full cache: train on, uncached
             logger.warning("cannot write the cache file %s (%s); the item stays uncached", hashfile, e)
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
         return out
 
 

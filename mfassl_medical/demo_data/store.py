@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mfassl.files import write_text
+
 __all__ = ["DEMO_VERSION", "GENERATOR", "DemoPaths", "default_demo_root", "manifest_matches", "check_target",
            "install_build", "lock_path", "write_truth", "write_readme"]
 
@@ -191,7 +193,7 @@ def install_build(root: Path, tmp: Path, have: dict[str, Any] | None, manifest: 
     logger.warning("demo data folder %s also holds %d entr%s not made by build_demo_data (kept): %s", root,
                    len(foreign), "y" if len(foreign) == 1 else "ies", ", ".join(foreign[:5]))
     pending = dict(manifest, files=sorted(old_files | new_files), complete=False)
-    (root / "manifest.json").write_text(json.dumps(pending, indent=1))
+    write_text(root / "manifest.json", json.dumps(pending, indent=1))
     for rel in sorted(new_files):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / rel, root / rel)

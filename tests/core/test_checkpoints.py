@@ -1,4 +1,5 @@
-"""mfassl.checkpoints: encoder files without duplicate keys, one strict reader for every kind of file."""
+"""mfassl.checkpoints and mfassl.encoder_files: encoder files without duplicate keys, one strict reader for every
+kind of file, training checkpoints written atomically, and the names mfassl.checkpoints keeps for its users."""
 
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ def test_atomic_save_leaves_no_temporary_file_when_the_disk_is_full(tmp_path, mo
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match=r"^no space left on .*x\.pt .*the earlier x\.pt is left as it was"):
         atomic_save({"a": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert path.read_bytes() == good and sorted(os.listdir(tmp_path)) == ["x.pt"]
@@ -161,3 +162,57 @@ def test_bundles_segmentation_and_faces_share_the_module(tmp_path):
     torch.save(method.backbone.state_dict(), tmp_path / "plain.pt")
     with pytest.raises(EncoderLoadError, match=r"(?s)plain\.pt does not fit.*check --backbone"):
         faces.build_backbone(Namespace(**{**vars(args), "checkpoint": str(tmp_path / "plain.pt")}))
+
+
+def test_weights_and_description_get_one_mode_from_the_umask(tmp_path):
+    """``model.json`` was written 0600 while ``model.pt`` got the umask's mode; now both get what open() gives."""
+    old = os.umask(0o027)
+    try:
+        path = save_encoder(_backbones()["vit2d"], tmp_path / "models" / "model.pt")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in path.parent.iterdir()}
+    assert modes == {"model.pt": "0o640", "model.json": "0o640"}
+
+
+NAMES_KEPT = r"""
+import importlib, json, sys
+import mfassl.checkpoints as checkpoints
+loaded = sorted(m for m in ("mfassl.encoder_files", "mfassl.export") if m in sys.modules)
+homes = {}
+for name in checkpoints.__all__:
+    obj = getattr(checkpoints, name)  # as a bundle's "$checkpoints.save_encoder(...)" reads it
+    home = next(m for m in ("mfassl.checkpoints", "mfassl.encoder_files", "mfassl.export")
+                if name in vars(importlib.import_module(m)))
+    assert getattr(importlib.import_module(home), name) is obj, name
+    homes[name] = home
+ns = {}
+exec("from mfassl.checkpoints import *", ns)
+assert set(checkpoints.__all__) <= set(ns), set(checkpoints.__all__) - set(ns)
+try:
+    checkpoints.no_such_name
+except AttributeError as err:
+    missing = str(err)
+print(json.dumps({"loaded_by_import": loaded, "homes": homes, "missing": missing}))
+"""
+
+
+def test_the_three_modules_and_the_names_checkpoints_keeps():
+    """Training checkpoints, encoder files and export live in three modules; every name users imported from
+    ``mfassl.checkpoints`` still comes from there (the same object), without that module importing the other two."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NAMES_KEPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["loaded_by_import"] == []
+    homes = res["homes"]
+    assert {n for n, m in homes.items() if m == "mfassl.checkpoints"} == {
+        "CHECKPOINT_PREFIX", "CheckpointSaver", "atomic_save", "find_checkpoints", "find_last_checkpoint",
+        "load_checkpoint"}
+    assert {n for n, m in homes.items() if m == "mfassl.export"} == {
+        "EXPORT_TARGETS", "WEIGHT_FORMATS", "export_encoder", "save_weights", "weight_format"}
+    assert {"save_encoder", "load_encoder", "read_encoder_file", "EncoderLoadError", "EncoderLoadReport",
+            "ENCODER_PREFIXES"} <= {n for n, m in homes.items() if m == "mfassl.encoder_files"}
+    assert len(homes) == 26 and res["missing"] == "module 'mfassl.checkpoints' has no attribute 'no_such_name'"

@@ -128,6 +128,43 @@ def test_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists() and (tmp_path / "y.pt").is_file()
 
 
+def _export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mfassl", "export-encoder", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("out", ["model.pt", "model", "model.json", "new.json"],
+                         ids=["the-input", "the-input-sidecar", "sidecar-as-weights", "weights-and-sidecar-one-file"])
+def test_out_never_writes_over_the_model_or_its_sidecar(tmp_path, out):
+    """``--out model.pt`` replaced the input and its sidecar; ``--out m2`` for ``m2.pt`` replaced ``m2.json``."""
+    torch.manual_seed(0)
+    model = save_encoder(CASES["timm"][0](), tmp_path / "model.pt")
+    before = {p: p.read_bytes() for p in (model, tmp_path / "model.json")}
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / out), "--overwrite")
+    assert proc.returncode == 2, proc.stderr
+    assert ("is an input of this command" in proc.stderr) != (out == "new.json")
+    assert ("would be the same file as the weights file" in proc.stderr) == (out == "new.json")
+    assert {p: p.read_bytes() for p in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt"]
+
+
+def test_out_replaces_an_earlier_export_and_a_foreign_file_only_with_overwrite(tmp_path):
+    torch.manual_seed(0)
+    model = save_encoder(CASES["timm"][0](), tmp_path / "model.pt")
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"the user's own weights")
+    proc = _export(str(model), "--to", "timm", "--out", str(other))
+    assert proc.returncode == 2 and "already exists and is not a file of python -m mfassl export-encoder" in proc.stderr
+    assert other.read_bytes() == b"the user's own weights" and not (tmp_path / "other.json").exists()
+    (tmp_path / "new.json").write_text('{"mine": true}')  # a foreign sidecar name
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / "new.pt"))
+    assert proc.returncode == 2 and "its description (" in proc.stderr and "new.json" in proc.stderr
+    assert (tmp_path / "new.json").read_text() == '{"mine": true}' and not (tmp_path / "new.pt").exists()
+    assert _export(str(model), "--to", "timm", "--out", str(other), "--overwrite", "--no-verify").returncode == 0
+    assert json.loads((tmp_path / "other.json").read_text())["weights"] == "other.pt"
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--no-verify")  # an earlier export: replaced
+    assert proc.returncode == 0, proc.stderr
+    assert "cls_token" in torch.load(other, weights_only=True)
 
 @pytest.mark.parametrize("to", sorted(CASES))
 def test_safetensors_export_loads_without_pickle(tmp_path, to):
@@ -165,3 +202,33 @@ def test_format_follows_the_suffix_and_a_contradiction_is_refused(tmp_path, caps
                  "--format", "safetensors"]) == 1
     assert "--format safetensors writes .safetensors; --out is" in capsys.readouterr().err
     assert not (tmp_path / "b.pt").exists()
+
+
+def test_safetensors_out_is_guarded_as_a_pt_out_is(tmp_path):
+    """``--format safetensors``: the sidecar of ``model.safetensors`` is the input's ``model.json``; a foreign
+    ``.safetensors`` file is replaced only with ``--overwrite``, an earlier safetensors export without it."""
+    torch.manual_seed(0)
+    model = save_encoder(CASES["timm"][0](), tmp_path / "model.pt")
+    before = {p: p.read_bytes() for p in (model, tmp_path / "model.json")}
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / "model.safetensors"), "--overwrite")
+    assert proc.returncode == 2 and "its description (" in proc.stderr, proc.stderr
+    assert "model.json) is an input of this command" in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "model.safetensors").exists()
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"the user's own safetensors")
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--format", "safetensors", "--no-verify")
+    assert proc.returncode == 2 and "already exists and is not a file of python -m mfassl export-encoder" in proc.stderr
+    assert other.read_bytes() == b"the user's own safetensors" and not (tmp_path / "other.json").exists()
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--overwrite", "--no-verify")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "other.json").read_text())["weights"] == "other.safetensors"
+    proc = _export(str(model), "--to", "timm", "--out", str(other), "--no-verify")  # an earlier export: replaced
+    assert proc.returncode == 0, proc.stderr
+    from safetensors.torch import load_file
+
+    assert "cls_token" in load_file(str(other))
+    # other.json describes other.safetensors: an --out other.pt would leave that file without its description
+    proc = _export(str(model), "--to", "timm", "--out", str(tmp_path / "other.pt"), "--no-verify")
+    assert proc.returncode == 2 and "it describes 'other.safetensors', not 'other.pt'" in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "other.json").read_text())["weights"] == "other.safetensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "model.pt", "other.json", "other.safetensors"]

@@ -84,8 +84,12 @@ def test_png_naming_an_existing_file_with_several_images_is_refused_up_front(tmp
     plain.write_text("x")
     with pytest.raises(SystemExit):
         cli_axis.main([str(a), "--landmarks", "file", "--png", str(plain)])
-    # one image onto an existing .png file: overwritten with the overlay
-    assert cli_axis.main([str(a), "--landmarks", "file", "--png", str(existing)]) == 0
+    # one image onto an existing .png file no axis command wrote: refused, replaced only with --overwrite
+    with pytest.raises(SystemExit) as ex:
+        cli_axis.main([str(a), "--landmarks", "file", "--png", str(existing)])
+    assert ex.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert existing.read_bytes() == b"not touched"
+    assert cli_axis.main([str(a), "--landmarks", "file", "--png", str(existing), "--overwrite"]) == 0
     assert existing.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

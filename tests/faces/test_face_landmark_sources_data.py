@@ -66,7 +66,7 @@ def test_annotations_then_file_then_detector_once(tmp_path, monkeypatch) -> None
     root, table_path, cache = _folder(tmp_path)
     calls = []
 
-    def fake_compute(root_, out, source, kwargs, workers=1, progress=False, files=None):
+    def fake_compute(root_, out, source, kwargs, workers=1, progress=False, files=None, **guard):
         calls.append([f.as_posix() for f in files])
         with open(out, "a") as fh:
             pts = place(template("ibug68"), 12.0, 30.0, (89.0, 120.0))

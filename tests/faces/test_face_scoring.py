@@ -199,6 +199,23 @@ def test_score_command_line(wflw, tmp_path) -> None:
     assert (out / "ced.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_score_never_writes_over_the_predictions_it_reads(wflw, tmp_path) -> None:
+    """``score OUT/face_errors.jsonl --out OUT`` read the user's predictions and then wrote the face errors over
+    them; the output files are checked against the inputs before anything is read."""
+    ann, root = wflw
+    out = tmp_path / "out"
+    out.mkdir()
+    preds = out / "face_errors.jsonl"
+    preds.write_text(_formats(tmp_path, root)["jsonl"].read_text())
+    kept = preds.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "mfassl_faces", "score", str(preds), "--wflw-test", str(ann),
+                           "--wflw-images", str(root), "--n-boot", "10", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {out}: face_errors.jsonl ({preds}) is an input of this command" in proc.stderr
+    assert preds.read_bytes() == kept and sorted(p.name for p in out.iterdir()) == ["face_errors.jsonl"]
+
+
 def test_score_options_and_errors(wflw, tmp_path, capsys) -> None:
     ann, root = wflw
     path = _formats(tmp_path, root)["jsonl"]
