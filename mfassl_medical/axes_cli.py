@@ -48,15 +48,17 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from mfassl.cli import add_overwrite_option
 from mfassl.files import (NoSpaceError, OutputGuard, json_lines_recogniser, no_space_reported,
                           repair_json_lines)
 from mfassl.workers import die_with_parent
 from mfassl_medical.axes_file import axes_key, read_axes_file
-from mfassl_medical.data.safe import DataList
 from mfassl_medical.errors import DatasetLayoutError
+
+if TYPE_CHECKING:  # the data package imports torch and MONAI: at the point of use, not for --help
+    from mfassl_medical.data.safe import DataList
 
 __all__ = ["main", "list_images", "estimate_one", "read_axes_file", "axes_key", "AXIS_FIELDS"]
 
@@ -119,6 +121,8 @@ def list_images(dataset_dir: str | os.PathLike, kind: str, split: str = "all",
         DatasetLayoutError: (a ``ValueError``) ``dataset_dir`` does not exist, is not the kind of data set
             ``kind`` says, or holds no image; the message names it and what was expected.
     """
+    from mfassl_medical.data.safe import DataList
+
     root = Path(dataset_dir).expanduser()
     if kind == "brats":
         from mfassl_medical.data import find_brats_cases

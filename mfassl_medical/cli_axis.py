@@ -142,9 +142,19 @@ def _confidence(text: str) -> float:
         raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _method(text: str) -> str:
+    """argparse type of ``--method``: a name of :data:`mfassl_medical.axis.AXIS_ESTIMATORS`, any case. The
+    estimators (torch, SciPy) are imported when a ``--method`` is checked, not for ``--help``."""
     from mfassl_medical.axis import AXIS_ESTIMATORS
 
+    name = text.lower()
+    if name not in AXIS_ESTIMATORS.names():
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                         f"{', '.join(repr(n) for n in AXIS_ESTIMATORS.names())})")
+    return name
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mfassl_medical axis",
                                 description="Estimate the symmetry axis (2D midline / 3D mid-sagittal plane) "
                                             "of image files in the world frame of their affine.",
@@ -154,8 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="NIfTI, DICOM file or series folder, PNG")
     p.add_argument("--json", action="store_true", help="one strict-JSON object per line (default: a readable line)")
     p.add_argument("--png", metavar="OUT", help="overlay PNG: a .png file for one input, else a folder")
-    p.add_argument("--method", default="auto", type=str.lower, choices=AXIS_ESTIMATORS.names(),
-                   help="estimator name (default auto)")
+    p.add_argument("--method", default="auto", type=_method, metavar="NAME",
+                   help="estimator name: auto (default), midline, msp, centre, or one registered in "
+                        "mfassl_medical.axis.AXIS_ESTIMATORS")
     p.add_argument("--min-confidence", type=_confidence, default=None,
                    help="fall back to the image centre below this confidence, a number in [0, 1]")
     p.add_argument("--allow-missing-slices", action="store_true",
