@@ -14,6 +14,8 @@ from mfassl.__main__ import main
 from mfassl.backbones import MFASwin, MFAViT
 from mfassl.checkpoints import save_encoder
 
+from cli_runner import run_main
+
 # Run in a child interpreter that never imports mfassl: load the exported file into the stock network and compare
 # with our features. A .safetensors export is read with pickle disabled (the weights and the reference input and
 # features all come through safetensors.torch.load_file), and timm loads it by its own pretrained-weights path
@@ -21,42 +23,54 @@ from mfassl.checkpoints import save_encoder
 STOCK_CHECK = r"""
 import json, pickle, sys
 import torch
-meta = json.load(open(sys.argv[1]))
-safe = sys.argv[2].endswith(".safetensors")
-if safe:
-    from safetensors.torch import load_file
-    def _no_pickle(*args, **kwargs):
-        raise RuntimeError("pickle used")
-    pickle.load = pickle.loads = _no_pickle
-    state, io = load_file(sys.argv[2]), load_file(sys.argv[3])
-    x, want = io["x"], io["want"]
-else:
-    state = torch.load(sys.argv[2], weights_only=True)
-    x, want = torch.load(sys.argv[3], weights_only=True)
-if meta["target"] == "timm" and safe:
-    import timm
-    kw = {k: v for k, v in meta["kwargs"].items() if k != "class_token"}
-    net = timm.create_model("vit_small_patch16_224", pretrained=True,
-                            pretrained_cfg_overlay=dict(file=sys.argv[2]), **kw).eval()
-    assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
-    got = net(x)
-elif meta["target"] == "timm":
-    from timm.models.vision_transformer import VisionTransformer
-    net = VisionTransformer(**meta["kwargs"]).eval()
-    net.load_state_dict(state, strict=True)
-    got = net(x)
-elif meta["target"] == "monai":
-    from monai.networks.nets import ViT
-    net = ViT(**meta["kwargs"]).eval()
-    net.load_state_dict(state, strict=True)
-    got = net(x)[0]
-else:
-    from monai.networks.nets import SwinUNETR
-    net = SwinUNETR(**meta["kwargs"]).eval()
-    net.swinViT.load_state_dict(state, strict=True)
-    got = net.swinViT(x)[-1].flatten(2).mean(-1)
+from safetensors.torch import load_file
+
+
+def _no_pickle(*args, **kwargs):
+    raise RuntimeError("pickle used")
+
+
+def check(meta_file, weights, io_file):
+    meta = json.load(open(meta_file))
+    safe = weights.endswith(".safetensors")
+    if safe:
+        real = pickle.load, pickle.loads
+        pickle.load = pickle.loads = _no_pickle
+        state, io = load_file(weights), load_file(io_file)
+        x, want = io["x"], io["want"]
+    else:
+        state = torch.load(weights, weights_only=True)
+        x, want = torch.load(io_file, weights_only=True)
+    if meta["target"] == "timm" and safe:
+        import timm
+        kw = {k: v for k, v in meta["kwargs"].items() if k != "class_token"}
+        net = timm.create_model("vit_small_patch16_224", pretrained=True,
+                                pretrained_cfg_overlay=dict(file=weights), **kw).eval()
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+        got = net(x)
+    elif meta["target"] == "timm":
+        from timm.models.vision_transformer import VisionTransformer
+        net = VisionTransformer(**meta["kwargs"]).eval()
+        net.load_state_dict(state, strict=True)
+        got = net(x)
+    elif meta["target"] == "monai":
+        from monai.networks.nets import ViT
+        net = ViT(**meta["kwargs"]).eval()
+        net.load_state_dict(state, strict=True)
+        got = net(x)[0]
+    else:
+        from monai.networks.nets import SwinUNETR
+        net = SwinUNETR(**meta["kwargs"]).eval()
+        net.swinViT.load_state_dict(state, strict=True)
+        got = net.swinViT(x)[-1].flatten(2).mean(-1)
+    if safe:
+        pickle.load, pickle.loads = real
+    return {"max_abs_diff": float((got - want).abs().max()), "shape": list(got.shape)}
+
+
+results = {w: check(m, w, io) for m, w, io in json.loads(sys.argv[1])}
 assert not any(m == "mfassl" or m.startswith("mfassl") for m in sys.modules), "mfassl was imported"
-print(json.dumps({"max_abs_diff": float((got - want).abs().max()), "shape": list(got.shape)}))
+print(json.dumps(results))
 """
 
 CASES = {
@@ -69,26 +83,61 @@ CASES = {
 }
 
 
+FORMATS = ("pt", "safetensors")
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> dict[tuple[str, str], dict]:
+    """Every stock network in both formats: ``{(to, fmt): {"meta", "printed", "weights", "io", "shape"}}``, the
+    exports written by ``export-encoder`` and the reference input and features of our encoder beside them."""
+    from safetensors.torch import save_file
+
+    capture = {}
+    for to, (build, shape) in sorted(CASES.items()):
+        torch.manual_seed(0)
+        encoder = build().eval()
+        folder = tmp_path_factory.mktemp(to)
+        model = save_encoder(encoder, folder / "models" / "model.pt")
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = encoder(x)
+        torch.save((x, want), folder / "io.pt")
+        save_file({"x": x, "want": want.contiguous()}, str(folder / "io.safetensors"))
+        for fmt in FORMATS:
+            out = folder / fmt / f"{to}.{fmt}"  # one sidecar name per folder
+            proc = run_main("mfassl", "export-encoder", str(model), "--to", to, "--out", str(out), "--format", fmt)
+            assert proc.returncode == 0, proc.stderr
+            capture[to, fmt] = {"meta": json.loads(out.with_suffix(".json").read_text()),
+                                "printed": json.loads(proc.stdout), "weights": out,
+                                "io": folder / f"io.{fmt}", "shape": list(want.shape)}
+    return capture
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("to", sorted(CASES))
-def test_stock_network_loads_strictly_and_gives_our_features(tmp_path, capsys, to):
-    build, shape = CASES[to]
-    torch.manual_seed(0)
-    encoder = build().eval()
-    model = save_encoder(encoder, tmp_path / "models" / "model.pt")
-    out = tmp_path / f"{to}.pt"
-    assert main(["export-encoder", str(model), "--to", to, "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert printed == meta and meta["target"] == to and meta["verified_max_abs_diff"] <= 1e-5
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = encoder(x)
-    torch.save((x, want), tmp_path / "io.pt")
-    proc = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(out.with_suffix(".json")), str(out),
-                           str(tmp_path / "io.pt")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+def test_export_writes_weights_and_a_description_verified_here(exports, to, fmt):
+    case = exports[to, fmt]
+    meta = case["meta"]
+    assert case["printed"] == meta and meta["target"] == to and meta["verified_max_abs_diff"] <= 1e-5
+    assert meta["weights"] == case["weights"].name and meta["format"] == fmt
+    if fmt == "safetensors":
+        raw = case["weights"].read_bytes()
+        header = int.from_bytes(raw[:8], "little")
+        assert json.loads(raw[8:8 + header])["__metadata__"]["format"] == "pt"  # not a pickle
+        assert "safetensors.torch.load_file" in meta["load"]
+
+
+def test_stock_networks_load_every_export_strictly_without_mfassl(exports, tmp_path):
+    """One child interpreter that never imports mfassl loads all six exports (a .safetensors one with pickle
+    disabled; timm's by its own pretrained-weights path) and gives our features."""
+    jobs = [[str(c["weights"].with_suffix(".json")), str(c["weights"]), str(c["io"])] for c in exports.values()]
+    proc = subprocess.run([sys.executable, "-c", STOCK_CHECK, json.dumps(jobs)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["shape"] == list(want.shape) and res["max_abs_diff"] <= 1e-5
+    for case in exports.values():
+        got = res[str(case["weights"])]
+        assert got["shape"] == case["shape"] and got["max_abs_diff"] <= 1e-5, case["weights"].name
 
 
 def test_export_from_a_training_checkpoint(tmp_path):
@@ -129,8 +178,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def _export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl", "export-encoder", *args], capture_output=True, text=True,
-                          timeout=600)
+    return run_main("mfassl", "export-encoder", *args)
 
 
 @pytest.mark.parametrize("out", ["model.pt", "model", "model.json", "new.json"],
@@ -165,32 +213,6 @@ def test_out_replaces_an_earlier_export_and_a_foreign_file_only_with_overwrite(t
     proc = _export(str(model), "--to", "timm", "--out", str(other), "--no-verify")  # an earlier export: replaced
     assert proc.returncode == 0, proc.stderr
     assert "cls_token" in torch.load(other, weights_only=True)
-
-@pytest.mark.parametrize("to", sorted(CASES))
-def test_safetensors_export_loads_without_pickle(tmp_path, to):
-    from safetensors.torch import save_file
-
-    build, shape = CASES[to]
-    torch.manual_seed(0)
-    encoder = build().eval()
-    model = save_encoder(encoder, tmp_path / "models" / "model.pt")
-    out = tmp_path / f"{to}.safetensors"
-    assert main(["export-encoder", str(model), "--to", to, "--out", str(out), "--format", "safetensors"]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["format"] == "safetensors" and "safetensors.torch.load_file" in meta["load"]
-    header = int.from_bytes(out.read_bytes()[:8], "little")
-    assert json.loads(out.read_bytes()[8:8 + header])["__metadata__"]["format"] == "pt"  # not a pickle
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = encoder(x)
-    save_file({"x": x, "want": want.contiguous()}, str(tmp_path / "io.safetensors"))
-    proc = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(out.with_suffix(".json")), str(out),
-                           str(tmp_path / "io.safetensors")], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["shape"] == list(want.shape) and res["max_abs_diff"] <= 1e-5
-
 
 def test_format_follows_the_suffix_and_a_contradiction_is_refused(tmp_path, capsys):
     torch.manual_seed(0)

@@ -15,6 +15,8 @@ from mfassl_faces.heads import HeatmapLandmarkHead, LandmarkModel, soft_argmax_2
 from mfassl_faces.io import write_image
 from mfassl_faces.readers import CelebAHQDataset, LandmarkDataset, read_300w_folder
 
+from cli_runner import run_main
+
 TINY = ["--size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "4"]
 
 
@@ -169,8 +171,7 @@ def _strict(text: str):
 
 
 def _faces_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_faces", *args], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+    return run_main("mfassl_faces", *args, cwd=ROOT)
 
 
 def test_cli_model_predicting_nan_fails_every_face(demo, tmp_path) -> None:

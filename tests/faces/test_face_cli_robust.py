@@ -14,6 +14,7 @@ from mfassl_faces.demo import load_source_faces
 from mfassl_faces.io import write_image, write_pts
 from mfassl_faces.sources import Face, choose_faces
 
+from cli_runner import run_main
 from face_helpers import place, template
 
 
@@ -126,8 +127,7 @@ def test_json_is_strict_with_null_for_nan(tmp_path, capsys) -> None:
 
 
 def _run_axis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_faces", "axis", *args], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    return run_main("mfassl_faces", "axis", *args, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_one_missing_point_drops_its_pairs_on_the_command_line(tmp_path) -> None:

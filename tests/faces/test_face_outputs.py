@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,12 @@ import pytest
 from mfassl.cli import overlay_recogniser
 from mfassl_faces.io import write_image, write_pts
 
+from cli_runner import run_main
 from face_helpers import place, template
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_faces", *args], capture_output=True, text=True, timeout=600)
+    return run_main("mfassl_faces", *args)
 
 
 def _face(path: Path, angle: float = 0.0) -> Path:

@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.protocols import LANDMARK_PROTOCOLS, PROTOCOL_NAMES, read_protocol
 
+from cli_runner import run_main
 from face_helpers import IBUG_TREE, write_300w_tree
 
 TINY = ["--size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "4"]
@@ -75,7 +75,7 @@ def test_300w_split_names_a_missing_folder(tree, tmp_path) -> None:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_faces", *args], capture_output=True, text=True, timeout=300)
+    return run_main("mfassl_faces", *args)
 
 
 def test_benchmark_on_the_300w_split_then_score_its_predictions(tree, tmp_path, capsys) -> None:

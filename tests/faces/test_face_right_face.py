@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +14,15 @@ from mfassl_faces.demo import load_source_faces, transform_face
 from mfassl_faces.io import read_image, write_image
 from mfassl_faces.sources import Face, LandmarkSource
 
+from cli_runner import run_main
+
 ROOT = Path(__file__).resolve().parents[2]
 #: her face's box in skimage's astronaut (512 x 512), as dlib finds it upright
 ASTRONAUT_FACE = (178.0, 82.0, 275.0, 179.0)
 
 
 def _axis(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_faces", "axis", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    return run_main("mfassl_faces", "axis", *args, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,13 @@ import pytest
 from PIL import Image
 
 from mfassl.cli import overlay_recogniser
+
+from cli_runner import run_main
 from test_axes_command import write_chexpert
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mfassl_medical", *args], capture_output=True, text=True, timeout=600)
+    return run_main("mfassl_medical", *args)
 
 
 def _png(path: Path, shift: float = 0.0) -> Path:
