@@ -126,7 +126,8 @@ def window_attention_forward(attn: WindowAttention, x: torch.Tensor, mask: torch
     logits, v = ScriptableWindowAttention.logits(attn, x, mask)  # works on any MONAI WindowAttention
     clean = None
     if noise_std > 0:
-        noise = torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+        noise = (torch.randn(logits.shape, device=logits.device, dtype=logits.dtype) if generator is None
+                 else torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype))
         if observe is not None:
             clean = logits.softmax(-1)
         logits = logits + noise_std * noise
