@@ -25,7 +25,8 @@ before it reads or writes anything:
 
 :func:`json_lines_recogniser` and :func:`repair_json_lines` are the recogniser and the repair of the JSON-lines
 files that ``axes`` and ``landmarks`` append to (a last line cut short by a killed run is dropped before
-appending, and only after the file is recognised).
+appending, and only after the file is recognised); :func:`read_json_lines` is the one reader of JSON lines
+(axes files, landmark files, prediction files), each caller checking its own records.
 
 Example::
 
@@ -61,6 +62,7 @@ __all__ = [
     "no_space_reported",
     "same_file",
     "json_lines_recogniser",
+    "read_json_lines",
     "repair_json_lines",
 ]
 
@@ -414,6 +416,32 @@ def json_lines_recogniser(is_record: Callable[[Mapping[str, Any]], bool], record
         return None
 
     return recognise
+
+
+def read_json_lines(path: str | os.PathLike,
+                    on_bad_line: Callable[[int, ValueError], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSON-lines file, read one line at a time (memory does
+    not grow with the file: an axes file of 224k images).
+
+    Args:
+        path: the UTF-8 file.
+        on_bad_line: what to do with a line that is not JSON, called with its number and the error: raise (a reader
+            that refuses the file) or return (the line is skipped). None: skipped with a warning naming the file
+            and the line (a write cut short by a killed run).
+    """
+    with open(path, encoding="utf-8") as fh:
+        for k, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                if on_bad_line is None:
+                    logger.warning("%s: line %d is not JSON (a write cut short?); skipped.", path, k)
+                else:
+                    on_bad_line(k, err)
+                continue
+            yield k, value
 
 
 def repair_json_lines(path: str | os.PathLike) -> int:

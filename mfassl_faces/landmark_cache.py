@@ -32,7 +32,6 @@ its place. A full disk raises :class:`~mfassl.files.NoSpaceError` (``no space le
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -44,7 +43,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mfassl.cli import json_line
-from mfassl.files import OutputGuard, json_lines_recogniser, no_space_reported, repair_json_lines, same_file
+from mfassl.files import (OutputGuard, json_lines_recogniser, no_space_reported, read_json_lines, repair_json_lines,
+                          same_file)
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.io import IMAGE_SUFFIXES
 
@@ -98,22 +98,14 @@ def read_landmarks_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     if not p.is_file():
         raise FaceDataError("landmarks file does not exist.", p)
     out: dict[str, dict[str, Any]] = {}
-    with open(p, encoding="utf-8") as fh:
-        for k, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                logger.warning("%s: line %d is not JSON (an interrupted write?); skipped.", p, k)
-                continue
-            if not isinstance(rec, dict) or "path" not in rec or rec.get("status") not in _STATUSES:
-                raise FaceDataError(f"line {k}: not a landmark record (needs 'path' and 'status' ok/no_face/error).", p)
-            if rec["status"] == "ok":
-                pts = np.asarray(rec.get("landmarks"), dtype=np.float64)
-                if pts.ndim != 2 or pts.shape[1] != 2:
-                    raise FaceDataError(f"line {k}: 'landmarks' must be N rows of (x, y), got shape {pts.shape}.", p)
-            out[str(rec["path"])] = rec
+    for k, rec in read_json_lines(p):
+        if not isinstance(rec, dict) or "path" not in rec or rec.get("status") not in _STATUSES:
+            raise FaceDataError(f"line {k}: not a landmark record (needs 'path' and 'status' ok/no_face/error).", p)
+        if rec["status"] == "ok":
+            pts = np.asarray(rec.get("landmarks"), dtype=np.float64)
+            if pts.ndim != 2 or pts.shape[1] != 2:
+                raise FaceDataError(f"line {k}: 'landmarks' must be N rows of (x, y), got shape {pts.shape}.", p)
+        out[str(rec["path"])] = rec
     return out
 
 

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from mfassl.cli import json_line
-from mfassl.files import write_text
+from mfassl.files import read_json_lines, write_text
 from mfassl_faces.errors import FaceDataError
 from mfassl_faces.metrics import nme
 from mfassl_faces.readers import LandmarkRecord, face_box
@@ -156,18 +156,14 @@ def _read_json(path: Path) -> list[PredictedFace]:
 
 
 def _read_jsonl(path: Path) -> list[PredictedFace]:
+    def refuse(k: int, err: ValueError) -> None:
+        raise FaceDataError(f"line {k} is not JSON ({err}).", path) from err
+
     out: list[PredictedFace] = []
-    with open(path, encoding="utf-8") as fh:
-        for k, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise FaceDataError(f"line {k} is not JSON ({err}).", path) from err
-            face = _from_object(obj, f"{path}: line {k}")
-            if face is not None:
-                out.append(face)
+    for k, obj in read_json_lines(path, on_bad_line=refuse):
+        face = _from_object(obj, f"{path}: line {k}")
+        if face is not None:
+            out.append(face)
     return out
 
 

@@ -10,13 +10,13 @@ instead of estimating.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mfassl.files import read_json_lines
 from mfassl.options import is_unset
 
 __all__ = ["axes_key", "read_axes_file", "attach_axes"]
@@ -41,18 +41,9 @@ def axes_key(dataset_dir: str | os.PathLike, image: str | os.PathLike | Sequence
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every keyed JSON object of the file; lines that are not JSON are skipped
     with a warning (a write cut short)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s line %d is not JSON (a write cut short?); ignored", path, n)
-                continue
-            if isinstance(rec, dict) and "key" in rec:
-                yield n, rec
+    for n, rec in read_json_lines(path):
+        if isinstance(rec, dict) and "key" in rec:
+            yield n, rec
 
 
 def read_axes_file(path: str | os.PathLike, errors: bool = False) -> dict[str, dict[str, Any]]:

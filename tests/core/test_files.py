@@ -18,6 +18,7 @@ from mfassl.files import (
     OutputIsInputError,
     atomic_write,
     json_lines_recogniser,
+    read_json_lines,
     repair_json_lines,
     write_bytes,
     write_json,
@@ -171,3 +172,20 @@ def test_the_recogniser_says_what_a_foreign_record_is(tmp_path):
     assert axes(path) == "line 1 holds an axes record of --kind brats"
     path.write_text('{"other": 1}\n')
     assert axes(path) == "line 1 is not an axes record of --kind chexpert"
+
+
+def test_read_json_lines_skips_blank_lines_and_hands_bad_ones_to_the_caller(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n\n[2, 3]\n{"cut": \n"text"\n')
+    with caplog.at_level("WARNING", logger="mfassl.files"):
+        assert list(read_json_lines(path)) == [(1, {"a": 1}), (3, [2, 3]), (5, "text")]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: line 4 is not JSON (a write cut short?); skipped."]
+    seen = []
+    assert [k for k, _ in read_json_lines(path, on_bad_line=lambda k, err: seen.append((k, type(err))))] == [1, 3, 5]
+    assert seen == [(4, json.JSONDecodeError)]
+
+    def refuse(k, err):
+        raise ValueError(f"line {k} refused")
+
+    with pytest.raises(ValueError, match="line 4 refused"):
+        list(read_json_lines(path, on_bad_line=refuse))
