@@ -30,13 +30,16 @@ label-venv: $(LABEL_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mfassl_medical demo
 
+# one test process per core (pytest-xdist), each test file kept in one process (its module fixtures built once)
+PYTEST_ARGS ?= -q -n auto --dist loadfile
+
 # the whole suite, MONAI Label's integration test included
 test: $(STAMP) $(LABEL_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the suite without the MONAI Label venv (its integration test is skipped and says why)
 test-core: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # serve the segmentation bundle with MONAI Label on 127.0.0.1:$(LABEL_PORT)
 label: $(STAMP) $(LABEL_STAMP)

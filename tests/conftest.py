@@ -12,7 +12,13 @@ import pytest
 import torch
 
 os.environ.setdefault("MFASSL_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+"""Test processes running side by side (``make test`` runs ``pytest -n auto``: one per core)."""
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+"""torch threads of each test process, and of the child processes tests start: the cores shared out, so two
+workers on two cores do not each spin two OpenMP threads."""
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -54,3 +60,19 @@ def free_port() -> int:
 def free_port_factory() -> Callable[[], int]:
     """``free_port`` as a function, for fixtures of a wider scope than one test."""
     return _free_port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The demo data of this test run, built once (about a minute on 2 cores) and shared by every test and every
+    ``pytest -n`` worker: ``MFASSL_DEMO_DIR`` in the run's temporary folder unless it is set already (the builder's
+    file lock makes the other workers wait for the first build and reuse it)."""
+    old = os.environ.get("MFASSL_DEMO_DIR")
+    if not old:
+        base = tmp_path_factory.getbasetemp()
+        shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+        os.environ["MFASSL_DEMO_DIR"] = str(shared / "demo")
+    yield
+    if not old:
+        os.environ.pop("MFASSL_DEMO_DIR", None)
+

@@ -44,29 +44,20 @@ def cli_args(overrides: dict) -> list[str]:
     return args
 
 
-# Installed into a child interpreter (sitecustomize) so that a command-line run is offline.
-NO_NETWORK = '''
-import socket
-
-
 def _refuse(*args, **kwargs):
     raise OSError("network access attempted during an offline test")
 
 
-socket.socket.connect = _refuse
-socket.socket.connect_ex = _refuse
-socket.create_connection = _refuse
-socket.getaddrinfo = _refuse
-'''
-
-
-def offline_env(folder: Path) -> dict[str, str]:
-    """The environment of an offline child interpreter: sockets refused (a ``sitecustomize`` written to
-    ``folder``), MLflow's telemetry off, no tracking server from the caller's environment."""
+def refuse_network(monkeypatch) -> None:
+    """An offline run in this interpreter: every socket connection and name lookup raises (undone with the test's
+    ``monkeypatch``); MLflow's telemetry off and no tracking server from the caller's environment."""
     import os
+    import socket
 
-    (folder / "sitecustomize.py").write_text(NO_NETWORK)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), str(ROOT), os.environ.get("PYTHONPATH")]))
-    env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", OMP_NUM_THREADS="1")
-    return env
+    for owner, attr in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, attr, _refuse)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "true")

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from bundle_utils import BUNDLES, ROOT, TINY  # noqa: E402
+from bundle_utils import BUNDLES, TINY  # noqa: E402
+from cli_runner import run_monai_bundle
 
 CHEX = "mfassl_chexpert_pretrain"
 BRATS = "mfassl_brats_pretrain"
@@ -229,14 +228,13 @@ def test_segmentation_strict_encoder_typed(text, expected) -> None:
 def _cli(name: str, out: Path, dataset_dir: Path, **typed: str) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` of the tiny bundle; ``typed`` are options exactly as a user types them."""
     root = BUNDLES / name
-    args = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", str(root / "configs" / "metadata.json"),
+    args = ["run", "--meta_file", str(root / "configs" / "metadata.json"),
             "--config_file", str(root / "configs" / "train.json"), "--bundle_root", str(root),
             "--output_dir", str(out), "--model_file", str(out / "models" / "model.pt"), "--epochs", "1",
             "--dataset_dir", str(dataset_dir)]
     for k, v in {**{k: json.dumps(v) for k, v in TINY[name].items()}, **typed}.items():
         args += [f"--{k}", v]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=str(out.parent))
+    return run_monai_bundle(*args, cwd=out.parent)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from bundle_utils import BUNDLES, TINY
+from cli_runner import run_monai_bundle
 
 from mfassl_medical.data.chexpert import CHEXPERT_LABELS
 from mfassl_medical.data.safe import SkipBadSamples, TooManyBadSamples
@@ -240,9 +240,7 @@ def test_memory_cache_survives_an_unreadable_image(tmp_path, chexpert):
 
 
 def _cli(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return run_monai_bundle("run", *args)
 
 
 def _tiny_args(out: Path) -> list[str]:

@@ -3,8 +3,8 @@
 The commands are read from the README itself (the first code block under each named heading), so a README that
 documents a command that fails fails here. They run in a copy of the bundle folder, as a user runs them (from the
 bundle folder for the pretraining bundles, from a repository root for the segmentation bundle), through MONAI's
-command line: one child interpreter parses each argument list with ``fire`` exactly as ``python -m monai.bundle``
-does (one interpreter for all of a README's commands keeps the torch and MONAI import to one). Tiny network
+command line: each argument list is parsed with ``fire`` exactly as ``python -m monai.bundle`` parses it, in the
+test's interpreter (:func:`cli_runner.run_monai_bundle_commands`: the torch and MONAI import is paid once). Tiny network
 sizes and short schedules are appended as ``--key value`` strings, as a user would for a CPU run; placeholders
 for real data are pointed at the demo data.
 
@@ -16,34 +16,19 @@ Before, the demo wrote its smaller encoder to ``models/model.pt`` and the docume
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from bundle_utils import BUNDLES, TINY, cli_args
+from cli_runner import run_monai_bundle_commands
 
 EVAL_TINY = {"n_bootstrap": 20, "linear_epochs": 5, "finetune_epochs": 1, "finetune_batch_size": 4, "knn_k": 3,
              "shift_batch": 2, "eval_modes": ["knn", "linear"], "max_train": 6, "max_test": 4}
 SEG_TINY = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
             "roi_size": [64, 64, 64], "sw_overlap": 0.0}
-
-DRIVER = textwrap.dedent('''
-    import json, os, sys
-    import fire
-    from monai.bundle.scripts import ckpt_export, run
-
-    for argv in json.loads(sys.argv[1]):
-        print("COMMAND", " ".join(argv), flush=True)
-        fire.Fire({"run": run, "ckpt_export": ckpt_export}, command=argv)
-    print("ALL-DONE", flush=True)
-''')
-
 
 def readme_commands(readme: Path, heading: str) -> list[list[str]]:
     """The ``python -m monai.bundle ...`` commands of the first code block under ``### heading``."""
@@ -55,12 +40,8 @@ def readme_commands(readme: Path, heading: str) -> list[list[str]]:
     return [shlex.split(line)[3:] for line in lines if line.strip().startswith("python -m monai.bundle ")]
 
 
-def run_commands(commands: list[list[str]], cwd: Path, tmp_path: Path) -> str:
-    driver = tmp_path / "monai_bundle_cli.py"
-    driver.write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(driver), json.dumps(commands)], capture_output=True, text=True,
-                          timeout=1200, cwd=cwd, env=env)
+def run_commands(commands: list[list[str]], cwd: Path) -> str:
+    proc = run_monai_bundle_commands(commands, cwd=cwd)
     assert proc.returncode == 0 and "ALL-DONE" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
@@ -86,7 +67,7 @@ def test_pretraining_readme_commands_after_the_demo(tmp_path, name):
                 after[1] + cli_args(TINY[name]),
                 after[2] + cli_args(net)]
     root = copy_bundle(name, tmp_path / name)
-    run_commands(commands, root, tmp_path)
+    run_commands(commands, root)
 
     # the demo's encoder went beside the full-size one's place, not into it
     assert (root / "models" / "demo" / "model.pt").is_file() and not (root / "models" / "model.pt").exists()
@@ -131,7 +112,7 @@ def test_segmentation_readme_commands_after_its_demo_training(tmp_path):
                 commands[1] + tiny + cli_args({"max_cases": 4}), inference + tiny, commands[3] + tiny]
     repo = tmp_path / "repo"  # a repository root: the commands name bundles/mfassl_brats_segmentation
     root = copy_bundle(name, repo / "bundles" / name)
-    run_commands(commands, repo, tmp_path)
+    run_commands(commands, repo)
 
     assert (root / "models" / "model.pt").is_file()
     assert "val_mean_dice" in (root / "eval" / "metrics.csv").read_text()

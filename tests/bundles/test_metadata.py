@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bundle_utils import BUNDLES, NO_NETWORK, ROOT
+from bundle_utils import BUNDLES, ROOT, refuse_network
+from cli_runner import run_monai_bundle
 
 OFFICIAL_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA = BUNDLES / "schemas" / "monai_bundle_metadata.json"  # what OFFICIAL_URL requires, for offline checks
@@ -134,19 +133,15 @@ def test_pretrain_bundles_output_embeddings():
         assert (out["type"], out["format"]) == ("embedding", "features")
 
 
-def test_verify_metadata_command_line_offline(tmp_path):
-    (tmp_path / "sitecustomize.py").write_text(NO_NETWORK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    guard = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
-                           capture_output=True, text=True, env=env, timeout=60)
-    assert guard.returncode != 0 and "offline test" in guard.stderr  # the guard is active in the child
-
+def test_verify_metadata_command_line_offline(monkeypatch):
+    """``python -m monai.bundle verify_metadata`` against the offline schema, every socket refused."""
+    refuse_network(monkeypatch)
+    with pytest.raises(OSError, match="offline test"):  # the guard is active
+        socket.create_connection(("127.0.0.1", 9))
     meta = BUNDLES / PRETRAIN[0] / "configs" / "metadata.json"
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(meta),
-                           "--filepath", str(SCHEMA)], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    proc = run_monai_bundle("verify_metadata", "--meta_file", str(meta), "--filepath", str(SCHEMA), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "skipped downloading" in proc.stdout + proc.stderr
-    assert "verified with no error" in proc.stdout + proc.stderr
+    assert "skipped downloading" in proc.stdout and "verified with no error" in proc.stdout
 
 
 def _pop(*path):

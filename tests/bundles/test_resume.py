@@ -4,14 +4,12 @@ files, and changed run settings refused (or forced) through the real command lin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from bundle_utils import BUNDLES, TINY, run_bundle
+from cli_runner import run_monai_bundle
 
 NAME = "mfassl_chexpert_pretrain"  # 8 demo images, batch 4: 2 iterations per epoch
 
@@ -52,12 +50,11 @@ def test_history_report_and_checkpoints_across_a_resume(tmp_path):
 
 def _cli(out, *extra):
     root = BUNDLES / NAME
-    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json"),
+    args = ["run", "--config_file", str(root / "configs" / "train.json"),
             "--bundle_root", str(root), "--output_dir", str(out), "--model_file", str(out / "models" / "model.pt")]
     for k, v in TINY[NAME].items():
         args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=400, env=env)
+    return run_monai_bundle(*args, *extra)
 
 
 @pytest.mark.slow

@@ -7,15 +7,13 @@ given as command-line strings; the exported module must reproduce the MFA-Swin e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
 from bundle_utils import BUNDLES
+from cli_runner import run_monai_bundle
 
 ROOT = BUNDLES / "mfassl_brats_pretrain"
 CONFIGS = ["configs/inference.json", "configs/swin.json"]
@@ -37,13 +35,11 @@ def test_swin_variant_exports_by_scripting(tmp_path):
     assert type(net).__name__ == "MFASwin" and net.mfa_stage == 2  # swin.json's network, MFA after stage 2
     ckpt, ts = tmp_path / "model.pt", tmp_path / "model.ts"
     torch.save(net.state_dict(), ckpt)
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
+    cmd = ["ckpt_export", "network_def", "--filepath", str(ts),
            "--meta_file", "configs/metadata.json", "--config_file", str(CONFIGS), "--ckpt_file", str(ckpt)]
     for key, value in TINY_SWIN.items():
         cmd += [f"--{key}", value]
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = run_monai_bundle(*cmd, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "use_trace: True" not in proc.stdout + proc.stderr
 

@@ -5,19 +5,19 @@ MONAI's default MLflow settings add an ``MLFlowHandler`` to ``train#handlers`` t
 ``engine.state.metrics`` every epoch, and the executed config file as an artifact, into a SQLite store at
 ``<output_dir>/mlruns.db``. Before the pretraining trainers gave MONAI's handlers their output form
 (``decollate``), the first iteration crashed (``float()`` of a tuple). Each run here is the command a user types,
-in a child interpreter whose sockets are refused, with MLflow's telemetry off.
+with its sockets refused and MLflow's telemetry off (:func:`bundle_utils.refuse_network`), through MONAI's command
+line parser in the test's interpreter (:func:`cli_runner.run_monai_bundle`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from bundle_utils import BUNDLES, TINY, cli_args, offline_env
+from bundle_utils import BUNDLES, TINY, cli_args, refuse_network
+from cli_runner import run_monai_bundle
 
 SEG_TINY = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
             "roi_size": [64, 64, 64], "sw_overlap": 0.0, "epochs": 1, "epoch_length": 2, "max_cases": 3}
@@ -33,12 +33,12 @@ def _runs(db: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mfassl_brats_pretrain", "mfassl_chexpert_pretrain", "mfassl_brats_segmentation"])
-def test_tracking_mlflow_logs_losses_lr_gate_and_config(tmp_path, name):
+def test_tracking_mlflow_logs_losses_lr_gate_and_config(tmp_path, name, monkeypatch):
     root = BUNDLES / name
     overrides = {**TINY[name], "epochs": 2} if name in TINY else SEG_TINY
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json"),
-           "--bundle_root", str(tmp_path), "--tracking", "mlflow", *cli_args(overrides)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root, env=offline_env(tmp_path))
+    refuse_network(monkeypatch)
+    proc = run_monai_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--bundle_root",
+                            str(tmp_path), "--tracking", "mlflow", *cli_args(overrides), cwd=root)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
 
     # the store is under the run's output folder: <bundle_root>/runs/pretrain, or eval/ of the segmentation bundle

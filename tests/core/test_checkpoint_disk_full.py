@@ -15,6 +15,8 @@ import torch
 
 from mfassl_faces.demo import build_demo_data
 
+from cli_runner import run_main
+
 FULL_DISK = r"""
 import builtins, errno, os, re, runpy, sys
 
@@ -84,8 +86,7 @@ def test_full_disk_at_checkpoint_time_keeps_the_last_good_one_and_the_run_resume
     assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint_1.pt"]  # the last good one, no temporary file
     assert torch.load(ckpts / "checkpoint_1.pt", weights_only=True)["trainer"]["iteration"] == 1
     # space is back: the run goes on from the last good checkpoint
-    proc = subprocess.run([sys.executable, "-m", "mfassl_faces", *args, "--resume", "auto", "-v"],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_main("mfassl_faces", *args, "--resume", "auto", "-v")
     assert proc.returncode == 0, proc.stderr
     assert f"resumed from {ckpts / 'checkpoint_1.pt'} at epoch 1, iteration 1" in proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])

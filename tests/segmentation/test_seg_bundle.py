@@ -15,9 +15,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from mfassl_medical.label_app import TINY_NETWORK, default_bundle_dir, train_bundle
+from mfassl_medical.label_app import TINY_NETWORK, default_bundle_dir
 from mfassl_medical.segmentation import LABEL_NAMES, brats_datalists, regions_to_brats_labels
 from mfassl_medical.transforms import ConvertBraTSLabels
+
+from cli_runner import run_monai_bundle
 
 BUNDLE = default_bundle_dir()
 CONFIGS = BUNDLE / "configs"
@@ -102,14 +104,15 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
     root = tmp_path / "run"
     overrides = {**TINY_NETWORK, "epochs": 1, "epoch_length": 1, "max_cases": 3, "pretrained_checkpoint": str(ckpt),
                  "learning_rate": 1e-3}
-    model = train_bundle(root, overrides=overrides, timeout=600)
-    assert model.name == "model.pt" and (root / "models" / "model_final.pt").is_file()
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-           json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]),
+    res = run_monai_bundle("run", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
+                           *[a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v))])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "model_final.pt").is_file()
+    cmd = ["run", "--config_file", json.dumps([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]),
            "--bundle_root", str(root), "--max_cases", "3"]
     for k, v in TINY_NETWORK.items():
         cmd += [f"--{k}", json.dumps(v)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    res = run_monai_bundle(*cmd)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = (root / "eval" / "metrics.csv").read_text()
     rows = dict(line.split(",") for line in summary.strip().splitlines())
@@ -126,11 +129,11 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / case.name).symlink_to(case, target_is_directory=True)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
-           "--bundle_root", str(root), "--dataset_dir", str(studies)]
+    cmd = ["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(root),
+           "--dataset_dir", str(studies)]
     for k, v in TINY_NETWORK.items():
         cmd += [f"--{k}", json.dumps(v)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    res = run_monai_bundle(*cmd, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     written = sorted((root / "predictions").rglob("*.nii.gz"))
     assert [p.name for p in written] == [f"{case.name}_seg.nii.gz"]
@@ -144,11 +147,10 @@ def test_train_with_pretrained_encoder_then_evaluate(tmp_path):
 
 
 def _run_inference(tmp_path, *args):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
-           "--bundle_root", str(tmp_path / "bundle"), *args]
+    cmd = ["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(tmp_path / "bundle"), *args]
     for k, v in TINY_NETWORK.items():
         cmd += [f"--{k}", json.dumps(v)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    return run_monai_bundle(*cmd, cwd=tmp_path)
 
 
 def test_inference_refuses_an_unset_dataset_dir(tmp_path):
