@@ -101,9 +101,9 @@ def test_segmentation_readme_commands_after_its_demo_training(tmp_path):
     # the inference example's folder of BraTS cases becomes the demo data's (the README's demo variant)
     from mfassl_medical.demo_data import build_demo_data
 
-    demo_cases = tmp_path / "cases"  # two of the demo cases, to keep the run short
+    demo_cases = tmp_path / "cases"  # one of the demo cases, to keep the run short
     demo_cases.mkdir()
-    for case in sorted(p for p in build_demo_data().brats.iterdir() if p.is_dir())[:2]:
+    for case in sorted(p for p in build_demo_data().brats.iterdir() if p.is_dir())[:1]:
         (demo_cases / case.name).symlink_to(case, target_is_directory=True)
     inference = commands[2]
     inference[inference.index("--dataset_dir") + 1] = str(demo_cases)
@@ -117,7 +117,7 @@ def test_segmentation_readme_commands_after_its_demo_training(tmp_path):
     assert (root / "models" / "model.pt").is_file()
     assert "val_mean_dice" in (root / "eval" / "metrics.csv").read_text()
     written = sorted((root / "predictions").glob("*_seg.nii.gz"))
-    assert len(written) == 2
+    assert len(written) == 1
     import torch
 
     exported = torch.jit.load(str(root / "models" / "model.ts"))

@@ -18,6 +18,8 @@ from mfassl_medical.segmentation import (
     load_pretrained_encoder,
 )
 
+from cli_runner import run_main
+
 SIZES = dict(depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
 DINO = dict(out_dim=64, hidden_dim=32, bottleneck_dim=16)
 
@@ -163,8 +165,6 @@ def test_export_encoder_to_swinunetr_feeds_the_segmentation_bundle(tmp_path):
     """``python -m mfassl export-encoder ... --to swinunetr`` (keys relative to swinViT, no prefix) is a
     ``pretrained_checkpoint`` of the segmentation bundle. Before: refused, 'no Swin encoder weights under [...]'."""
     import json
-    import os
-    import subprocess
     import sys
 
     from monai.bundle import ConfigParser
@@ -176,9 +176,7 @@ def test_export_encoder_to_swinunetr_feeds_the_segmentation_bundle(tmp_path):
     bb = MFASwin(3, in_chans=4, embed_dim=12, window_size=4, mfa_stage=2, **SIZES)
     model = core.save_encoder(bb, tmp_path / "models" / "model.pt")
     out = tmp_path / "swin_vit.pt"
-    proc = subprocess.run([sys.executable, "-m", "mfassl", "export-encoder", str(model), "--to", "swinunetr",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = run_main("mfassl", "export-encoder", str(model), "--to", "swinunetr", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not any(k.startswith(("swinViT.", "module.")) for k in torch.load(out, weights_only=True))
     bundle = default_bundle_dir()
