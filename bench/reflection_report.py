@@ -109,13 +109,12 @@ def n_findings(mask: np.ndarray, y: np.ndarray, task: str) -> int:
 
 # ------------------------------------------------------------------------------------------------ the files
 def save_json(obj: Any, path: Path, indent: int | None = None) -> None:
-    """Strict JSON (NaN and infinities as null), written whole or not at all."""
+    """Strict JSON (NaN and infinities as null), written whole or not at all (:func:`mfassl.files.write_text`)."""
     from mfassl.cli import strict_json
+    from mfassl.files import write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(strict_json(obj), indent=indent, allow_nan=False) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(strict_json(obj), indent=indent, allow_nan=False) + "\n")
 
 
 def read_json(path: Path, kind: str) -> dict[str, Any]:
