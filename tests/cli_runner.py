@@ -56,8 +56,8 @@ def as_a_command(cwd: str | os.PathLike | None = None,
     consoles = [h for lg in list(logging.root.manager.loggerDict.values()) if isinstance(lg, logging.Logger)
                 for h in lg.handlers if type(h) is logging.StreamHandler]
     saved_streams = [(h, h.stream) for h in consoles]
-    for h in consoles:
-        h.setStream(err if h.stream is sys.__stderr__ or getattr(h.stream, "name", "") == "<stderr>" else out)
+    for h in consoles:  # assigned, not setStream(): that flushes the old stream, which a finished test may have closed
+        h.stream = err if h.stream is sys.__stderr__ or getattr(h.stream, "name", "") == "<stderr>" else out
     saved_env = {k: os.environ.get(k) for k in (env or {})}
     old_cwd = Path.cwd()
     root.handlers = []
@@ -87,7 +87,7 @@ def as_a_command(cwd: str | os.PathLike | None = None,
             lg.setLevel(level)
             lg.disabled = disabled
         for h, stream in saved_streams:
-            h.setStream(stream)
+            h.stream = stream
 
 
 def _exit_status(call: Callable[[], object], err: io.StringIO) -> int:
