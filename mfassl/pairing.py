@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mfassl.geometry import index_grid, warp
+from mfassl.rng import rand
 
 __all__ = [
     "MirrorPair",
@@ -175,9 +176,7 @@ def mirror_pair(images: torch.Tensor, axes: torch.Tensor | None = None,
     k = _batch_split_dim(axes[:, :dims]) if split_dim is None else split_dim
     if jitter > 0:
         unit = axes[:, :dims].norm(dim=1)
-        # no generator keyword without a generator: torch.compile traces rand(B) for a dynamic batch size (a
-        # partial last batch) only through the plain overload
-        u = torch.rand(bsz) if generator is None else torch.rand(bsz, generator=generator, device=generator.device)
+        u = rand(bsz, generator=generator, device="cpu" if generator is None else generator.device)
         shift = (2.0 * u.to(images.device) - 1.0) * jitter * shape[k]
         axes = axes.clone()
         axes[:, dims] = axes[:, dims] + shift * unit

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import WindowAttention
 
 from mfassl.backbones.swin_script import ScriptableWindowAttention, padded_size, window_and_shift, window_reverse
+from mfassl.rng import randn
 
 __all__ = ["SwinAttentionProbe", "ProbeStats", "window_attention_forward", "attention_entropy", "windows_to_grid",
            "resample_score_map"]
@@ -126,8 +127,7 @@ def window_attention_forward(attn: WindowAttention, x: torch.Tensor, mask: torch
     logits, v = ScriptableWindowAttention.logits(attn, x, mask)  # works on any MONAI WindowAttention
     clean = None
     if noise_std > 0:
-        noise = (torch.randn(logits.shape, device=logits.device, dtype=logits.dtype) if generator is None
-                 else torch.randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype))
+        noise = randn(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
         if observe is not None:
             clean = logits.softmax(-1)
         logits = logits + noise_std * noise

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from mfassl.backbones import MFABackbone, PairedOutput
+from mfassl.rng import rand
 
 __all__ = [
     "GLOBAL_FEATURES",
@@ -90,8 +91,7 @@ def deactivate_requires_grad(model: nn.Module) -> nn.Module:
 def random_ranks(batch: int, num_tokens: int, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """``(B, N)`` long: each row a uniformly random permutation of ``0 .. N - 1`` (the rank of its noise)."""
-    noise = (torch.rand(batch, num_tokens, device=device) if generator is None  # see mfassl.pairing.mirror_pair
-             else torch.rand(batch, num_tokens, generator=generator, device=device))
+    noise = rand(batch, num_tokens, generator=generator, device=device)
     return noise.argsort(dim=1).argsort(dim=1)
 
 
