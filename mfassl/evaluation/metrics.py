@@ -2,8 +2,9 @@
 bootstrap confidence intervals.
 
 ``probs``/``scores`` are ``(N,)`` probabilities (or scores) of the positive class, ``labels`` ``(N,)`` in
-{0, 1}. AUROC and AUPRC come from MONAI (``compute_roc_auc``, ``compute_average_precision``); the rest are
-written here. ECE is the top-label calibration error of a binary classifier: the confidence of a
+{0, 1}. AUPRC comes from MONAI (``compute_average_precision``); AUROC is the rank statistic (the value of
+MONAI's ``compute_roc_auc``, tested against it, without its per-sample Python loop); the rest are written
+here. ECE is the top-label calibration error of a binary classifier: the confidence of a
 prediction is ``max(p, 1 - p)``, it is correct when ``(p >= 0.5) == label``, and ``|accuracy - confidence|``
 is averaged over 15 equal-width confidence bins weighted by their share of samples.
 """
@@ -27,14 +28,22 @@ def _binary(labels: np.ndarray) -> np.ndarray:
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (MONAI's ``compute_roc_auc``, ties count 1/2); NaN if one class is absent."""
-    from monai.metrics import compute_roc_auc
-
-    y = _binary(labels)
-    if y.size == 0 or y.min() == y.max():
+    """Area under the ROC curve: the Mann-Whitney statistic over ``n_pos * n_neg``, from the scores' average
+    ranks (ties count 1/2, the value of MONAI's ``compute_roc_auc`` and scikit-learn's ``roc_auc_score``);
+    NaN if one class is absent or a score is NaN. Vectorised (``O(N log N)`` in numpy): bootstrap intervals
+    call it thousands of times, where MONAI's per-sample Python loop took most of their time."""
+    y = _binary(labels) > 0
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"auroc: {s.size} scores for {y.size} labels.")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0 or np.isnan(s).any():
         return float("nan")
-    s = torch.as_tensor(np.asarray(scores, dtype=np.float64).ravel())
-    return float(compute_roc_auc(s, torch.as_tensor(y)))
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    rank_sum = float(mean_rank[inverse.ravel()][y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def auprc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -30,6 +30,26 @@ def test_metrics_match_sklearn(scores):
     assert np.isnan(ev.auroc(p, np.ones_like(y))) and np.isnan(ev.auprc(p, np.zeros_like(y)))
 
 
+def test_auroc_is_the_rank_statistic_of_monai_with_ties_by_hand():
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    # positives {0.5, 0.9} against negatives {0.5, 0.2}: 1/2 (the tie) + 1 + 1 + 1 of 4 pairs
+    assert ev.auroc(np.array([0.5, 0.5, 0.2, 0.9]), np.array([1, 0, 0, 1])) == 0.875
+    assert ev.auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    rng = np.random.default_rng(1)
+    for n, levels in ((7, 3), (50, 4), (480, 1000)):  # heavy ties to none
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        s = rng.integers(0, levels, n) / levels + 0.1 * y
+        ref = float(compute_roc_auc(torch.as_tensor(s), torch.as_tensor(y.astype(float))))
+        assert ev.auroc(s, y) == pytest.approx(ref, abs=1e-12)
+    assert np.isnan(ev.auroc(np.array([np.nan, 0.2, 0.8, 0.5]), np.array([0, 1, 1, 0])))  # MONAI gives 0.25
+    assert ev.auroc(np.array([-np.inf, 0.2, np.inf]), np.array([0, 0, 1])) == 1.0
+    with pytest.raises(ValueError, match="3 scores for 2 labels"):
+        ev.auroc(np.zeros(3), np.array([0, 1]))
+
+
 def test_ece_by_hand():
     # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.7 (correct): bins of width 1/15
     p = np.array([0.9, 0.1, 0.6, 0.3])
