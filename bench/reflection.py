@@ -494,15 +494,16 @@ def build_backbone(cfg: Config, spec: dict[str, Any], seed: int, objective: str 
                   depth=cfg.depth, num_heads=cfg.num_heads, **kw, **mfa)
 
 
-def build_method(cfg: Config, spec: dict[str, Any], seed: int, epochs: int = 1):
-    """The MFASSL (or baseline) of one method on the backbone of :func:`build_backbone`."""
+def build_method(cfg: Config, spec: dict[str, Any], seed: int, epochs: int = 1, size: int | None = None):
+    """The MFASSL (or baseline) of one method on the backbone of :func:`build_backbone`; its views are ``size``
+    px (default ``cfg.image_size``; DAGMaN's MFA-Swin trains on the images resized to a multiple of 32)."""
     from mfassl.method import MFASSL
     from mfassl.objectives import create_objective
 
     objective = spec.get("objective", "mocov3")
     net = build_backbone(cfg, spec, seed, objective)
     obj = create_objective(objective, net, **OBJECTIVE_KWARGS[objective])
-    s = cfg.image_size
+    s = cfg.image_size if size is None else int(size)
     return MFASSL(net, obj, mirror=spec.get("mirror", True),
                   views=dict(global_size=s, local_size=s // 2, n_local=obj.views.n_local,
                              flip_prob=spec.get("flip_prob", 0.5)),
@@ -563,7 +564,7 @@ def pretrain(cfg: Config, x: torch.Tensor, axes: torch.Tensor, spec: dict[str, A
     t0 = time.perf_counter()
     spe = max(1, len(x) // cfg.batch_size)
     epochs = max(1, round(cfg.steps / spe))
-    method = build_method(cfg, spec, seed, epochs)
+    method = build_method(cfg, spec, seed, epochs, size=x.shape[-1])
     g = torch.Generator().manual_seed(seed)  # the same batches for every method
     loader = DataLoader(TensorDataset(x, axes), batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=g)
     trainer = create_trainer(method, create_optimizer(method), steps_per_epoch=len(loader), max_epochs=epochs,
