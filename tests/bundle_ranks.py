@@ -28,7 +28,9 @@ def main(argv: Sequence[str]) -> int:
     import torch.distributed as dist
     from monai.bundle import scripts
 
-    commands = {name: getattr(scripts, name) for name in ("run", "run_workflow")}
+    from cli_runner import BUNDLE_COMMANDS  # this script's folder is first on sys.path
+
+    commands = {name: getattr(scripts, name) for name in BUNDLE_COMMANDS}
     destroy = dist.destroy_process_group
     dist.destroy_process_group = lambda group=None: None  # the bundles' finalize: kept for the next command
     try:
