@@ -36,7 +36,7 @@ from typing import IO, Any, Callable, Sequence
 import torch
 from torch import nn
 
-from mfassl.backbones import MFASwin, MFAViT, create_backbone
+from mfassl.backbones import MFAViT, create_backbone
 from mfassl.checkpoints import load_checkpoint
 from mfassl.files import atomic_path
 
@@ -188,6 +188,8 @@ def describe_encoder(backbone: nn.Module) -> dict[str, Any]:
                    embed_dim=int(bb.embed_dim), depth=int(bb.depth), num_heads=heads,
                    mlp_ratio=hidden / int(bb.embed_dim), mfa_layer=int(bb.mfa_layer), **mfa)
         return {"backbone": "mfa_vit", "config": cfg}
+    from mfassl.backbones.swin import MFASwin  # here, not at the top: a ViT run need not import MONAI
+
     if isinstance(bb, MFASwin):
         vit = bb.swinViT
         layers = [getattr(vit, f"layers{i}")[0] for i in range(1, 5)]

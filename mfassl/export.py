@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +29,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mfassl.backbones import MFASwin, MFAViT
+from mfassl.backbones import MFAViT
 from mfassl.encoder_files import (EncoderFile, EncoderLoadError, build_encoder, describe_encoder,
                                   encoder_state_dict, load_encoder, read_encoder_file, save_with_sidecar,
                                   sidecar_path)
@@ -240,9 +241,10 @@ def export_encoder(checkpoint: str | os.PathLike | Mapping[str, Any], to: str, o
     _check_export_outputs(checkpoint, Path(out), overwrite)
     bb, src = _pretrained_encoder(checkpoint, description)
     kind = f"{bb.spatial_dims}D {type(bb).__name__}"
+    swin = sys.modules.get("mfassl.backbones.swin")  # an MFASwin exists only once its module (MONAI) is loaded
     fits = {"timm": isinstance(bb, MFAViT) and bb.spatial_dims == 2,
             "monai": isinstance(bb, MFAViT) and bb.spatial_dims == 3,
-            "swinunetr": isinstance(bb, MFASwin)}
+            "swinunetr": swin is not None and isinstance(bb, swin.MFASwin)}
     if not fits[to]:
         raise ValueError(f"{src.source} holds a {kind}; --to {to} does not fit it (timm takes the 2D MFA-ViT, "
                          "monai the 3D MFA-ViT, swinunetr the MFA-Swin).")

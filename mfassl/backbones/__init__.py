@@ -14,7 +14,6 @@ from functools import partial
 from typing import Any
 
 from mfassl.backbones.base import BlockFn, MFABackbone, PairedOutput, default_mfa_layer
-from mfassl.backbones.swin import MFASwin
 from mfassl.backbones.vit import MFAViT
 from mfassl.registry import Registry
 
@@ -34,8 +33,24 @@ def _preset(preset: dict, **kwargs: Any) -> MFAViT:
     return MFAViT(**{**preset, **kwargs})
 
 
+def _mfa_swin(**kwargs: Any) -> MFABackbone:
+    """:class:`MFASwin`, its module (MONAI's Swin, seconds to import) loaded at the first build."""
+    from mfassl.backbones.swin import MFASwin
+
+    return MFASwin(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``MFASwin`` on first access (PEP 562), so that a 2D ViT run does not import MONAI."""
+    if name == "MFASwin":
+        from mfassl.backbones.swin import MFASwin
+
+        return MFASwin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 BACKBONES.register("mfa_vit", MFAViT)
-BACKBONES.register("mfa_swin", MFASwin)
+BACKBONES.register("mfa_swin", _mfa_swin)
 for _name, _cfg in _VIT_PRESETS.items():
     BACKBONES.register(_name, partial(_preset, _cfg))
 

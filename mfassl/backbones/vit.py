@@ -14,8 +14,6 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.nets import ViT
-from monai.utils import ensure_tuple_rep
 from timm.models.vision_transformer import VisionTransformer
 
 from mfassl.backbones.base import MFABackbone, default_mfa_layer
@@ -109,6 +107,9 @@ class MFAViT(MFABackbone):
         else:
             if timm_name is not None:
                 raise ValueError("timm_name applies to spatial_dims=2 only.")
+            from monai.networks.nets import ViT  # MONAI (seconds to import) only where a 3D ViT is built
+            from monai.utils import ensure_tuple_rep
+
             self.encoder = ViT(in_channels=in_chans, img_size=ensure_tuple_rep(img_size, 3),
                                patch_size=ensure_tuple_rep(patch_size, 3), hidden_size=embed_dim,
                                mlp_dim=int(embed_dim * mlp_ratio), num_layers=depth, num_heads=num_heads,

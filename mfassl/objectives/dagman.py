@@ -39,18 +39,20 @@ noise, about ``mask_ratio`` for random masks).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mfassl.backbones import MFABackbone, MFASwin
-from mfassl.backbones.swin_attention import SwinAttentionProbe, resample_score_map
+from mfassl.backbones import MFABackbone
 from mfassl.objectives.base import (BaseObjective, PairResult, ViewSpec, patchify, random_token_mask, topk_mask,
                                     unpatchify)
 from mfassl.objectives.mae import reconstruction_loss, upsample_token_mask
 from mfassl.objectives.registry import OBJECTIVES
+
+if TYPE_CHECKING:
+    from mfassl.backbones.swin_attention import SwinAttentionProbe
 
 __all__ = ["DAGMaN", "attention_guided_mask", "mask_overlap", "set_drop_path"]
 
@@ -138,6 +140,8 @@ class DAGMaN(BaseObjective):
                  lambda_gitd: float = 0.1, lambda_ampd: float = 0.1, norm_pix_loss: bool = True,
                  drop_path: float | None = 0.1) -> None:
         super().__init__(backbone)
+        from mfassl.backbones.swin import MFASwin  # MONAI's Swin, imported when a DAGMaN is built
+
         if not isinstance(backbone, MFASwin):
             raise ValueError(f"DAGMaN needs an MFASwin backbone, got {type(backbone).__name__}.")
         if not 0.0 < mask_ratio < 1.0:
@@ -200,6 +204,8 @@ class DAGMaN(BaseObjective):
             the same score from the noise-free probabilities, and the probe with the statistics. For a
             pair, the scores are the mean of both halves' scores, so one mask serves both.
         """
+        from mfassl.backbones.swin_attention import SwinAttentionProbe, resample_score_map  # with the backbone
+
         teacher = self.teacher[0]
         mask_grid, out_grid = self._grids(x_l)
         stages = self.score_stages if self.score_source == "attention" else ()
@@ -245,6 +251,8 @@ class DAGMaN(BaseObjective):
             mask: ``(B, N_mask)`` hidden cells.
             score: ``(B, N_mask)`` the teacher's per-cell score that chose the mask.
         """
+        from mfassl.backbones.swin_attention import resample_score_map  # MONAI's Swin, loaded with the backbone
+
         mask_grid, out_grid = self._grids(x)
         pred = unpatchify(self.decoder(student), self.out_unit, out_grid, x.shape[1])
         rec = reconstruction_loss(patchify(pred, self.unit), patchify(x, self.unit), mask, self.norm_pix_loss)
@@ -281,6 +289,8 @@ class DAGMaN(BaseObjective):
     def forward_pair(self, x_l: torch.Tensor, x_r: torch.Tensor, ramp: float = 1.0, use_mfa: bool = True,
                      key_mask: torch.Tensor | None = None) -> PairResult:
         """The mirror pair through the student's paired forward with one shared, attention-guided mask."""
+        from mfassl.backbones.swin_attention import resample_score_map  # MONAI's Swin, loaded with the backbone
+
         mask_grid, _ = self._grids(x_l)
         t, score, clean, probe = self.teacher_pass(x_l, x_r, ramp, use_mfa, key_mask)
         valid = None

@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from timm.models.vision_transformer import Block
 
 from mfassl.backbones import MFABackbone
@@ -78,6 +77,8 @@ class MAEDecoder(nn.Module):
     def _pos_embed(self, grid: Sequence[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = tuple(int(g) for g in grid)
         if key not in self._pos:
+            from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
             self._pos[key] = build_sincos_position_embedding(list(key), self.dim, self.spatial_dims).data.detach()
         return self._pos[key].to(device=device, dtype=dtype)
 
