@@ -7,18 +7,22 @@ import random
 import socket
 from typing import Callable
 
-import numpy as np
-import pytest
-import torch
-
 os.environ.setdefault("MFASSL_OFFLINE", "1")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 """Test processes running side by side (``make test`` runs ``pytest -n auto``: one per core)."""
 THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
-"""torch threads of each test process, and of the child processes tests start: the cores shared out, so two
-workers on two cores do not each spin two OpenMP threads."""
+"""Threads of each test process and of the child processes tests start (torch's OpenMP pool and numpy's BLAS,
+which scikit-learn's probes use): the cores shared out, so two workers on two cores do not each spin two.
+OpenBLAS follows ``OMP_NUM_THREADS`` when it loads, so a test that gives a child ``OMP_NUM_THREADS=1`` sets both."""
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+import numpy as np  # noqa: E402  (after the thread variable, which BLAS reads when it loads)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
 torch.set_num_threads(THREADS)
+threadpool_limits(THREADS)  # BLAS already loaded by a plugin ignores the variables: limit it in place
 
 
 @pytest.fixture(autouse=True)

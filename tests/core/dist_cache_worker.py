@@ -1,5 +1,6 @@
 """Run by ``torchrun --nproc_per_node=2`` in test_dist_cache.py: two gloo ranks share one disk cache of the
-CheXpert bundle's preprocessing (tiny sizes), each through a DataLoader worker and then directly."""
+CheXpert bundle's preprocessing (tiny sizes), each through a DataLoader worker and then directly, in two
+runs: the first fills the cache, the second must only load it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ sys.path.insert(0, str(ROOT / "tests" / "bundles"))
 from bundle_utils import TINY  # noqa: E402
 
 
-def main(data_dir: str, out_dir: str) -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+def read_through_the_cache(data_dir: str, out_dir: str, rank: int, world: int) -> dict:
+    """One run's reads: a fresh bundle dataset read by a DataLoader worker (this rank's share), then every item
+    directly; the counts say how many items were computed and how many loaded from the disk cache."""
     bundle = ROOT / "bundles" / "mfassl_chexpert_pretrain"
     p = ConfigParser()
     p.read_config(str(bundle / "configs" / "train.json"))
@@ -33,10 +34,22 @@ def main(data_dir: str, out_dir: str) -> None:
     dist.barrier()
     # every rank now reads every item: all of them must come from the cache the two ranks wrote
     sums = [float(torch.as_tensor(ds[i]["image"]).double().sum()) for i in range(len(ds))]
-    result = {"rank": rank, "world": world, "seen": seen, "sums": sums, "computed": ds.dataset.computed,
-              "loaded": ds.dataset.loaded, "cache_dir": str(ds.dataset.cache_dir),
-              "bad": ds.summary()["bad_samples"]}
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    cache = Path(ds.dataset.cache_dir)
+    return {"rank": rank, "world": world, "seen": seen, "sums": sums, "computed": ds.dataset.computed,
+            "loaded": ds.dataset.loaded, "cache_dir": str(cache), "bad": ds.summary()["bad_samples"],
+            "mtimes": {f.name: f.stat().st_mtime_ns for f in sorted(cache.glob("*.pt"))}}
+
+
+def main(data_dir: str, out_dir: str) -> None:
+    """Two runs in one launch (one process group): the first fills the cache, the second, with new datasets,
+    must only load it."""
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    runs = []
+    for _ in range(2):
+        runs.append(read_through_the_cache(data_dir, out_dir, rank, world))
+        dist.barrier()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(runs))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -300,7 +300,8 @@ def test_multi_gpu_train_and_evaluate_configs_run_two_gloo_processes(tmp_path, f
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("models", "eval", "logs", "predictions", "__pycache__"))
     configs = root / "configs"
     tiny = [arg for k, v in TINY_NETWORK.items() for arg in (f"--{k}", json.dumps(v))]
-    common = ["run", "--bundle_root", str(root), "--max_cases", "8", *tiny]
+    # cache_rate 0: the one training step reads one case per rank instead of caching every training case first
+    common = ["run", "--bundle_root", str(root), "--max_cases", "8", "--cache_rate", "0", *tiny]
     train = common + ["--config_file", json.dumps([str(configs / "train.json"), str(configs / "multi_gpu_train.json")]),
                       "--epochs", "1", "--epoch_length", "1"]
     evaluate = common + ["--config_file", json.dumps([str(configs / c) for c in
