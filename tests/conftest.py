@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 torch.set_num_threads(THREADS)
-threadpool_limits(THREADS)  # BLAS already loaded by a plugin ignores the variables: limit it in place
+threadpool_limits(THREADS)  # BLAS loaded earlier (by a plugin) ignores the variable: limit it in place
 
 
 @pytest.fixture(autouse=True)
