@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mfassl.evaluation import auroc, bootstrap_ci, brier, ece, flip_consistency
+from mfassl.evaluation import (auroc, bootstrap_ci, bootstrap_indices, brier, ece, flip_consistency,
+                               percentile_interval, resampled_auroc)
 
 READOUTS = ("global", "paired")
 TASKS = ("side", "presence")
@@ -67,6 +68,27 @@ def seed_mean_diff(name: str, task: str) -> Callable[..., float]:
     def stat(pa: np.ndarray, pfa: np.ndarray, pb: np.ndarray, pfb: np.ndarray, y: np.ndarray) -> float:
         return one(pa, pfa, y) - one(pb, pfb, y)
     return stat
+
+
+def auroc_ci(p: np.ndarray, y: np.ndarray, pb: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
+             alpha: float = 0.05) -> tuple[float, float, float]:
+    """The seed-mean AUROC of ``p`` ``(N, S)`` (minus that of ``pb`` ``(N, S')`` when given) with its percentile
+    bootstrap interval: the resamples and values of ``bootstrap_ci(seed_mean("auroc", ...), ...)`` (or
+    ``seed_mean_diff``), each resample's AUROCs from the row counts (:func:`~mfassl.evaluation.resampled_auroc`)
+    instead of a sort per resample and seed."""
+    def mean_over_seeds(q: np.ndarray, rows: np.ndarray | None) -> np.ndarray | float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if rows is None:
+                return float(np.nanmean([auroc(q[:, s], y) for s in range(q.shape[1])]))
+            return np.nanmean(np.stack([resampled_auroc(q[:, s], y, rows) for s in range(q.shape[1])]), axis=0)
+
+    point = mean_over_seeds(p, None) - (mean_over_seeds(pb, None) if pb is not None else 0.0)
+    if len(y) == 0:
+        return point, float("nan"), float("nan")
+    idx = bootstrap_indices(len(y), n_boot, seed)
+    values = mean_over_seeds(p, idx) - (mean_over_seeds(pb, idx) if pb is not None else 0.0)
+    return percentile_interval(point, values, alpha)
 
 
 def task_rows(labels: Mapping[str, np.ndarray], task: str) -> np.ndarray:
@@ -197,10 +219,10 @@ def summarise(units: Sequence[Mapping[str, Any]], labels: Mapping[str, np.ndarra
                 row: dict[str, Any] = {"method": m, "readout": readout, "task": task, "n": int(len(y)),
                                        "seeds": seeds}
                 for name in METRIC_NAMES:
-                    row[name] = bootstrap_ci(seed_mean(name, task), p, pf, y, n_boot=n_boot, seed=0)
+                    row[name] = (auroc_ci(p, y, n_boot=n_boot) if name == "auroc" else
+                                 bootstrap_ci(seed_mean(name, task), p, pf, y, n_boot=n_boot, seed=0))
                 row["per_seed_auroc"] = [auroc(p[:, s], y) for s in range(p.shape[1])]
-                row["subsets"] = {k: bootstrap_ci(seed_mean("auroc", task), p[mask], pf[mask], y[mask],
-                                                  n_boot=n_boot, seed=0) + (n_findings(mask, y, task),)
+                row["subsets"] = {k: auroc_ci(p[mask], y[mask], n_boot=n_boot) + (n_findings(mask, y, task),)
                                   for k, mask in subs.items()}
                 row["diff"] = {}
                 for ref in REFERENCES_FOR_DIFF:
@@ -211,9 +233,10 @@ def summarise(units: Sequence[Mapping[str, Any]], labels: Mapping[str, np.ndarra
                     if not common:
                         continue
                     ia, ib = [seeds.index(s) for s in common], [rs.index(s) for s in common]
-                    row["diff"][ref] = {name: bootstrap_ci(seed_mean_diff(name, task), p[:, ia], pf[:, ia],
-                                                           pb[:, ib], pfb[:, ib], y, n_boot=n_boot, seed=0)
-                                        for name in ("accuracy", "auroc")}
+                    row["diff"][ref] = {
+                        "accuracy": bootstrap_ci(seed_mean_diff("accuracy", task), p[:, ia], pf[:, ia], pb[:, ib],
+                                                 pfb[:, ib], y, n_boot=n_boot, seed=0),
+                        "auroc": auroc_ci(p[:, ia], y, pb[:, ib], n_boot=n_boot)}
                     row["diff"][ref]["seeds"] = common
                 rows.append(row)
     return rows

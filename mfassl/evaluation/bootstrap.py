@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["bootstrap_indices", "bootstrap_ci"]
+__all__ = ["bootstrap_indices", "bootstrap_ci", "percentile_interval"]
 
 
 def bootstrap_indices(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -46,8 +46,15 @@ def bootstrap_ci(stat: Callable[..., float], *arrays: np.ndarray, n_boot: int = 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = np.array([stat(*[a[i] for a in arrs]) for i in idx], dtype=np.float64)
+    return percentile_interval(point, values, alpha)
+
+
+def percentile_interval(point: float, values: np.ndarray, alpha: float = 0.05) -> tuple[float, float, float]:
+    """``(point, lower, upper)`` from the statistic's ``(n_boot,)`` resampled ``values``: their ``alpha / 2`` and
+    ``1 - alpha / 2`` percentiles, non-finite values ignored (NaN bounds when none is finite)."""
+    values = np.array(values, dtype=np.float64)
     values[~np.isfinite(values)] = np.nan
     if np.isnan(values).all():
-        return point, float("nan"), float("nan")
+        return float(point), float("nan"), float("nan")
     lo, hi = np.nanpercentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return point, float(lo), float(hi)
+    return float(point), float(lo), float(hi)

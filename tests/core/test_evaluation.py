@@ -50,6 +50,42 @@ def test_auroc_is_the_rank_statistic_of_monai_with_ties_by_hand():
         ev.auroc(np.zeros(3), np.array([0, 1]))
 
 
+def test_resampled_auroc_equals_auroc_of_each_resample():
+    """Each resample's AUROC from the row counts is the per-resample rank statistic, exactly: with heavy ties, a
+    NaN score (NaN only where a resample draws it), and resamples that lose a class (NaN)."""
+    rng = np.random.default_rng(2)
+    for n, levels, trial in ((9, 2, 0), (60, 5, 1), (300, 10_000, 2), (40, 3, 3)):
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        if trial == 3:
+            y[:] = 0
+            y[0] = 1  # one positive: most resamples have none
+        s = rng.integers(0, levels, n) / levels
+        if trial == 1:
+            s[7] = np.nan
+        idx = ev.bootstrap_indices(n, 200, trial)
+        ref = np.array([ev.auroc(s[i], y[i]) for i in idx])
+        got = ev.resampled_auroc(s, y, idx)
+        assert got.shape == (200,)
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        assert np.nanmax(np.abs(got - ref)) < 1e-12
+        if trial in (1, 3):  # the NaN score and the lone positive: some resamples NaN, not all
+            assert 0 < np.isnan(ref).sum() < 200
+    # the positives {0.5, 0.9} and negatives {0.5, 0.2} of the hand example, drawn twice over
+    s, y = np.array([0.5, 0.5, 0.2, 0.9]), np.array([1, 0, 0, 1])
+    assert ev.resampled_auroc(s, y, np.array([[0, 1, 2, 3], [0, 0, 1, 2]])).tolist() == [0.875, 0.75]
+    with pytest.raises(ValueError, match="3 scores for 2 labels"):
+        ev.resampled_auroc(np.zeros(3), np.array([0, 1]), np.zeros((1, 2), int))
+
+
+def test_percentile_interval_ignores_non_finite_resamples():
+    assert ev.percentile_interval(0.5, np.array([0.0, 1.0, np.nan, np.inf] + [0.5] * 96)) == pytest.approx(
+        (0.5, 0.5, 0.5))
+    point, lo, hi = ev.percentile_interval(0.3, np.linspace(0, 1, 101), alpha=0.1)
+    assert (point, lo, hi) == pytest.approx((0.3, 0.05, 0.95))
+    assert np.isnan(ev.percentile_interval(0.1, np.array([np.nan, np.inf]))[1:]).all()
+
+
 def test_ece_by_hand():
     # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.7 (correct): bins of width 1/15
     p = np.array([0.9, 0.1, 0.6, 0.3])
