@@ -20,7 +20,8 @@ import torch
 
 from mfassl.evaluation.bootstrap import bootstrap_indices
 
-__all__ = ["METRICS", "auroc", "resampled_auroc", "auprc", "f1", "nll", "ece", "brier", "flip_consistency", "classification_report"]
+__all__ = ["METRICS", "auroc", "resampled_auroc", "auprc", "f1", "nll", "ece", "brier", "flip_consistency",
+           "classification_report"]
 
 
 def _binary(labels: np.ndarray) -> np.ndarray:
@@ -72,7 +73,7 @@ def resampled_auroc(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> 
     counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
     bad = np.isnan(s)
     drew_nan = (counts[:, bad] > 0).any(axis=1)
-    order = np.argsort(np.where(bad, np.inf, s), kind="stable")
+    order = np.lexsort((np.where(bad, 0.0, s), bad))  # NaN rows last, after any +inf score
     ordered = s[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first row of each distinct score
     pos = np.add.reduceat(counts[:, order] * y[order], starts, axis=1)  # (B, G) positive copies per score
