@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -59,27 +56,6 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert report["epochs"] == 2
     assert whole[:len(first)] == first  # the resumed run keeps the history of the first one
     assert whole == pytest.approx(full, abs=1e-5)
-
-
-@pytest.mark.slow
-def test_multi_gpu_config_runs_two_gloo_processes(tmp_path, free_port):
-    name = "mfassl_brats_pretrain"
-    root = BUNDLES / name
-    configs = "['{}','{}']".format(root / "configs" / "train.json", root / "configs" / "multi_gpu_train.json")
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-            f"--master_port={free_port}", "-m", "monai.bundle", "run", "--config_file", configs, "--bundle_root", str(root),
-            "--output_dir", str(tmp_path), "--epochs", "1",
-            "--model_file", str(tmp_path / "models" / "model.pt")]
-    for k, v in TINY[name].items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=400, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
-    # 6 cases, 2 processes, batch 2 each: 1 step per epoch per process
-    assert report["iterations"] == 1
-    assert list((tmp_path / "checkpoints").glob("checkpoint_*.pt"))
-    assert (tmp_path / "models" / "model.pt").is_file()  # rank 0 saved the encoder
 
 
 def test_configs_are_valid_json_with_the_required_sections():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -286,34 +285,3 @@ def test_inference_names_the_file_at_fault_and_goes_on_with_the_other_cases(tmp_
     (data / "BraTS2021_00000" / "BraTS2021_00000_t1.nii.gz").write_bytes(b"\x1f\x8b broken")
     res = _run_inference(tmp_path, "--dataset_dir", str(data))
     assert res.returncode != 0 and "none of the 5 case(s) could be read" in res.stdout + res.stderr
-
-
-@pytest.mark.slow
-def test_multi_gpu_train_and_evaluate_configs_run_two_gloo_processes(tmp_path, free_port):
-    """configs/multi_gpu_train.json and multi_gpu_evaluate.json, as the zoo's bundles have them, under torchrun
-    with two CPU processes (gloo): rank 0 alone writes the checkpoints and the metrics files. One launch runs the
-    training and then the evaluation of its weights in each rank, in one process group (``tests/bundle_ranks.py``:
-    the training's ``finalize`` leaves the group to the evaluation, whose ``initialize`` finds it)."""
-    import shutil
-
-    root = tmp_path / "bundle"  # a copy of the bundle folder, as --bundle_root names it in the README
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("models", "eval", "logs", "predictions", "__pycache__"))
-    configs = root / "configs"
-    tiny = [arg for k, v in TINY_NETWORK.items() for arg in (f"--{k}", json.dumps(v))]
-    # cache_rate 0: the one training step reads one case per rank instead of caching every training case first
-    common = ["run", "--bundle_root", str(root), "--max_cases", "8", "--cache_rate", "0", *tiny]
-    train = common + ["--config_file", json.dumps([str(configs / "train.json"), str(configs / "multi_gpu_train.json")]),
-                      "--epochs", "1", "--epoch_length", "1"]
-    evaluate = common + ["--config_file", json.dumps([str(configs / c) for c in
-                                                      ("train.json", "evaluate.json", "multi_gpu_evaluate.json")])]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-              f"--master_port={free_port}", str(Path(__file__).parents[1] / "bundle_ranks.py"),
-              json.dumps(train), json.dumps(evaluate)]
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(launch, capture_output=True, text=True, timeout=600, env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert res.stdout.count("Train completed") + res.stderr.count("Train completed") == 1  # rank 0's log only
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert not any(k.startswith("module.") for k in state)  # the DDP wrapper is not in the saved keys
-    with open(root / "eval" / "dice_wt_raw.csv") as f:
-        assert len(list(csv.reader(f))) == 3  # header + both validation cases, gathered from the two ranks
