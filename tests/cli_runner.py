@@ -96,14 +96,28 @@ def _exit_status(call: Callable[[], object], err: io.StringIO) -> int:
     try:
         code = call()
     except SystemExit as stop:
+        _release(stop)
         if stop.code is None or isinstance(stop.code, int):
             return int(stop.code or 0)
         print(stop.code, file=err)
         return 1
-    except Exception:  # what the interpreter does with it: the traceback on stderr, status 1
+    except Exception as exc:  # what the interpreter does with it: the traceback on stderr, status 1
         traceback.print_exc(file=err)
+        _release(exc)
         return 1
     return int(code) if isinstance(code, int) else 0
+
+
+def _release(exc: BaseException) -> None:
+    """Clear the local variables of the frames in ``exc``'s tracebacks (its causes' too), as an interpreter's exit
+    would free them: a failed run's ``DataLoader`` iterator stops its worker processes now. Left in the traceback's
+    reference cycle, it is collected during a later test, whose garbage collection waited 5 s a worker."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        traceback.clear_frames(cur.__traceback__)
+        cur = cur.__cause__ or cur.__context__
 
 
 def run_main(package: str, *args: str, cwd: str | os.PathLike | None = None,
