@@ -86,12 +86,13 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 TINY_NETWORK: dict[str, Any] = {
     "feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
-    "roi_size": [64, 64, 64], "sw_overlap": 0.0,
+    "roi_size": [64, 64, 64], "sw_roi_size": [96, 96, 96], "sw_overlap": 0.0,
 }
-"""Network and window sizes for smoke runs on CPU (the bundle's defaults are the SwinUNETR-B sizes)."""
+"""Network and window sizes for smoke runs on CPU (the bundle's defaults are the SwinUNETR-B sizes): 64^3 training
+crops, and one 96^3 sliding window over a demo case (80 x 96 x 80) where 64^3 windows take eight."""
 
-_NETWORK_KEYS = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size", "sw_batch_size",
-                 "sw_overlap")
+_NETWORK_KEYS = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size", "sw_roi_size",
+                 "sw_batch_size", "sw_overlap")
 
 
 def default_bundle_dir() -> Path:
@@ -351,7 +352,8 @@ def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike,
         model_file: trained SwinUNETR weights (state dict, or a dict with ``"model"``).
         label_venv: the MONAI Label venv (checked to exist when given).
         network: sizes written into the copy's ``inference.json`` (keys among ``feature_size``, ``depths``,
-            ``num_heads``, ``window_size``, ``patch_size``, ``roi_size``, ``sw_batch_size``, ``sw_overlap``);
+            ``num_heads``, ``window_size``, ``patch_size``, ``roi_size``, ``sw_roi_size``, ``sw_batch_size``,
+            ``sw_overlap``);
             they must be those ``model_file`` was trained with.
         bundle_dir: the bundle source (default :func:`default_bundle_dir`).
         name: the model name the server exposes (an id: no path separator, no ``..``).

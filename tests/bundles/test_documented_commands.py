@@ -24,11 +24,11 @@ import pytest
 
 from bundle_utils import BUNDLES, TINY, cli_args
 from cli_runner import run_monai_bundle_commands
+from mfassl_medical.label_app import TINY_NETWORK
 
 EVAL_TINY = {"n_bootstrap": 20, "linear_epochs": 5, "finetune_epochs": 1, "finetune_batch_size": 4, "knn_k": 3,
              "shift_batch": 2, "eval_modes": ["knn", "linear"], "max_train": 6, "max_test": 4}
-SEG_TINY = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
-            "roi_size": [64, 64, 64], "sw_overlap": 0.0}
+SEG_TINY = dict(TINY_NETWORK)
 
 def readme_commands(readme: Path, heading: str) -> list[list[str]]:
     """The ``python -m monai.bundle ...`` commands of the first code block under ``### heading``."""

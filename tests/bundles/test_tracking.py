@@ -18,9 +18,9 @@ import pytest
 
 from bundle_utils import BUNDLES, TINY, cli_args, refuse_network
 from cli_runner import run_monai_bundle
+from mfassl_medical.label_app import TINY_NETWORK
 
-SEG_TINY = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
-            "roi_size": [64, 64, 64], "sw_overlap": 0.0, "epochs": 1, "epoch_length": 2, "max_cases": 3}
+SEG_TINY = {**TINY_NETWORK, "epochs": 1, "epoch_length": 2, "max_cases": 3}
 
 
 def _runs(db: str) -> list:

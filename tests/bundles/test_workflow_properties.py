@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 
 from bundle_utils import BUNDLES, TINY
+from mfassl_medical.label_app import TINY_NETWORK
 
-SEG_TINY = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 3, 4], "window_size": 4,
-            "roi_size": [64, 64, 64], "max_cases": 3}
+SEG_TINY = {**TINY_NETWORK, "max_cases": 3}
 CASES = [(name, kind) for name in ("mfassl_brats_pretrain", "mfassl_chexpert_pretrain", "mfassl_brats_segmentation")
          for kind in ("train", "infer")]
 

@@ -55,11 +55,31 @@ def test_inference_keys_and_network_match_training():
     for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device", "bundle_root"):
         assert key in inf, key
     assert inf["network_def"] == train["network_def"]
-    for key in ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size"):
+    for key in ("feature_size", "depths", "num_heads", "window_size", "patch_size", "roi_size", "sw_roi_size"):
         assert inf[key] == train[key], key
     # MONAI Label's venv has no mfassl: inference.json must only import what it has (torch, MONAI, scripts/)
     assert "mfassl_medical" not in json.dumps(inf) and "import mfassl" not in json.dumps(inf)
     assert inf["output_dir"] != train["output_dir"] and "predictions" in inf["output_dir"]
+
+
+@pytest.mark.parametrize("configs, inferer", [(("train.json",), "validate#inferer"),
+                                              (("train.json", "evaluate.json"), "validate#inferer"),
+                                              (("inference.json",), "inferer")])
+def test_sliding_window_size_is_sw_roi_size_defaulting_to_the_training_crop(monkeypatch, configs, inferer):
+    """``sw_roi_size`` sets the sliding window of validation, evaluation and inference; unset, it is ``roi_size``
+    (the training crop). The command line's ``--sw_roi_size "[96,96,96]"`` arrives as a list."""
+    monkeypatch.syspath_prepend(str(BUNDLE))
+    from fire.parser import DefaultParseValue
+
+    def window(**overrides) -> tuple[int, ...]:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in configs])
+        parser.update({"bundle_root": str(BUNDLE), **overrides})
+        return tuple(parser.get_parsed_content(inferer).roi_size)
+
+    assert window() == (96, 96, 96)
+    assert window(roi_size=[64, 64, 64]) == (64, 64, 64)  # follows the crop
+    assert window(roi_size=[64, 64, 64], sw_roi_size=DefaultParseValue("[128,128,96]")) == (128, 128, 96)
 
 
 def test_inference_label_map_equals_helper_and_inverts_region_conversion(monkeypatch):
