@@ -30,8 +30,9 @@ label-venv: $(LABEL_STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m mfassl_medical demo
 
-# one test process per core (pytest-xdist), each test file kept in one process (its module fixtures built once)
-PYTEST_ARGS ?= -q -n auto --dist loadfile
+# one test process per core (pytest-xdist), each test file kept in one process (its module fixtures built once),
+# the files handed out in the order tests/conftest.py gives them
+PYTEST_ARGS ?= -q -n auto --dist loadfile --no-loadscope-reorder
 
 # the whole suite, MONAI Label's integration test included
 test: $(STAMP) $(LABEL_STAMP)

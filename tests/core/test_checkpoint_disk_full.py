@@ -1,14 +1,19 @@
 """A disk that fills up at checkpoint time: the training command says ``no space left on <checkpoint>`` (not
 torch's ``unexpected pos ...``), keeps the last good checkpoint and no temporary file, and ``--resume auto``
-goes on from that checkpoint. Run through ``python -m mfassl_faces pretrain`` (the smallest command that trains
-with :class:`mfassl.checkpoints.CheckpointSaver`), the full disk simulated in the process: once one checkpoint
-lies in the folder, every write to another checkpoint file fails with ENOSPC after a few kilobytes."""
+goes on from that checkpoint. Run through the command line of ``python -m mfassl_faces pretrain`` (the smallest command
+that trains with :class:`mfassl.checkpoints.CheckpointSaver`) in the test's process, the full disk simulated there:
+once one checkpoint lies in the folder, every write to another checkpoint file fails with ENOSPC after a few
+kilobytes."""
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
-import subprocess
+import os
+import re
 import sys
+from typing import IO
 
 import pytest
 import torch
@@ -17,67 +22,66 @@ from mfassl_faces.demo import build_demo_data
 
 from cli_runner import run_main
 
-FULL_DISK = r"""
-import builtins, errno, os, re, runpy, sys
-
 CKPT = re.compile(r"checkpoint_\d+\.pt")
-real_open, real_fdopen = builtins.open, os.fdopen
 
 
-class Full:
-    '''A file on a disk with 4 KiB left: a write past that raises ENOSPC, as the system call does.'''
+class _Full:
+    """A file on a disk with 4 KiB left: a write past that raises ENOSPC, as the system call does."""
 
-    def __init__(self, fh):
+    def __init__(self, fh: IO) -> None:
         self.fh, self.room = fh, 4096
 
-    def write(self, data):
+    def write(self, data) -> int:
         n = len(memoryview(data))
         if n > self.room:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.room -= n
         return self.fh.write(data)
 
-    def __enter__(self):
+    def __enter__(self) -> "_Full":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> object:
         return self.fh.__exit__(*exc)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> object:
         return getattr(self.fh, name)
 
 
-def fill(fh, name):
-    folder, base = os.path.split(os.fspath(name))
-    taken = any(CKPT.fullmatch(f) for f in os.listdir(folder or "."))
-    return Full(fh) if CKPT.search(base) and taken else fh
+def fill_the_disk_after_one_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, a file opened for writing whose name is a checkpoint's, in a folder that already holds one,
+    takes 4 KiB and then raises ENOSPC (``open`` and ``os.fdopen``, which the atomic writer uses)."""
+    real_open, real_fdopen = builtins.open, os.fdopen
 
+    def fill(fh: IO, name: str | os.PathLike) -> IO:
+        folder, base = os.path.split(os.fspath(name))
+        taken = any(CKPT.fullmatch(f) for f in os.listdir(folder or "."))
+        return _Full(fh) if CKPT.search(base) and taken else fh
 
-def open_(file, mode="r", *args, **kwargs):
-    fh = real_open(file, mode, *args, **kwargs)
-    return fill(fh, file) if isinstance(file, (str, os.PathLike)) and "w" in mode else fh
+    def open_(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return fill(fh, file) if isinstance(file, (str, os.PathLike)) and "w" in mode else fh
 
+    def fdopen(fd, mode="r", *args, **kwargs):
+        fh = real_fdopen(fd, mode, *args, **kwargs)
+        return fill(fh, os.readlink(f"/proc/self/fd/{fd}")) if "w" in mode else fh
 
-def fdopen(fd, mode="r", *args, **kwargs):
-    fh = real_fdopen(fd, mode, *args, **kwargs)
-    return fill(fh, os.readlink(f"/proc/self/fd/{fd}")) if "w" in mode else fh
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(os, "fdopen", fdopen)
 
-
-builtins.open, os.fdopen = open_, fdopen
-sys.argv = ["mfassl_faces", *sys.argv[1:]]
-runpy.run_module("mfassl_faces", run_name="__main__", alter_sys=True)
-"""
 
 TINY = ["--size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "4",
         "--batch-size", "4", "--objective", "mocov3", "--no-progress", "--epochs", "2"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the simulated disk reads /proc/self/fd")
-def test_full_disk_at_checkpoint_time_keeps_the_last_good_one_and_the_run_resumes(tmp_path):
+def test_full_disk_at_checkpoint_time_keeps_the_last_good_one_and_the_run_resumes(tmp_path, monkeypatch):
     demo = build_demo_data(tmp_path / "demo", n_per_face=2, seed=1, include_astronaut=False, max_side=160)
     out = tmp_path / "run"
     args = ["pretrain", "--data", str(demo), "--out", str(out), *TINY]
-    proc = subprocess.run([sys.executable, "-c", FULL_DISK, *args], capture_output=True, text=True, timeout=600)
+    with monkeypatch.context() as full:
+        fill_the_disk_after_one_checkpoint(full)
+        proc = run_main("mfassl_faces", *args)
     ckpts = out / "checkpoints"
     assert proc.returncode == 1, proc.stderr
     error = proc.stderr.strip().splitlines()[-1]
