@@ -81,7 +81,6 @@ def _demo_dir(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MFASSL_DEMO_DIR", None)
 
 
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The order ``make test`` hands files to its ``pytest -n`` workers (``--dist loadfile --no-loadscope-reorder``):
     the MONAI Label files first, then the files with more tests, each file's tests in their own order.

@@ -228,7 +228,7 @@ def test_too_many_bad_samples_reaches_the_main_process_from_a_worker():
     with pytest.raises(MedicalDataError, match="max_bad_fraction 0") as err:
         list(loader)
     # the traceback's frames hold the loader's iterator in a reference cycle: cleared here, its workers stop now
-    # instead of at a later test's garbage collection, which found the queues closed and waited 5 s a worker
+    # instead of at a later test's garbage collection, which waited 5 s a worker for them
     traceback.clear_frames(err.tb)
 
 
