@@ -19,7 +19,8 @@ from mfassl.evaluation.probes import extract_features, fine_tune, knn_predict, l
 from mfassl.evaluation.shift import inference_shift
 
 __all__ = [
-    "METRICS", "auroc", "resampled_auroc", "auprc", "f1", "nll", "ece", "brier", "flip_consistency", "classification_report",
+    "METRICS", "auroc", "resampled_auroc", "auprc", "f1", "nll", "ece", "brier", "flip_consistency",
+    "classification_report",
     "bootstrap_ci", "bootstrap_indices", "percentile_interval",
     "extract_features", "knn_predict", "linear_probe", "fine_tune",
     "inference_shift",

@@ -74,10 +74,10 @@ def resampled_auroc(scores: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> 
     bad = np.isnan(s)
     drew_nan = (counts[:, bad] > 0).any(axis=1)
     order = np.lexsort((np.where(bad, 0.0, s), bad))  # NaN rows last, after any +inf score
-    ordered = s[order]
+    ordered, copies, positive = s[order], counts[:, order], y[order]
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first row of each distinct score
-    pos = np.add.reduceat(counts[:, order] * y[order], starts, axis=1)  # (B, G) positive copies per score
-    neg = np.add.reduceat(counts[:, order] * ~y[order], starts, axis=1)
+    pos = np.add.reduceat(copies * positive, starts, axis=1)  # (B, G) positive copies per score
+    neg = np.add.reduceat(copies * ~positive, starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg
     n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -21,16 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_utils import BUNDLES, TINY
+from bundle_utils import BUNDLES, TINY, cli_args
 from mfassl_medical.label_app import TINY_NETWORK
 
 PRETRAIN = "mfassl_brats_pretrain"
 SEGMENTATION = "mfassl_brats_segmentation"
-
-
-def _args(overrides: dict) -> list[str]:
-    """``--key value`` strings as a user types them (JSON for lists and numbers, text as it is)."""
-    return [a for k, v in overrides.items() for a in (f"--{k}", v if isinstance(v, str) else json.dumps(v))]
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +37,16 @@ def launch(tmp_path_factory: pytest.TempPathFactory, free_port_factory) -> dict:
     pretrain = ["run", "--config_file", json.dumps([str(pre_root / "configs" / c) for c in
                                                     ("train.json", "multi_gpu_train.json")]),
                 "--bundle_root", str(pre_root), "--output_dir", str(pre_out), "--epochs", "1",
-                "--model_file", str(pre_out / "models" / "model.pt"), *_args(TINY[PRETRAIN])]
+                "--model_file", str(pre_out / "models" / "model.pt"), *cli_args(TINY[PRETRAIN])]
     seg_root = tmp / "segmentation"  # a copy of the bundle folder, as --bundle_root names it in the README
     shutil.copytree(BUNDLES / SEGMENTATION, seg_root,
                     ignore=shutil.ignore_patterns("models", "eval", "logs", "predictions", "__pycache__"))
     configs = seg_root / "configs"
     # cache_rate 0: the one training step reads one case per rank instead of caching every training case first
-    common = ["run", "--bundle_root", str(seg_root), "--max_cases", "8", "--cache_rate", "0", *_args(TINY_NETWORK)]
-    seg_train = common + ["--config_file", json.dumps([str(configs / c) for c in ("train.json", "multi_gpu_train.json")]),
+    common = ["run", "--bundle_root", str(seg_root), "--max_cases", "8", "--cache_rate", "0",
+              *cli_args(TINY_NETWORK)]
+    seg_train = common + ["--config_file", json.dumps([str(configs / c) for c in
+                                                       ("train.json", "multi_gpu_train.json")]),
                           "--epochs", "1", "--epoch_length", "1"]
     seg_evaluate = common + ["--config_file", json.dumps([str(configs / c) for c in
                                                           ("train.json", "evaluate.json", "multi_gpu_evaluate.json")])]
