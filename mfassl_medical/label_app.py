@@ -353,8 +353,7 @@ def prepare_label_app(workdir: str | os.PathLike, model_file: str | os.PathLike,
         label_venv: the MONAI Label venv (checked to exist when given).
         network: sizes written into the copy's ``inference.json`` (keys among ``feature_size``, ``depths``,
             ``num_heads``, ``window_size``, ``patch_size``, ``roi_size``, ``sw_roi_size``, ``sw_batch_size``,
-            ``sw_overlap``);
-            they must be those ``model_file`` was trained with.
+            ``sw_overlap``); they must be those ``model_file`` was trained with.
         bundle_dir: the bundle source (default :func:`default_bundle_dir`).
         name: the model name the server exposes (an id: no path separator, no ``..``).
 
