@@ -35,15 +35,17 @@ CHEX = "mfassl_chexpert_pretrain"
 STEPS = 3
 
 
-def _method() -> MFASSL:
-    """A tiny 2D MoCo-v3 MFASSL (2 views of 16 px, embed 32, 2 blocks, MFA after block 1), seeded."""
+def _method(**schedule: float) -> MFASSL:
+    """A tiny 2D MoCo-v3 MFASSL (2 views of 16 px, embed 32, 2 blocks, MFA after block 1), seeded; ``schedule``
+    replaces the symmetry schedule's ``t_sym=1.0, t_mfa=0.5, t_gate=1.0``."""
     torch.manual_seed(0)
     backbone = MFAViT(2, img_size=16, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2, mfa_layer=1)
     return MFASSL(backbone, "mocov3", dict(proj_hidden_dim=32, out_dim=16, pred_hidden_dim=32),
-                  views=dict(global_size=16, local_size=8), t_sym=1.0, t_mfa=0.5, t_gate=1.0)
+                  views=dict(global_size=16, local_size=8), **{"t_sym": 1.0, "t_mfa": 0.5, "t_gate": 1.0, **schedule})
 
 
-def _train(out: Path | None, steps: int = STEPS, partial: bool = True, **kw: Any) -> tuple[list[float], Any, MFASSL]:
+def _train(out: Path | None, steps: int = STEPS, partial: bool = True, schedule: dict[str, float] | None = None,
+           **kw: Any) -> tuple[list[float], Any, MFASSL]:
     """``steps`` steps of the tiny method on seeded ``(3, 1, 24, 24)`` batches, the last one smaller ``(2, ...)``
     with ``partial`` (a partial last batch); the step losses, trainer, method.
 
@@ -52,7 +54,7 @@ def _train(out: Path | None, steps: int = STEPS, partial: bool = True, **kw: Any
     that run before ("SymIntArrayRef expected to contain only concrete integers").
     """
     torch._dynamo.reset()  # each run compiles anew, static shapes first
-    method = _method()
+    method = _method(**(schedule or {}))
     data = [torch.rand(3 if i < steps - 1 or not partial else 2, 1, 24, 24, generator=torch.Generator().manual_seed(i))
             for i in range(steps)]
     trainer = create_trainer(method, create_optimizer(method), steps_per_epoch=2, max_epochs=steps, batch_size=3,
@@ -65,9 +67,11 @@ def _train(out: Path | None, steps: int = STEPS, partial: bool = True, **kw: Any
     return losses, trainer, method
 
 
-def _check_same_run(tmp_path: Path, backend: str, steps: int, exact: bool, partial: bool = True) -> None:
-    eager_losses, _, eager = _train(tmp_path / "eager", steps, partial)
-    losses, trainer, compiled = _train(tmp_path / "compiled", steps, partial, compile=True, compile_backend=backend)
+def _check_same_run(tmp_path: Path, backend: str, steps: int, exact: bool, partial: bool = True,
+                    schedule: dict[str, float] | None = None) -> None:
+    eager_losses, _, eager = _train(tmp_path / "eager", steps, partial, schedule)
+    losses, trainer, compiled = _train(tmp_path / "compiled", steps, partial, schedule, compile=True,
+                                       compile_backend=backend)
     assert trainer.compile_settings == {"mode": "default", "backend": backend}
     assert len(losses) == steps and len({round(v, 6) for v in losses}) == steps  # the steps differ
     tol = dict(rel=0, abs=0) if exact else dict(rel=1e-5, abs=1e-6)
@@ -77,7 +81,7 @@ def _check_same_run(tmp_path: Path, backend: str, steps: int, exact: bool, parti
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), rtol=tol["rel"], atol=tol["abs"]), k
-    start = _method().state_dict()
+    start = _method(**(schedule or {})).state_dict()
     teacher = [k for k in b if k.startswith("objective.teacher.") and b[k].is_floating_point()]
     assert teacher and any(not torch.equal(b[k], start[k]) for k in teacher)  # the EMA moved the teacher
     # the checkpoints hold the uncompiled module's keys, with and without compile
@@ -102,7 +106,12 @@ def test_compiled_steps_match_the_eager_steps(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_aot_eager_steps_match_the_eager_steps(tmp_path: Path) -> None:
-    _check_same_run(tmp_path, "aot_eager", 2, exact=False, partial=False)  # the recompile: the eager backend's test
+    """One step with every term on from the first step (``w = 1``, MFA with its gate fully open): AOT autograd's
+    forward and backward graphs of the whole loss; the recompiles (epoch, batch size, MFA switching on) are the
+    eager backend's test."""
+    on = {"t_sym": 0.0, "t_mfa": 0.0, "t_gate": 0.0}
+    assert _method(**on).schedule_at(0.0) == (1.0, 1.0, True)
+    _check_same_run(tmp_path, "aot_eager", 1, exact=False, partial=False, schedule=on)
 
 
 def _build(**kw: Any):
