@@ -1,4 +1,4 @@
-"""Run by ``torchrun --nproc_per_node=2`` in test_engine.py: a tiny MFASSL run on gloo, and InfoNCE's key gather.
+"""A job of the two-rank launch (``two_ranks.py``): a tiny MFASSL run on gloo, and InfoNCE's key gather.
 
 Each rank writes ``rank{r}.json`` (its per-step losses, the dataset rows of each of its batches, its InfoNCE
 loss and query gradient) and ``rank{r}.pt`` (its final state dict); the test compares the ranks with each
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import sys
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -18,13 +16,12 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers import fixed_view_dino  # noqa: E402
+from helpers import fixed_view_dino  # tests/core, on the path of the launch and of the tests
 
-from mfassl.engine import create_optimizer, create_trainer, default_prepare_batch  # noqa: E402
-from mfassl.objectives import InfoNCELoss  # noqa: E402
+from mfassl.engine import create_optimizer, create_trainer, default_prepare_batch
+from mfassl.objectives import InfoNCELoss
 
-# shared with test_engine.py, which repeats the run in one process
+# shared with test_two_ranks.py, which repeats the run in one process
 N_IMAGES, GLOBAL_BATCH, EPOCHS, BASE_LR = 16, 8, 2, 0.032  # peak lr 1e-3 at batch 8
 INFONCE_SHAPE, INFONCE_TEMP = (8, 6), 0.2
 
@@ -41,7 +38,10 @@ def infonce_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(*INFONCE_SHAPE, generator=g), torch.randn(*INFONCE_SHAPE, generator=g)
 
 
-def training(local_rank: int, out_dir: str) -> None:
+def training(out_dir: str) -> None:
+    """Two epochs of :func:`helpers.fixed_view_dino` on :func:`dataset`, each rank on its half of every global
+    batch (``idist.auto_dataloader``, the process group the launch made), then the InfoNCE check."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     rank, world = idist.get_rank(), idist.get_world_size()
     method = fixed_view_dino()
     loader = idist.auto_dataloader(dataset(), batch_size=GLOBAL_BATCH, shuffle=True, num_workers=0, drop_last=True)
@@ -73,12 +73,3 @@ def training(local_rank: int, out_dir: str) -> None:
     del trainer, method, opt, loader
     gc.collect()  # DDP's pending work objects go before the process group does
 
-
-if __name__ == "__main__":
-    with idist.Parallel(backend="gloo") as parallel:
-        parallel.run(training, sys.argv[1])
-    # The results are on disk and the group is destroyed. Skip the interpreter's teardown, where gloo's
-    # worker threads can still abort the process now and then (SIGABRT after a finished, correct run).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

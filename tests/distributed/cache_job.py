@@ -1,12 +1,10 @@
-"""Run by ``torchrun --nproc_per_node=2`` in test_dist_cache.py: two gloo ranks share one disk cache of the
-CheXpert bundle's preprocessing (tiny sizes), each through a DataLoader worker and then directly, in two
-runs: the first fills the cache, the second must only load it."""
+"""A job of the two-rank launch (``two_ranks.py``): two gloo ranks share one disk cache of the CheXpert bundle's
+preprocessing (tiny sizes), each through a DataLoader worker and then directly, in two runs: the first fills the
+cache, the second must only load it."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
@@ -14,9 +12,9 @@ import torch.distributed as dist
 from monai.bundle import ConfigParser
 from torch.utils.data import DataLoader, DistributedSampler
 
+from bundle_utils import TINY  # tests/bundles, on the path of the launch
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "bundles"))
-from bundle_utils import TINY  # noqa: E402
 
 
 def read_through_the_cache(data_dir: str, out_dir: str, rank: int, world: int) -> dict:
@@ -41,21 +39,13 @@ def read_through_the_cache(data_dir: str, out_dir: str, rank: int, world: int) -
 
 
 def main(data_dir: str, out_dir: str) -> None:
-    """Two runs in one launch (one process group): the first fills the cache, the second, with new datasets,
-    must only load it."""
-    dist.init_process_group("gloo")
+    """Two runs in the launch's process group: the first fills the cache, the second, with new datasets, must
+    only load it; each rank writes ``rank{r}.json``."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     rank, world = dist.get_rank(), dist.get_world_size()
     runs = []
     for _ in range(2):
         runs.append(read_through_the_cache(data_dir, out_dir, rank, world))
         dist.barrier()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(runs))
-    dist.barrier()
-    dist.destroy_process_group()
 
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip the interpreter teardown, as dist_worker.py does
