@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ from mfassl_faces.predictions import read_predictions, score_predictions
 from mfassl_faces.readers import WFLW_ATTRIBUTES, read_wflw_annotations
 from mfassl_faces.schemas import convert_landmarks
 
+from cli_runner import run_main
 from face_helpers import place, template, write_300w_tree
 
 # three faces on two images; image b holds two. Template IOD 1.4 x scale 50 = 70 px, so the offsets below
@@ -182,9 +181,8 @@ def test_score_command_line(wflw, tmp_path) -> None:
     ann, root = wflw
     path = _formats(tmp_path, root)["jsonl"]
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "mfassl_faces", "score", str(path), "--wflw-test", str(ann),
-                           "--wflw-images", str(root), "--n-boot", "50", "--threshold", "0.08", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_main("mfassl_faces", "score", str(path), "--wflw-test", str(ann), "--wflw-images", str(root),
+                    "--n-boot", "50", "--threshold", "0.08", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     res = json.loads(lines[-1])
@@ -208,9 +206,8 @@ def test_score_never_writes_over_the_predictions_it_reads(wflw, tmp_path) -> Non
     preds = out / "face_errors.jsonl"
     preds.write_text(_formats(tmp_path, root)["jsonl"].read_text())
     kept = preds.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "mfassl_faces", "score", str(preds), "--wflw-test", str(ann),
-                           "--wflw-images", str(root), "--n-boot", "10", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_main("mfassl_faces", "score", str(preds), "--wflw-test", str(ann), "--wflw-images", str(root),
+                    "--n-boot", "10", "--out", str(out))
     assert proc.returncode == 2, proc.stderr
     assert f"--out {out}: face_errors.jsonl ({preds}) is an input of this command" in proc.stderr
     assert preds.read_bytes() == kept and sorted(p.name for p in out.iterdir()) == ["face_errors.jsonl"]
