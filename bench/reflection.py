@@ -346,7 +346,8 @@ PROBE_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 class LogisticProbe:
     """Standardised features + L2 logistic regression whose strength ``C`` is chosen from :data:`PROBE_CS` by
     3-fold stratified inner cross-validation on the log loss (computed here: scikit-learn's scorer machinery
-    costs more than the fits at these sizes), then refit on all the training rows.
+    costs more than the fits at these sizes), then refit on all the training rows; with one strength in
+    :data:`PROBE_CS` there is nothing to choose and the one fit is on all the training rows.
 
     Args:
         x: ``(N, D)`` training features.
@@ -357,8 +358,8 @@ class LogisticProbe:
         self.mean, self.std = x.mean(0), x.std(0) + 1e-6
         z = (x - self.mean) / self.std
         n_inner = int(min(3, np.bincount(y, minlength=2).min()))
-        self.c = 1.0
-        if n_inner >= 2:
+        self.c = PROBE_CS[0] if len(PROBE_CS) == 1 else 1.0
+        if n_inner >= 2 and len(PROBE_CS) > 1:
             folds = stratified_folds(y, n_inner, 0)
             losses = [np.mean([self._log_loss(self._fit(z[np.setdiff1d(np.arange(len(y)), te)],
                                                         y[np.setdiff1d(np.arange(len(y)), te)], c), z[te], y[te])

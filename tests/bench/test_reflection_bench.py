@@ -29,11 +29,12 @@ def report_mod(bench):
 
 @pytest.fixture(scope="module")
 def tiny_run(bench, tmp_path_factory):
-    """The reduced run, its probe choosing ``C`` from the 2 extreme strengths instead of 7 (the fits are most of its
-    time; the strengths are part of the run key, so these results never pool with a real run's)."""
+    """The reduced run, its probe with one strength (``C = 1``) instead of choosing from 7 by inner cross-validation
+    (the fits were most of its time; the strengths are part of the run key, so these results never pool with a
+    real run's; the choice is :func:`test_probe_chooses_its_strength_by_inner_cross_validation`'s)."""
     out = tmp_path_factory.mktemp("reflection")
     mp = pytest.MonkeyPatch()
-    mp.setattr(bench, "PROBE_CS", bench.PROBE_CS[::6])
+    mp.setattr(bench, "PROBE_CS", (1.0,))
     quiet = logging.getLogger("mfassl")
     level = quiet.level
     try:
@@ -159,6 +160,24 @@ def test_probe_separates_what_is_separable_and_not_noise(bench):
     assert abs(auroc(p_noise, (side != "none").astype(int)) - 0.5) < 0.15
     only, _ = bench.probe(f, f, labels, "side", folds, test_folds=[1])
     assert np.isfinite(only).sum() == int(((folds == 1) & (side != "none")).sum())
+
+
+def test_probe_chooses_its_strength_by_inner_cross_validation(bench, monkeypatch):
+    """Separable data choose the weakest regularisation (largest ``C``) of the candidates, pure noise the
+    strongest; one candidate is used as it is, one fit and no inner folds."""
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 30)
+    x = rng.normal(size=(60, 4))
+    x[:, 0] += 10.0 * y  # far apart: the held-out log loss falls as the regularisation weakens
+    fits = []
+    fit = bench.LogisticProbe._fit
+    monkeypatch.setattr(bench.LogisticProbe, "_fit", staticmethod(lambda *a: fits.append(a[2]) or fit(*a)))
+    assert bench.LogisticProbe(x, y).c == max(bench.PROBE_CS)
+    assert len(fits) == 3 * len(bench.PROBE_CS) + 1  # 3 inner folds per candidate, then the refit on all rows
+    assert bench.LogisticProbe(rng.normal(size=(60, 4)), y).c == min(bench.PROBE_CS)
+    fits.clear()
+    monkeypatch.setattr(bench, "PROBE_CS", (0.5,))
+    assert bench.LogisticProbe(x, y).c == 0.5 and fits == [0.5]
 
 
 def test_pixel_floor_sees_the_one_sided_blob_in_the_difference(bench):
