@@ -48,4 +48,3 @@ def main(data_dir: str, out_dir: str) -> None:
         runs.append(read_through_the_cache(data_dir, out_dir, rank, world))
         dist.barrier()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(runs))
-

@@ -72,4 +72,3 @@ def training(out_dir: str) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     del trainer, method, opt, loader
     gc.collect()  # DDP's pending work objects go before the process group does
-

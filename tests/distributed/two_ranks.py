@@ -9,8 +9,9 @@ Usage (each argument one job, JSON-encoded)::
 
 A job is either a list, the strings a user types after ``python -m monai.bundle`` (parsed by ``fire`` as MONAI's
 entry point parses them), or ``{"call": "module:function", "args": [...]}``, a function of a module in
-``tests/distributed`` (this folder) called with ``args``. Each job that finishes writes ``<done_dir>/<i>.done`` (``done_dir`` is the
-environment's ``TWO_RANKS_DONE``, when set), so a test can say which job stopped the launch.
+``tests/distributed`` (this folder) called with ``args``. Each job that finishes writes ``<done_dir>/<i>.done``
+(``done_dir`` is the environment's ``TWO_RANKS_DONE``, when set), so a test can say which job stopped the
+launch.
 
 The launch keeps one process group (gloo): the bundles' ``finalize`` would end it
 (``dist.destroy_process_group()``), which is deferred to the end of the last job, and the next bundle's
