@@ -87,8 +87,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     The second key is pytest-xdist's own order; the first starts the MONAI Label server test (a training run, then
     the server's start-up: about 40 s in three tests) while the other worker takes the many short files, instead
-    of last, when the other worker has nothing left to do.
+    of last, when the other worker has nothing left to do. A run in one process (no xdist worker) keeps pytest's
+    own order.
     """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     count: dict[object, int] = {}
     label: set[object] = set()
     for item in items:
