@@ -96,19 +96,19 @@ def _exit_status(call: Callable[[], object], err: io.StringIO) -> int:
     try:
         code = call()
     except SystemExit as stop:
-        _release(stop)
+        release_frames(stop)
         if stop.code is None or isinstance(stop.code, int):
             return int(stop.code or 0)
         print(stop.code, file=err)
         return 1
     except Exception as exc:  # what the interpreter does with it: the traceback on stderr, status 1
         traceback.print_exc(file=err)
-        _release(exc)
+        release_frames(exc)
         return 1
     return int(code) if isinstance(code, int) else 0
 
 
-def _release(exc: BaseException) -> None:
+def release_frames(exc: BaseException) -> None:
     """Clear the local variables of the frames in ``exc``'s tracebacks (its causes' too), as an interpreter's exit
     would free them: a failed run's ``DataLoader`` iterator stops its worker processes now. Left in the traceback's
     reference cycle, it is collected during a later test, whose garbage collection waited 5 s a worker."""

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from bundle_utils import BUNDLES, TINY
-from cli_runner import run_monai_bundle
+from cli_runner import release_frames, run_monai_bundle
 
 from mfassl_medical.data.chexpert import CHEXPERT_LABELS
 from mfassl_medical.data.safe import SkipBadSamples, TooManyBadSamples
@@ -229,7 +228,7 @@ def test_too_many_bad_samples_reaches_the_main_process_from_a_worker():
         list(loader)
     # the traceback's frames hold the loader's iterator in a reference cycle: cleared here, its workers stop now
     # instead of at a later test's garbage collection, which waited 5 s a worker for them
-    traceback.clear_frames(err.tb)
+    release_frames(err.value)
 
 
 def test_memory_cache_survives_an_unreadable_image(tmp_path, chexpert):

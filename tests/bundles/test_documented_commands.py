@@ -28,7 +28,7 @@ from mfassl_medical.label_app import TINY_NETWORK
 
 EVAL_TINY = {"n_bootstrap": 20, "linear_epochs": 5, "finetune_epochs": 1, "finetune_batch_size": 4, "knn_k": 3,
              "shift_batch": 2, "eval_modes": ["knn", "linear"], "max_train": 6, "max_test": 4}
-SEG_TINY = dict(TINY_NETWORK)
+
 
 def readme_commands(readme: Path, heading: str) -> list[list[str]]:
     """The ``python -m monai.bundle ...`` commands of the first code block under ``### heading``."""
@@ -107,7 +107,7 @@ def test_segmentation_readme_commands_after_its_demo_training(tmp_path):
         (demo_cases / case.name).symlink_to(case, target_is_directory=True)
     inference = commands[2]
     inference[inference.index("--dataset_dir") + 1] = str(demo_cases)
-    tiny = cli_args(SEG_TINY)
+    tiny = cli_args(TINY_NETWORK)
     commands = [commands[0] + tiny + cli_args({"epochs": 1, "epoch_length": 1, "max_cases": 4}),
                 commands[1] + tiny + cli_args({"max_cases": 4}), inference + tiny, commands[3] + tiny]
     repo = tmp_path / "repo"  # a repository root: the commands name bundles/mfassl_brats_segmentation

@@ -7,7 +7,6 @@ other and with a single-process run of the same global batches.
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -70,5 +69,3 @@ def training(out_dir: str) -> None:
     result = {"rank": rank, "world": world, "losses": losses, "rows": rows, "infonce": float(loss),
               "infonce_grad": q_mine.grad.tolist()}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    del trainer, method, opt, loader
-    gc.collect()  # DDP's pending work objects go before the process group does
